@@ -1,0 +1,112 @@
+"""Clinical table schema: which column belongs to which group, and its declared type.
+
+Nothing about a column is guessed from the data: a column the schema does not name is an
+error where a table is validated, and a categorical column lists its categories up front so
+the encoded width is fixed before any patient is seen (it then does not depend on the fold).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+DEFAULT_SCHEMA_PATH = Path(__file__).with_name("larc_schema.json")
+COLUMN_TYPES = ("numeric", "categorical", "binary")
+GROUPS = ("pretreatment", "postoperative")
+
+
+class SchemaError(ValueError):
+    """The schema itself is malformed, or a table does not match it."""
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    name: str
+    group: str
+    type: str
+    categories: Optional[tuple] = None
+    unit: Optional[str] = None
+
+    def to_dict(self) -> dict:
+        d = {"group": self.group, "type": self.type}
+        if self.categories is not None:
+            d["categories"] = list(self.categories)
+        if self.unit is not None:
+            d["unit"] = self.unit
+        return d
+
+
+@dataclass(frozen=True)
+class ClinicalSchema:
+    columns: Dict[str, ColumnSpec]
+    id_column: str = "patient_id"
+    centre_column: str = "centre"
+    time_column: str = "dfs_months"
+    event_column: str = "dfs_event"
+    time_unit: str = "months"
+    source: str = field(default="<dict>", compare=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "<dict>") -> "ClinicalSchema":
+        if "columns" not in d or not isinstance(d["columns"], dict) or not d["columns"]:
+            raise SchemaError(f"{source}: schema needs a non-empty 'columns' mapping")
+        cols = {}
+        for name, spec in d["columns"].items():
+            if not isinstance(spec, dict):
+                raise SchemaError(f"{source}: column '{name}': expected an object, got {spec!r}")
+            group, typ = spec.get("group"), spec.get("type")
+            if group not in GROUPS:
+                raise SchemaError(f"{source}: column '{name}': group must be one of {GROUPS}, got {group!r}")
+            if typ not in COLUMN_TYPES:
+                raise SchemaError(f"{source}: column '{name}': type must be one of {COLUMN_TYPES}, got {typ!r}")
+            cats = spec.get("categories")
+            if typ == "categorical":
+                if not cats or len(set(map(str, cats))) != len(cats):
+                    raise SchemaError(f"{source}: categorical column '{name}' must declare distinct 'categories'")
+                cats = tuple(str(c) for c in cats)
+            elif cats is not None:
+                raise SchemaError(f"{source}: column '{name}' of type {typ} cannot declare categories")
+            unknown = set(spec) - {"group", "type", "categories", "unit"}
+            if unknown:
+                raise SchemaError(f"{source}: column '{name}': unknown keys {sorted(unknown)}")
+            cols[name] = ColumnSpec(name, group, typ, cats, spec.get("unit"))
+        kw = {k: d[k] for k in ("id_column", "centre_column", "time_column", "event_column", "time_unit") if k in d}
+        reserved = {kw.get("id_column", "patient_id"), kw.get("centre_column", "centre"),
+                    kw.get("time_column", "dfs_months"), kw.get("event_column", "dfs_event"), "case_id"}
+        clash = reserved & set(cols)
+        if clash:
+            raise SchemaError(f"{source}: feature columns {sorted(clash)} clash with id/centre/outcome columns")
+        return cls(columns=cols, source=source, **kw)
+
+    @classmethod
+    def load(cls, path: Optional[str | Path] = None) -> "ClinicalSchema":
+        path = Path(path) if path is not None else DEFAULT_SCHEMA_PATH
+        try:
+            d = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise SchemaError(f"schema file not found: {path}") from None
+        except json.JSONDecodeError as e:
+            raise SchemaError(f"schema file {path} is not valid JSON: {e}") from None
+        return cls.from_dict(d, source=str(path))
+
+    def to_dict(self) -> dict:
+        return {"id_column": self.id_column, "centre_column": self.centre_column,
+                "time_column": self.time_column, "event_column": self.event_column,
+                "time_unit": self.time_unit,
+                "columns": {n: c.to_dict() for n, c in self.columns.items()}}
+
+    # ------------------------------------------------------------------ queries
+    def group_columns(self, groups: Sequence[str]) -> List[str]:
+        """Feature columns of the given groups, in schema order."""
+        bad = set(groups) - set(GROUPS)
+        if bad:
+            raise SchemaError(f"unknown clinical group(s) {sorted(bad)}; known: {GROUPS}")
+        return [n for n, c in self.columns.items() if c.group in groups]
+
+    def subset(self, groups: Sequence[str]) -> "ClinicalSchema":
+        keep = set(self.group_columns(groups))
+        return ClinicalSchema({n: c for n, c in self.columns.items() if n in keep}, self.id_column,
+                              self.centre_column, self.time_column, self.event_column, self.time_unit,
+                              self.source)
