@@ -1,0 +1,78 @@
+"""Locating and reading the multitask side of a converted dataset (clinical table, outcomes).
+
+The converter writes ``clinical.csv`` (features of every case, no outcomes), ``outcomes.csv``
+(follow-up of the development cohort only) and ``outcomes_test.csv`` (evaluation only) into the
+raw dataset folder. Training reads the first two; nothing here ever opens the test outcomes.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from clinical.schema import ClinicalSchema
+
+
+class MultitaskDatasetError(RuntimeError):
+    pass
+
+
+def multitask_block(dataset_json: dict) -> dict:
+    mt = dataset_json.get("multitask")
+    if not mt:
+        raise MultitaskDatasetError(
+            "dataset.json has no 'multitask' block: convert the cohort with "
+            "`python -m dataset_conversion.convert_larc` (see README)")
+    return mt
+
+
+def schema_from_block(mt: dict) -> ClinicalSchema:
+    return ClinicalSchema.from_dict({"columns": mt["clinical_columns"], "id_column": mt.get("case_id_column", "case_id"),
+                                     "centre_column": mt.get("centre_column", "centre"),
+                                     "time_column": mt["time_column"], "event_column": mt["event_column"],
+                                     "time_unit": mt.get("time_unit", "months")}, source="dataset.json multitask block")
+
+
+def dataset_table_path(dataset_name: str, file_name: str) -> Path:
+    """Find a table of the dataset: ``$nnUNet_preprocessed/<name>/`` first, then ``$nnUNet_raw/<name>/``."""
+    tried = []
+    for var in ("nnUNet_preprocessed", "nnUNet_raw"):
+        root = os.environ.get(var)
+        if root:
+            p = Path(root) / dataset_name / file_name
+            tried.append(str(p))
+            if p.is_file():
+                return p
+    raise MultitaskDatasetError(f"table '{file_name}' of {dataset_name} not found (looked in: "
+                                f"{', '.join(tried) or 'nothing: set nnUNet_raw'})")
+
+
+def read_features(path: Path, schema: ClinicalSchema) -> pd.DataFrame:
+    """The clinical feature table keyed by case id (validated against the schema)."""
+    from clinical.tables import read_case_table
+    return read_case_table(path, schema)
+
+
+def read_outcomes(path: Path, time_column: str, event_column: str) -> pd.DataFrame:
+    """Development-cohort outcomes keyed by case id, with the same checks the converter applies."""
+    df = pd.read_csv(path, dtype={"case_id": str})
+    missing = {"case_id", time_column, event_column} - set(df.columns)
+    if missing:
+        raise MultitaskDatasetError(f"{path}: missing column(s) {sorted(missing)}")
+    if df["case_id"].duplicated().any():
+        raise MultitaskDatasetError(f"{path}: duplicate case ids {sorted(df.loc[df.case_id.duplicated(), 'case_id'])}")
+    bad = df[~(df[time_column] > 0) | ~df[event_column].isin([0, 1])]
+    if len(bad):
+        raise MultitaskDatasetError(f"{path}: invalid follow-up for case(s) {list(bad.case_id)} "
+                                    f"({time_column} must be > 0, {event_column} in {{0,1}})")
+    return df.set_index("case_id")
+
+
+def lookup_rows(df: pd.DataFrame, keys, what: str, path: Optional[Path] = None) -> pd.DataFrame:
+    keys = [str(k) for k in keys]
+    missing = [k for k in keys if k not in df.index]
+    if missing:
+        raise MultitaskDatasetError(f"{what}{' in ' + str(path) if path else ''}: no row for case(s) {missing}")
+    return df.loc[keys]

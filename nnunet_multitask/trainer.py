@@ -1,0 +1,437 @@
+"""MultiRecTrainerBase: nnU-Net's trainer with recurrence and survival heads and clinical fusion.
+
+Everything nnU-Net already does (planning, preprocessing, sampling, augmentation, the training
+loop, AMP, gradient clipping, checkpointing, sliding-window validation) is nnU-Net's own code;
+this class adds, per step, the clinical vector and follow-up of the sampled cases, and the head
+losses. The variants in ``trainers/`` set the class attributes below and nothing else.
+
+Choices stated once:
+
+* Head supervision: heads are supervised only on patches whose target contains tumour (the
+  head loss of a patch without tumour is multiplied by 0, so DDP still sees every parameter);
+  nnU-Net's sampling and augmentation are untouched.
+* Clinical preprocessing is fitted on the training fold only (``ClinicalPreprocessor``), at the
+  start of training; its state is a buffer of the network, so every checkpoint carries its own
+  fold's transform and ``--c`` / inference apply exactly it.
+* Best checkpoint: the EMA (0.9) of ``(pseudo-Dice + validation C-index + validation AUC) / 3``
+  computed each epoch on patient-level predictions over the validation fold; an undefined
+  C-index or AUC (too few cases or events) counts as chance (0.5).
+"""
+from __future__ import annotations
+
+import json
+import os
+from os.path import join
+from time import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import distributed as dist
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from clinical.outcomes import recurrence_label
+from clinical.preprocessing import ClinicalPreprocessor
+from nnunet_multitask import losses as L
+from nnunet_multitask.aggregation import group_patch_records, patient_prediction
+from nnunet_multitask.dataset import (dataset_table_path, lookup_rows, multitask_block, read_features,
+                                      read_outcomes, schema_from_block)
+from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
+from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
+
+EXTRA_LOG_KEYS = ("train_seg_losses", "train_cls_losses", "train_surv_losses", "val_c_index", "val_auc",
+                  "ema_selection_score")
+
+
+class MultiTaskLocalLogger(LocalLogger):
+    """nnU-Net's local logger with the head metrics added to its lists and to progress.png."""
+
+    def __init__(self, verbose: bool = False):
+        super().__init__(verbose)
+        for k in EXTRA_LOG_KEYS:
+            self.my_fantastic_logging[k] = []
+
+    def plot_progress_png(self, output_folder):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        log = self.my_fantastic_logging
+        epoch = min(len(v) for v in log.values()) - 1
+        if epoch < 0:
+            return
+        x = list(range(epoch + 1))
+        fig, axs = plt.subplots(4, 1, figsize=(12, 22))
+        ax = axs[0]
+        ax.plot(x, log["train_losses"][:epoch + 1], "b-", label="loss_tr (total)")
+        ax.plot(x, log["val_losses"][:epoch + 1], "r-", label="loss_val (total)")
+        ax.plot(x, log["train_seg_losses"][:epoch + 1], "b:", label="loss_tr (segmentation)")
+        ax.set_xlabel("epoch"), ax.set_ylabel("loss"), ax.legend(loc="upper left")
+        ax2 = ax.twinx()
+        ax2.plot(x, log["mean_fg_dice"][:epoch + 1], "g:", label="pseudo dice")
+        ax2.plot(x, log["ema_fg_dice"][:epoch + 1], "g-", label="pseudo dice (mov. avg.)")
+        ax2.set_ylabel("pseudo dice"), ax2.legend(loc="upper right")
+        ax = axs[1]
+        ax.plot(x, log["val_c_index"][:epoch + 1], "m-o", label="val C-index (patient level)")
+        ax.plot(x, log["val_auc"][:epoch + 1], "c-o", label="val AUC at horizon (patient level)")
+        ax.plot(x, log["ema_selection_score"][:epoch + 1], "k-", label="checkpoint selection score (EMA)")
+        ax.axhline(0.5, color="grey", lw=0.8)
+        ax.set_ylim(0, 1), ax.set_xlabel("epoch"), ax.legend(loc="lower right")
+        ax = axs[2]
+        ax.plot(x, log["train_cls_losses"][:epoch + 1], "c-", label="loss_tr classification (BCE)")
+        ax.plot(x, log["train_surv_losses"][:epoch + 1], "m-", label="loss_tr survival")
+        ax.set_xlabel("epoch"), ax.legend(loc="upper right")
+        ax = axs[3]
+        ax.plot(x, [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])][:epoch + 1],
+                "b-", label="epoch duration [s]")
+        ax.plot([], [])
+        ax.set_xlabel("epoch"), ax.legend(loc="upper left")
+        fig.tight_layout()
+        fig.savefig(join(output_folder, "progress.png"))
+        plt.close(fig)
+
+
+class MultiTaskLoss(torch.nn.Module):
+    """nnU-Net's segmentation loss plus the head losses of the same forward pass.
+
+    nnU-Net's ``train_step`` calls ``loss(output, target)`` with the segmentation output only;
+    the heads of that forward pass are read from the network's head sink, so nnU-Net's own
+    step (AMP, GradScaler, clipping) is reused unchanged.
+    """
+
+    def __init__(self, seg_loss: torch.nn.Module, trainer: "MultiRecTrainerBase"):
+        super().__init__()
+        self.seg_loss = seg_loss
+        self._trainer = [trainer]  # a list, so the trainer is not registered as a submodule
+        self.last = {}
+
+    def forward(self, output, target):
+        seg = self.seg_loss(output, target)
+        trainer = self._trainer[0]
+        if trainer._step_context is None:
+            return seg
+        cls_loss, surv_loss = trainer.head_losses(target)
+        self.last = {"seg": seg.detach(), "cls": cls_loss.detach(), "surv": surv_loss.detach()}
+        return seg + trainer.lambda_cls * cls_loss + trainer.lambda_surv * surv_loss
+
+
+class MultiRecTrainerBase(nnUNetTrainer):
+    """Segmentation + recurrence-within-horizon + disease-free survival in one nnU-Net trainer.
+
+    Class attributes (what a variant in ``trainers/`` overrides):
+
+    input_channels : tuple of int or None
+        Image channels used (``None``: all four; ``(0,)``: T2 only).
+    clinical_groups : tuple of str
+        Clinical groups fused at the bottleneck (``()``: images only).
+    survival_head : {"cox", "discrete"}
+    lambda_cls, lambda_surv : float
+        Weights of the head losses relative to nnU-Net's DC+CE.
+    cox_ties : {"efron", "breslow"}
+    risk_memory_size : int
+        Cox risk-set memory of recent detached predictions (0 disables it).
+    n_time_bins : int
+        Intervals of the discrete-time head (edges: quantiles of the training fold's event times).
+    head_hidden : int
+    epochs, iterations_per_epoch, val_iterations_per_epoch, save_every_epochs : int or None
+        Training length (``None`` keeps nnU-Net's default).
+    """
+
+    input_channels: Optional[Sequence[int]] = None
+    clinical_groups: Sequence[str] = ("pretreatment", "postoperative")
+    survival_head: str = "discrete"
+    lambda_cls: float = 0.5
+    lambda_surv: float = 0.5
+    cox_ties: str = "efron"
+    risk_memory_size: int = 128
+    n_time_bins: int = 10
+    head_hidden: int = 64
+    epochs: Optional[int] = None
+    iterations_per_epoch: Optional[int] = None
+    val_iterations_per_epoch: Optional[int] = None
+    save_every_epochs: Optional[int] = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for attr, name in (("epochs", "num_epochs"), ("iterations_per_epoch", "num_iterations_per_epoch"),
+                           ("val_iterations_per_epoch", "num_val_iterations_per_epoch"),
+                           ("save_every_epochs", "save_every")):
+            if getattr(self, attr) is not None:
+                setattr(self, name, int(getattr(self, attr)))
+
+        self.mt = multitask_block(dataset_json)
+        self.horizon = float(self.mt.get("horizon_months", 36))
+        self.schema = schema_from_block(self.mt)
+        n_channels = len(dataset_json["channel_names"])
+        if self.input_channels is not None and not all(0 <= c < n_channels for c in self.input_channels):
+            raise ValueError(f"{type(self).__name__}: input_channels {self.input_channels} not in the dataset's "
+                             f"{n_channels} channels {dataset_json['channel_names']}")
+        prep = ClinicalPreprocessor(self.schema, tuple(self.clinical_groups))
+        # the head configuration travels in the plans (plans.json of the results folder), which is what
+        # build_network_architecture receives at training and at inference time
+        self.plans_manager.plans["multitask_model"] = {
+            "trainer": type(self).__name__,
+            "input_channels": None if self.input_channels is None else [int(c) for c in self.input_channels],
+            "channel_names": dataset_json["channel_names"],
+            "clinical_groups": list(self.clinical_groups),
+            "clinical_columns": {n: self.schema.columns[n].to_dict()
+                                 for n in self.schema.group_columns(self.clinical_groups)},
+            "clinical_feature_names": list(prep.feature_names),
+            "n_clinical_features": int(prep.n_features),
+            "clinical_state_size": int(prep.state_size),
+            "survival_head": self.survival_head,
+            "n_time_bins": int(self.n_time_bins),
+            "head_hidden": int(self.head_hidden),
+            "risk_memory_size": int(self.risk_memory_size) if self.survival_head == "cox" else 0,
+            "horizon_months": self.horizon,
+            "time_unit": self.mt.get("time_unit", "months"),
+        }
+        self.logger.local_logger = MultiTaskLocalLogger()
+        self._step_context: Optional[dict] = None
+        self._case_data: Optional[Dict[str, dict]] = None
+        self._val_records: List[tuple] = []
+
+    # ------------------------------------------------------------------ network
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
+        cfg = head_config_from_plans(plans_manager.plans)
+        channels = cfg["input_channels"]
+        base = get_network_from_plans(configuration_manager.network_arch_class_name,
+                                      configuration_manager.network_arch_init_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      len(channels) if channels is not None else num_input_channels,
+                                      num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+        return MultiTaskUNet(base, channels, cfg["n_clinical_features"], cfg["clinical_state_size"],
+                             survival_head=cfg["survival_head"], n_time_bins=cfg["n_time_bins"],
+                             hidden=cfg["head_hidden"], risk_memory_size=cfg["risk_memory_size"])
+
+    def mt_network(self) -> MultiTaskUNet:
+        """The MultiTaskUNet under DDP and torch.compile wrappers."""
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def _build_loss(self):
+        return MultiTaskLoss(super()._build_loss(), self)
+
+    # ------------------------------------------------------------------ per-fold data
+    def _read_tables(self):
+        name = self.plans_manager.dataset_name
+        features_path = dataset_table_path(name, self.mt["clinical_table"])
+        outcomes_path = dataset_table_path(name, self.mt["outcomes_table"])
+        features = read_features(features_path, self.schema)
+        outcomes = read_outcomes(outcomes_path, self.mt["time_column"], self.mt["event_column"])
+        return features, features_path, outcomes, outcomes_path
+
+    def prepare_fold_data(self):
+        """Fit the fold's clinical transform and time bins (unless restored from a checkpoint) and
+        build the per-case lookup (clinical vector, time, event, label) of this fold's cases."""
+        if self._case_data is not None:
+            return
+        tr_keys, val_keys = self.do_split()
+        test_cases = set(self.mt.get("internal_test", [])) | set(self.mt.get("external_test", []))
+        leaked = test_cases & (set(tr_keys) | set(val_keys))
+        if leaked:
+            raise RuntimeError(f"test case(s) {sorted(leaked)} appear in fold {self.fold} of splits_final.json: "
+                               f"test patients must never enter training or model selection")
+        features, fpath, outcomes, opath = self._read_tables()
+        net = self.mt_network()
+        tr_feat = lookup_rows(features, tr_keys, "clinical table", fpath)
+        tr_out = lookup_rows(outcomes, tr_keys, "outcomes table", opath)
+        tcol, ecol = self.mt["time_column"], self.mt["event_column"]
+        groups = tuple(self.clinical_groups)
+        if not bool(net.fold_state_fitted):
+            prep = ClinicalPreprocessor(self.schema, groups).fit(tr_feat.reset_index())
+            with torch.no_grad():
+                net.clinical_state.copy_(torch.as_tensor(prep.state_vector(), dtype=torch.float64))
+                net.time_bin_edges.copy_(L.make_bin_edges(torch.as_tensor(tr_out[tcol].values, dtype=torch.float64),
+                                                          torch.as_tensor(tr_out[ecol].values, dtype=torch.float64),
+                                                          self.n_time_bins).to(torch.float64))
+                net.fold_state_fitted.fill_(True)
+            self.print_to_log_file(f"Fitted the clinical transform ({prep.n_features} features from groups "
+                                   f"{list(groups)}) and {self.n_time_bins} time bins on the {len(tr_keys)} "
+                                   f"training cases of fold {self.fold}")
+        else:
+            self.print_to_log_file("Clinical transform and time bins restored from the checkpoint")
+        prep = ClinicalPreprocessor.from_state_vector(self.schema, groups, net.clinical_state.cpu().numpy())
+        keys = list(tr_keys) + [k for k in val_keys if k not in set(tr_keys)]
+        feats = lookup_rows(features, keys, "clinical table", fpath)
+        vectors = prep.transform(feats.reset_index(), id_column="case_id")
+        outs = lookup_rows(outcomes, keys, "outcomes table", opath)
+        labels = recurrence_label(outs[tcol].values, outs[ecol].values, self.horizon)
+        self._case_data = {k: {"clinical": vectors[i].astype(np.float32), "time": float(outs[tcol].values[i]),
+                               "event": float(outs[ecol].values[i]), "label": float(labels[i])}
+                           for i, k in enumerate(keys)}
+        self._val_keys = list(val_keys)
+
+    def _batch_context(self, keys) -> dict:
+        rows = [self._case_data[str(k)] for k in keys]
+        dev = self.device
+        return {"clinical": torch.as_tensor(np.stack([r["clinical"] for r in rows]), device=dev),
+                "time": torch.tensor([r["time"] for r in rows], dtype=torch.float32, device=dev),
+                "event": torch.tensor([r["event"] for r in rows], dtype=torch.float32, device=dev),
+                "label": torch.tensor([r["label"] for r in rows], dtype=torch.float32, device=dev),
+                "keys": [str(k) for k in keys]}
+
+    # ------------------------------------------------------------------ losses
+    def head_losses(self, target):
+        """(classification loss, survival loss) of the heads in the network's sink for this step."""
+        ctx = self._step_context
+        net = self.mt_network()
+        heads = net.head_sink[-1]
+        t0 = target[0] if isinstance(target, (list, tuple)) else target
+        # heads are supervised only on patches that contain tumour
+        has_tumour = (t0 > 0).flatten(1).any(1).float()
+        cls_loss = L.masked_bce_with_logits(heads["cls_logit"].float(), ctx["label"], weights=has_tumour)
+        time_, event = ctx["time"], ctx["event"]
+        if net.survival_head == "cox":
+            log_risk, w = heads["log_risk"].float(), has_tumour
+            if self.is_ddp:
+                log_risk, time_, event, w = L.gather_across_ranks(log_risk, time_, event, w)
+            mem = net.risk_memory.get() if net.risk_memory.size > 0 else (None, None, None)
+            surv_loss = L.cox_partial_likelihood(log_risk, time_, event, weights=w, ties=self.cox_ties,
+                                                 extra_log_risk=mem[0], extra_time=mem[1], extra_event=mem[2])
+            if self.network.training and net.risk_memory.size > 0:
+                net.risk_memory.update(log_risk.detach(), time_, event, weights=w)
+        else:
+            surv_loss = L.discrete_time_nll(heads["hazard_logits"].float(), time_, event,
+                                            net.time_bin_edges.to(time_.device, torch.float32), weights=has_tumour)
+        return cls_loss, surv_loss
+
+    # ------------------------------------------------------------------ steps
+    def _enter_step(self, batch):
+        self._step_context = self._batch_context(batch["keys"])
+        net = self.mt_network()
+        net.clinical_input = self._step_context["clinical"]
+        net.head_sink = []
+
+    def _leave_step(self):
+        net = self.mt_network()
+        sink = net.head_sink
+        net.head_sink, net.clinical_input, self._step_context = None, None, None
+        return sink
+
+    def on_train_start(self):
+        super().on_train_start()
+        self.prepare_fold_data()
+
+    def train_step(self, batch: dict) -> dict:
+        self._enter_step(batch)
+        try:
+            out = super().train_step(batch)
+        finally:
+            self._leave_step()
+        parts = self.loss.last
+        out.update({k: parts[k].cpu().numpy() for k in ("seg", "cls", "surv")})
+        return out
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        for part, key in (("seg", "train_seg_losses"), ("cls", "train_cls_losses"), ("surv", "train_surv_losses")):
+            vals = np.array([o[part] for o in train_outputs], dtype=float)
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, vals)
+                vals = np.concatenate(gathered)
+            self.logger.log(key, float(np.mean(vals)), self.current_epoch)
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._val_records = []
+
+    def validation_step(self, batch: dict) -> dict:
+        self._enter_step(batch)
+        try:
+            out = super().validation_step(batch)
+        finally:
+            sink = self._leave_step()
+        self._val_records.append(([str(k) for k in batch["keys"]],
+                                  {k: v.float().cpu().numpy() for k, v in sink[-1].items()}))
+        return out
+
+    def patient_level_validation(self, records) -> Dict[str, dict]:
+        """Patient-level predictions of the validation cases from patch records (see aggregation)."""
+        net = self.mt_network()
+        per_case = group_patch_records([r[0] for r in records], [r[1] for r in records])
+        edges = net.time_bin_edges.cpu().numpy()
+        return {k: patient_prediction(recs, net.survival_head, self.horizon, edges) for k, recs in per_case.items()}
+
+    def validation_metrics(self, preds: Dict[str, dict]):
+        keys = sorted(preds)
+        if not keys:
+            return float("nan"), float("nan")
+        risk = np.array([preds[k]["risk_score"] for k in keys])
+        p = np.array([preds[k]["p_recurrence"] for k in keys])
+        time_ = np.array([self._case_data[k]["time"] for k in keys])
+        event = np.array([self._case_data[k]["event"] for k in keys])
+        label = np.array([self._case_data[k]["label"] for k in keys])
+        return harrell_c(time_, event, risk), roc_auc_or_nan(label, p)
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        super().on_validation_epoch_end(val_outputs)
+        records = self._val_records
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, records)
+            records = [r for g in gathered for r in g]
+        c, auc = self.validation_metrics(self.patient_level_validation(records))
+        self.logger.log("val_c_index", c, self.current_epoch)
+        self.logger.log("val_auc", auc, self.current_epoch)
+        score = (self.logger.get_value("mean_fg_dice", step=-1)
+                 + (0.5 if np.isnan(c) else c) + (0.5 if np.isnan(auc) else auc)) / 3
+        prev = self.logger.get_value("ema_selection_score", step=None)
+        ema = score if len(prev) == 0 else 0.9 * prev[-1] + 0.1 * score
+        self.logger.log("ema_selection_score", ema, self.current_epoch)
+
+    def on_epoch_end(self):
+        # nnU-Net's on_epoch_end with the best checkpoint chosen on the selection score (module docstring)
+        self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
+        lg = self.logger.get_value
+        self.print_to_log_file("train_loss", np.round(lg("train_losses", step=-1), 4),
+                               "(seg", np.round(lg("train_seg_losses", step=-1), 4),
+                               "cls", np.round(lg("train_cls_losses", step=-1), 4),
+                               "surv", np.round(lg("train_surv_losses", step=-1), 4), ")")
+        self.print_to_log_file("val_loss", np.round(lg("val_losses", step=-1), 4))
+        self.print_to_log_file("Pseudo dice", [np.round(i, 4) for i in lg("dice_per_class_or_region", step=-1)])
+        self.print_to_log_file(f"val C-index {np.round(lg('val_c_index', step=-1), 4)}, "
+                               f"val AUC@{self.horizon:g}m {np.round(lg('val_auc', step=-1), 4)} (patient level)")
+        self.print_to_log_file(f"Epoch time: {np.round(lg('epoch_end_timestamps', -1) - lg('epoch_start_timestamps', -1), 2)} s")
+        if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        score = lg("ema_selection_score", step=-1)
+        if self._best_ema is None or score > self._best_ema:
+            self._best_ema = score
+            self.print_to_log_file(f"New best selection score (EMA of (Dice + C-index + AUC)/3): {np.round(score, 4)}")
+            self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
+        if self.local_rank == 0:
+            self.logger.plot_progress_png(self.output_folder)
+        self.current_epoch += 1
+
+    # ------------------------------------------------------------------ final validation
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's validation (segmentations + summary.json), then the patient-level head predictions
+        of the validation cases, written beside it as ``validation/head_predictions.csv`` and
+        ``validation/head_summary.json``."""
+        super().perform_actual_validation(save_probabilities)
+        if self.local_rank != 0:
+            return
+        from nnunet_multitask.predictor import predict_heads_for_preprocessed_cases
+        self.prepare_fold_data()
+        _, val_keys = self.do_split()
+        table = predict_heads_for_preprocessed_cases(self, val_keys)
+        out_dir = join(self.output_folder, "validation")
+        table.to_csv(join(out_dir, "head_predictions.csv"), index=False)
+        preds = {r.case_id: {"risk_score": r.risk_score, "p_recurrence": getattr(r, f"p_recurrence_{int(self.horizon)}m")}
+                 for r in table.itertuples()}
+        c, auc = self.validation_metrics(preds)
+        summary = {"n_cases": len(table), "c_index": None if np.isnan(c) else c,
+                   f"auc_{int(self.horizon)}m": None if np.isnan(auc) else auc,
+                   "note": "patient-level, tumour-mass-weighted sliding-window predictions with mirroring; "
+                           "validation fold only"}
+        with open(join(out_dir, "head_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        self.print_to_log_file(f"Head validation: C-index {summary['c_index']}, AUC {summary[f'auc_{int(self.horizon)}m']}")
