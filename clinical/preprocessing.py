@@ -1,0 +1,460 @@
+"""Leakage-safe preprocessing of the clinical table: fitted on the training fold only, serialisable.
+
+What each declared column type becomes
+--------------------------------------
+* ``numeric``     -> median imputation, then standardisation with the training fold's mean and
+  standard deviation (``StandardScaler``: a column with zero spread gets scale 1, so it maps to 0,
+  never to inf/NaN). One feature, named after the column.
+* ``binary``      -> most-frequent imputation, kept as 0/1 (not standardised: a 0/1 input is already
+  on a unit scale, and keeping it readable makes the fitted state easy to audit). One feature.
+* ``categorical`` -> most-frequent imputation, then one-hot over the categories DECLARED in the
+  schema (never the ones seen in the fold), so the width is fixed before any data is seen. A
+  declared category absent from the training fold simply gives an all-zero column there; a value
+  not declared is an error naming the case, the column and the value. Features ``"col=cat"``.
+
+Features follow schema order, column by column (``age, sex=F, sex=M, cea, ct=T2, ...``).
+
+Why one numpy transform
+-----------------------
+The fitting is done by scikit-learn (``SimpleImputer``, ``StandardScaler`` and
+``OneHotEncoder(categories=declared, handle_unknown="error")`` in a ``ColumnTransformer``). The
+fitted numbers (medians, means, scales, modes) are then copied out, and one small numpy function,
+:meth:`ClinicalPreprocessor._apply`, applies them in every path: right after ``fit``, after
+:meth:`from_state_vector` and after :meth:`from_dict`. Rebuilding fitted scikit-learn objects by
+setting their private attributes is fragile across scikit-learn versions, and a second code path
+for inference could drift from the training one; with a single transform the training and the
+inference outputs cannot differ. The test suite checks that this transform equals the fitted
+scikit-learn ``ColumnTransformer`` output on the training rows.
+
+Why a fixed-length state vector
+-------------------------------
+The trainer stores :meth:`state_vector` as a registered buffer of the network, so it travels inside
+nnU-Net's checkpoint and a strict state-dict load works at inference. Its length
+(:attr:`state_size`) depends only on the schema columns of the chosen groups. Layout::
+
+    [0]  1.0 when fitted (a freshly created zero buffer that was never filled is refused)
+    [1]  CRC32 fingerprint of the column layout (names, types, declared categories), so a vector
+         is never applied to a schema it was not fitted for
+    then, per column in schema order:
+         numeric     -> median, mean, scale          (3 values)
+         binary      -> most frequent value (0 or 1)  (1 value)
+         categorical -> index of the most frequent category among the declared ones (1 value)
+"""
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import zlib
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import ColumnTransformer
+from sklearn.exceptions import NotFittedError
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from clinical.schema import ClinicalSchema, ColumnSpec
+
+__all__ = ["ClinicalPreprocessor", "ClinicalPreprocessingError"]
+
+_FORMAT_NAME = "ClinicalPreprocessor"
+_FORMAT_VERSION = 1
+_HEADER_SIZE = 2  # fitted marker, layout fingerprint
+_STATE_WIDTH = {"numeric": 3, "binary": 1, "categorical": 1}
+_MAX_LISTED_BAD_VALUES = 20  # how many offending cells one error message lists
+
+
+class ClinicalPreprocessingError(ValueError):
+    """The clinical table (or a saved state) does not fit the preprocessor."""
+
+
+def _schema_from_dict(d: dict) -> ClinicalSchema:
+    """``ClinicalSchema.from_dict`` that also accepts zero columns (the MRI-only model, groups=())."""
+    if d.get("columns"):
+        return ClinicalSchema.from_dict(d, source="<ClinicalPreprocessor dict>")
+    kw = {k: d[k] for k in ("id_column", "centre_column", "time_column", "event_column", "time_unit") if k in d}
+    return ClinicalSchema(columns={}, source="<ClinicalPreprocessor dict>", **kw)
+
+
+class ClinicalPreprocessor:
+    """Impute, standardise and one-hot encode the clinical columns of some groups.
+
+    Parameters
+    ----------
+    schema : ClinicalSchema
+        Declares each column's group, type and (for categorical columns) categories.
+    groups : sequence of str
+        Which clinical groups feed the model: ``("pretreatment", "postoperative")`` (All),
+        ``("pretreatment",)`` (_Pre) or ``()`` (MRI-only: zero features).
+
+    Attributes
+    ----------
+    columns : list of str
+        Input columns used, in schema order.
+    n_features : int
+        Width of :meth:`transform`'s output; known before fitting.
+    feature_names : list of str
+        One name per output feature (``"age"``, ``"sex=F"``, ...); known before fitting.
+    state_size : int
+        Length of :meth:`state_vector`; known before fitting, depends only on schema + groups.
+    sklearn_transformer_ : ColumnTransformer or None
+        The fitted scikit-learn object the numbers were taken from (only after :meth:`fit` in
+        this process; ``None`` after loading from a state vector or a dict).
+    """
+
+    def __init__(self, schema: ClinicalSchema, groups: Sequence[str] = ("pretreatment", "postoperative")):
+        if isinstance(groups, str):  # a bare "pretreatment" would otherwise be read as letters
+            raise TypeError(f"groups must be a sequence of group names, got the string {groups!r}")
+        self.groups: tuple = tuple(groups)
+        self.schema: ClinicalSchema = schema.subset(self.groups)  # raises on unknown groups
+        self.columns: List[str] = list(self.schema.columns)
+        self._specs: List[ColumnSpec] = [self.schema.columns[c] for c in self.columns]
+
+        names: List[str] = []
+        for spec in self._specs:
+            if spec.type == "categorical":
+                names.extend(f"{spec.name}={cat}" for cat in spec.categories)
+            else:
+                names.append(spec.name)
+        self.feature_names: List[str] = names
+        self.n_features: int = len(names)
+        self.state_size: int = _HEADER_SIZE + sum(_STATE_WIDTH[s.type] for s in self._specs)
+        self._fingerprint: int = self._layout_fingerprint()
+
+        # Fitted numbers, per column name (set by fit / from_state_vector / from_dict).
+        self._numeric_stats: Optional[Dict[str, tuple]] = None  # name -> (median, mean, scale)
+        self._binary_mode: Optional[Dict[str, float]] = None  # name -> 0.0 / 1.0
+        self._categorical_mode: Optional[Dict[str, str]] = None  # name -> declared category
+        self.sklearn_transformer_: Optional[ColumnTransformer] = None
+
+    # ------------------------------------------------------------------ small helpers
+    def __repr__(self) -> str:
+        return (f"ClinicalPreprocessor(groups={self.groups}, n_features={self.n_features}, "
+                f"fitted={self.is_fitted})")
+
+    @property
+    def is_fitted(self) -> bool:
+        return self._numeric_stats is not None
+
+    def _layout_fingerprint(self) -> int:
+        layout = [[s.name, s.type, list(s.categories) if s.categories else None] for s in self._specs]
+        # CRC32 < 2**32, so it is exact in float64.
+        return zlib.crc32(json.dumps(layout, sort_keys=True).encode("utf-8"))
+
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise NotFittedError("ClinicalPreprocessor is not fitted: call fit() on the training fold, "
+                                 "or load it with from_state_vector()/from_dict()")
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _case_labels(df: pd.DataFrame, id_column: str) -> List[str]:
+        if id_column in df.columns:
+            return [f"case {v!r}" for v in df[id_column].tolist()]
+        return [f"row index {v!r} (no '{id_column}' column)" for v in df.index.tolist()]
+
+    @staticmethod
+    def _raise_bad_values(column: str, bad: List[tuple], what: str) -> None:
+        listed = "; ".join(f"{case}: {value!r}" for case, value in bad[:_MAX_LISTED_BAD_VALUES])
+        more = f" (and {len(bad) - _MAX_LISTED_BAD_VALUES} more)" if len(bad) > _MAX_LISTED_BAD_VALUES else ""
+        raise ClinicalPreprocessingError(f"clinical column '{column}': {what}: {listed}{more}")
+
+    def _validated_frame(self, df: pd.DataFrame, id_column: str) -> pd.DataFrame:
+        """Return the used columns, typed for fitting: numeric/binary as float64, categorical as
+        object (declared category strings) with ``np.nan`` for missing. Raises on anything else."""
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
+        missing = [c for c in self.columns if c not in df.columns]
+        if missing:
+            raise ClinicalPreprocessingError(
+                f"clinical table lacks required column(s) {missing} for groups {list(self.groups)}")
+        cases = self._case_labels(df, id_column)
+        out = {}
+        for spec in self._specs:
+            values = df[spec.name].tolist()
+            if spec.type == "numeric":
+                out[spec.name] = self._numeric_values(spec, values, cases)
+            elif spec.type == "binary":
+                out[spec.name] = self._binary_values(spec, values, cases)
+            else:
+                out[spec.name] = self._categorical_values(spec, values, cases)
+        return pd.DataFrame(out, index=df.index, columns=self.columns)
+
+    def _numeric_values(self, spec: ColumnSpec, values: list, cases: List[str]) -> np.ndarray:
+        parsed = np.full(len(values), np.nan)
+        bad = []
+        for i, v in enumerate(values):
+            if pd.isna(v):
+                continue
+            try:
+                x = float(v)  # also parses numeric strings such as "63.5"
+            except (TypeError, ValueError):
+                bad.append((cases[i], v))
+                continue
+            if isinstance(v, bool) or not math.isfinite(x):
+                bad.append((cases[i], v))
+                continue
+            parsed[i] = x
+        if bad:
+            self._raise_bad_values(spec.name, bad, "not a finite number")
+        return parsed
+
+    def _binary_values(self, spec: ColumnSpec, values: list, cases: List[str]) -> np.ndarray:
+        parsed = np.full(len(values), np.nan)
+        bad = []
+        for i, v in enumerate(values):
+            if pd.isna(v):
+                continue
+            if isinstance(v, str) and v in ("0", "1"):
+                parsed[i] = float(v)
+            elif isinstance(v, numbers.Number) and not isinstance(v, str) and v in (0, 1):
+                parsed[i] = float(v)  # 0/1 (or True/False) as numbers, e.g. a CSV read without dtype=str
+            else:
+                bad.append((cases[i], v))
+        if bad:
+            self._raise_bad_values(spec.name, bad, "binary value must be '0' or '1'")
+        return parsed
+
+    def _categorical_values(self, spec: ColumnSpec, values: list, cases: List[str]) -> np.ndarray:
+        declared = set(spec.categories)
+        parsed = np.full(len(values), np.nan, dtype=object)
+        bad = []
+        for i, v in enumerate(values):
+            if pd.isna(v):
+                continue
+            text = v
+            # An integer-coded category (trg 2 read as the number 2 or 2.0) means the string "2";
+            # any other non-string is not a category.
+            if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+                text = str(int(v))
+            elif isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer():
+                text = str(int(v))
+            if isinstance(text, str) and text in declared:
+                parsed[i] = text
+            else:
+                bad.append((cases[i], v))
+        if bad:
+            self._raise_bad_values(spec.name, bad,
+                                   f"value not among the declared categories {list(spec.categories)}")
+        return parsed
+
+    # ------------------------------------------------------------------ fitting
+    def _sklearn_transformer(self) -> ColumnTransformer:
+        """One pipeline per column, in schema order, so the output columns follow ``feature_names``."""
+        transformers = []
+        for i, spec in enumerate(self._specs):
+            if spec.type == "numeric":
+                steps = [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
+            elif spec.type == "binary":
+                steps = [("impute", SimpleImputer(strategy="most_frequent"))]
+            else:
+                steps = [("impute", SimpleImputer(strategy="most_frequent")),
+                         ("onehot", OneHotEncoder(categories=[list(spec.categories)],
+                                                  handle_unknown="error", sparse_output=False,
+                                                  dtype=np.float64))]
+            # Indexed names: ColumnTransformer forbids "__" in names, schema column names do not.
+            transformers.append((f"column{i}", Pipeline(steps), [spec.name]))
+        return ColumnTransformer(transformers, remainder="drop", sparse_threshold=0.0)
+
+    def fit(self, df: pd.DataFrame, id_column: str = "case_id") -> "ClinicalPreprocessor":
+        """Fit imputation and scaling on ``df``, which must hold the training-fold rows only.
+
+        Parameters
+        ----------
+        df : pandas.DataFrame
+            Training rows; needs every column of the chosen groups (others are ignored).
+        id_column : str
+            Column naming the case in error messages (the row index is used when absent).
+
+        Returns
+        -------
+        ClinicalPreprocessor
+            ``self``, fitted.
+        """
+        frame = self._validated_frame(df, id_column)
+        if len(frame) == 0:
+            raise ClinicalPreprocessingError("cannot fit the clinical preprocessor on zero training rows")
+        empty = [c for c in self.columns if frame[c].isna().all()]
+        if empty:
+            raise ClinicalPreprocessingError(
+                f"clinical column(s) {empty} have no observed value in the {len(frame)} training rows: "
+                "cannot impute them")
+
+        numeric_stats: Dict[str, tuple] = {}
+        binary_mode: Dict[str, float] = {}
+        categorical_mode: Dict[str, str] = {}
+        transformer = None
+        if self._specs:  # groups=() (MRI-only): nothing to fit
+            transformer = self._sklearn_transformer().fit(frame)
+            for i, spec in enumerate(self._specs):
+                pipeline = transformer.named_transformers_[f"column{i}"]
+                statistic = pipeline.named_steps["impute"].statistics_[0]
+                if spec.type == "numeric":
+                    scaler = pipeline.named_steps["scale"]
+                    numeric_stats[spec.name] = (float(statistic), float(scaler.mean_[0]), float(scaler.scale_[0]))
+                elif spec.type == "binary":
+                    binary_mode[spec.name] = float(statistic)
+                else:
+                    categorical_mode[spec.name] = str(statistic)
+        self._numeric_stats, self._binary_mode, self._categorical_mode = numeric_stats, binary_mode, categorical_mode
+        self.sklearn_transformer_ = transformer
+        return self
+
+    # ------------------------------------------------------------------ transforming
+    def transform(self, df: pd.DataFrame, id_column: str = "case_id") -> np.ndarray:
+        """Encode ``df`` with the fitted numbers.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 array of shape ``[len(df), n_features]`` in ``feature_names`` order, without
+            NaN or inf.
+        """
+        self._require_fitted()
+        return self._apply(self._validated_frame(df, id_column))
+
+    def fit_transform(self, df: pd.DataFrame, id_column: str = "case_id") -> np.ndarray:
+        """``fit(df)`` then ``transform(df)``."""
+        return self.fit(df, id_column=id_column).transform(df, id_column=id_column)
+
+    def _apply(self, frame: pd.DataFrame) -> np.ndarray:
+        """The one transform used in every path (see the module docstring for why it is numpy)."""
+        blocks = []
+        for spec in self._specs:
+            if spec.type == "numeric":
+                median, mean, scale = self._numeric_stats[spec.name]
+                x = frame[spec.name].to_numpy(dtype=np.float64)
+                x = np.where(np.isnan(x), median, x)
+                blocks.append(((x - mean) / scale)[:, None])  # same operations as StandardScaler
+            elif spec.type == "binary":
+                x = frame[spec.name].to_numpy(dtype=np.float64)
+                blocks.append(np.where(np.isnan(x), self._binary_mode[spec.name], x)[:, None])
+            else:
+                x = frame[spec.name].to_numpy(dtype=object)
+                x = np.where(pd.isna(x), self._categorical_mode[spec.name], x)
+                blocks.append(np.stack([(x == cat) for cat in spec.categories], axis=1).astype(np.float64))
+        if not blocks:
+            return np.zeros((len(frame), 0), dtype=np.float32)
+        out = np.concatenate(blocks, axis=1).astype(np.float32)
+        if not np.isfinite(out).all():  # cannot happen with validated input; guard the contract anyway
+            raise ClinicalPreprocessingError("clinical preprocessing produced NaN/inf values")
+        return out
+
+    # ------------------------------------------------------------------ state vector
+    def state_vector(self) -> np.ndarray:
+        """All fitted numbers as a float64 vector of length :attr:`state_size` (layout in module doc)."""
+        self._require_fitted()
+        vec = np.zeros(self.state_size, dtype=np.float64)
+        vec[0] = 1.0
+        vec[1] = float(self._fingerprint)
+        pos = _HEADER_SIZE
+        for spec in self._specs:
+            if spec.type == "numeric":
+                vec[pos:pos + 3] = self._numeric_stats[spec.name]
+            elif spec.type == "binary":
+                vec[pos] = self._binary_mode[spec.name]
+            else:
+                vec[pos] = spec.categories.index(self._categorical_mode[spec.name])
+            pos += _STATE_WIDTH[spec.type]
+        return vec
+
+    @classmethod
+    def from_state_vector(cls, schema: ClinicalSchema, groups: Sequence[str], vec) -> "ClinicalPreprocessor":
+        """Rebuild a fitted preprocessor from :meth:`state_vector` (e.g. a checkpoint buffer).
+
+        Parameters
+        ----------
+        schema, groups
+            The same schema and groups the vector was fitted with.
+        vec : array-like
+            1-D float vector (a numpy array or a CPU torch tensor).
+        """
+        pre = cls(schema, groups)
+        vec = np.asarray(vec, dtype=np.float64).reshape(-1)
+        if vec.shape[0] != pre.state_size:
+            raise ClinicalPreprocessingError(
+                f"clinical state vector has length {vec.shape[0]}, expected {pre.state_size} for groups "
+                f"{list(pre.groups)} of this schema")
+        if vec[0] != 1.0:
+            raise ClinicalPreprocessingError(
+                "clinical state vector is not marked fitted (element 0 is not 1): it was never filled "
+                "from a fitted preprocessor")
+        if vec[1] != float(pre._fingerprint):
+            raise ClinicalPreprocessingError(
+                "clinical state vector was fitted for a different column layout (names, types or "
+                f"categories) than this schema's groups {list(pre.groups)}")
+        if not np.isfinite(vec).all():
+            raise ClinicalPreprocessingError("clinical state vector contains NaN/inf")
+        numeric_stats, binary_mode, categorical_mode = {}, {}, {}
+        pos = _HEADER_SIZE
+        for spec in pre._specs:
+            if spec.type == "numeric":
+                median, mean, scale = (float(v) for v in vec[pos:pos + 3])
+                if scale <= 0:
+                    raise ClinicalPreprocessingError(
+                        f"clinical state vector: column '{spec.name}' has non-positive scale {scale}")
+                numeric_stats[spec.name] = (median, mean, scale)
+            elif spec.type == "binary":
+                if vec[pos] not in (0.0, 1.0):
+                    raise ClinicalPreprocessingError(
+                        f"clinical state vector: binary column '{spec.name}' has mode {vec[pos]}, not 0/1")
+                binary_mode[spec.name] = float(vec[pos])
+            else:
+                index = vec[pos]
+                if not (float(index).is_integer() and 0 <= index < len(spec.categories)):
+                    raise ClinicalPreprocessingError(
+                        f"clinical state vector: column '{spec.name}' has category index {index}, "
+                        f"outside 0..{len(spec.categories) - 1}")
+                categorical_mode[spec.name] = spec.categories[int(index)]
+            pos += _STATE_WIDTH[spec.type]
+        pre._numeric_stats, pre._binary_mode, pre._categorical_mode = numeric_stats, binary_mode, categorical_mode
+        return pre
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict:
+        """JSON-serialisable description: schema subset, groups and (when fitted) the fitted numbers."""
+        d = {"format": _FORMAT_NAME, "version": _FORMAT_VERSION, "groups": list(self.groups),
+             "schema": self.schema.to_dict(), "feature_names": list(self.feature_names),
+             "fitted": self.is_fitted}
+        if self.is_fitted:
+            d["state"] = {
+                "numeric": {n: {"median": m, "mean": mu, "scale": s} for n, (m, mu, s) in self._numeric_stats.items()},
+                "binary": {n: {"mode": int(v)} for n, v in self._binary_mode.items()},
+                "categorical": {n: {"mode": v} for n, v in self._categorical_mode.items()},
+            }
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClinicalPreprocessor":
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(d, dict) or d.get("format") != _FORMAT_NAME:
+            raise ClinicalPreprocessingError("not a ClinicalPreprocessor dict (missing format marker)")
+        if d.get("version") != _FORMAT_VERSION:
+            raise ClinicalPreprocessingError(
+                f"ClinicalPreprocessor dict version {d.get('version')!r} is not supported (expected {_FORMAT_VERSION})")
+        pre = cls(_schema_from_dict(d["schema"]), d["groups"])
+        if d.get("feature_names") is not None and list(d["feature_names"]) != pre.feature_names:
+            raise ClinicalPreprocessingError("ClinicalPreprocessor dict: feature_names do not match its schema")
+        if not d.get("fitted"):
+            return pre
+        state = d["state"]
+        try:
+            numeric_stats = {n: (float(state["numeric"][n]["median"]), float(state["numeric"][n]["mean"]),
+                                 float(state["numeric"][n]["scale"]))
+                             for n in pre.columns if pre.schema.columns[n].type == "numeric"}
+            binary_mode = {n: float(state["binary"][n]["mode"])
+                           for n in pre.columns if pre.schema.columns[n].type == "binary"}
+            categorical_mode = {n: str(state["categorical"][n]["mode"])
+                                for n in pre.columns if pre.schema.columns[n].type == "categorical"}
+        except KeyError as e:
+            raise ClinicalPreprocessingError(f"ClinicalPreprocessor dict: fitted state lacks {e}") from None
+        for n, mode in categorical_mode.items():
+            if mode not in pre.schema.columns[n].categories:
+                raise ClinicalPreprocessingError(
+                    f"ClinicalPreprocessor dict: column '{n}' has mode {mode!r}, not a declared category")
+        pre._numeric_stats, pre._binary_mode, pre._categorical_mode = numeric_stats, binary_mode, categorical_mode
+        # Route through the state vector so the same range checks apply to both formats.
+        return cls.from_state_vector(pre.schema, pre.groups, pre.state_vector())
