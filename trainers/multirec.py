@@ -23,3 +23,30 @@ class MultiRecTrainer_MRI(MultiRecTrainer):
 class MultiRecTrainer_T2(MultiRecTrainer_MRI):
     """T2-weighted series only, no clinical data (same preprocessed dataset)."""
     input_channels = (0,)
+
+
+# ---------------------------------------------------------------------------------------------
+# training length (named like nnU-Net's nnUNetTrainer_Xepochs)
+
+class MultiRecTrainer_5epochs(MultiRecTrainer):
+    epochs = 5
+
+
+class MultiRecTrainer_50epochs(MultiRecTrainer):
+    epochs = 50
+
+
+class MultiRecTrainer_100epochs(MultiRecTrainer):
+    epochs = 100
+
+
+class MultiRecTrainer_250epochs(MultiRecTrainer):
+    epochs = 250
+
+
+class MultiRecTrainer_smoke(MultiRecTrainer):
+    """For tests: three epochs of three iterations, a checkpoint after every epoch."""
+    epochs = 3
+    iterations_per_epoch = 3
+    val_iterations_per_epoch = 2
+    save_every_epochs = 1
