@@ -55,19 +55,10 @@ def read_features(path: Path, schema: ClinicalSchema) -> pd.DataFrame:
     return read_case_table(path, schema)
 
 
-def read_outcomes(path: Path, time_column: str, event_column: str) -> pd.DataFrame:
-    """Development-cohort outcomes keyed by case id, with the same checks the converter applies."""
-    df = pd.read_csv(path, dtype={"case_id": str})
-    missing = {"case_id", time_column, event_column} - set(df.columns)
-    if missing:
-        raise MultitaskDatasetError(f"{path}: missing column(s) {sorted(missing)}")
-    if df["case_id"].duplicated().any():
-        raise MultitaskDatasetError(f"{path}: duplicate case ids {sorted(df.loc[df.case_id.duplicated(), 'case_id'])}")
-    bad = df[~(df[time_column] > 0) | ~df[event_column].isin([0, 1])]
-    if len(bad):
-        raise MultitaskDatasetError(f"{path}: invalid follow-up for case(s) {list(bad.case_id)} "
-                                    f"({time_column} must be > 0, {event_column} in {{0,1}})")
-    return df.set_index("case_id")
+def read_outcomes(path: Path, schema: ClinicalSchema) -> pd.DataFrame:
+    """Development-cohort outcomes keyed by case id (validated as the converter wrote them)."""
+    from clinical.tables import read_outcomes_table
+    return read_outcomes_table(path, schema)
 
 
 def lookup_rows(df: pd.DataFrame, keys, what: str, path: Optional[Path] = None) -> pd.DataFrame:

@@ -224,7 +224,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         features_path = dataset_table_path(name, self.mt["clinical_table"])
         outcomes_path = dataset_table_path(name, self.mt["outcomes_table"])
         features = read_features(features_path, self.schema)
-        outcomes = read_outcomes(outcomes_path, self.mt["time_column"], self.mt["event_column"])
+        outcomes = read_outcomes(outcomes_path, self.schema)
         return features, features_path, outcomes, outcomes_path
 
     def prepare_fold_data(self):

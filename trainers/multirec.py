@@ -50,3 +50,19 @@ class MultiRecTrainer_smoke(MultiRecTrainer):
     iterations_per_epoch = 3
     val_iterations_per_epoch = 2
     save_every_epochs = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# survival loss (the default is the discrete-time likelihood; see README "Choices")
+
+class MultiRecTrainer_Cox(MultiRecTrainer):
+    """Cox partial likelihood (Efron ties) over the batch plus a risk-set memory of 128 predictions."""
+    survival_head = "cox"
+
+
+class MultiRecTrainer_Cox_smoke(MultiRecTrainer_Cox):
+    """For tests of the Cox path and its risk memory across --c."""
+    epochs = 3
+    iterations_per_epoch = 3
+    val_iterations_per_epoch = 2
+    save_every_epochs = 1

@@ -1,0 +1,111 @@
+"""End to end: the real nnUNetv2_train with MultiRec trainers on a tiny converted synthetic cohort."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clinical.preprocessing import ClinicalPreprocessor
+from nnunet_multitask.dataset import read_features, schema_from_block
+from tests.conftest import DATASET_ID, bin_of, run
+
+HEAD_KEYS = ("classification_head.weight", "survival_output.weight", "clinical_embedding.0.weight",
+             "image_embedding.0.weight", "clinical_state", "time_bin_edges", "fold_state_fitted")
+
+
+def _ckpt(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_smoke_training_has_heads_metrics_and_fold_fitted_transform(smoke_model):
+    fold = smoke_model["model_folder"] / "fold_0"
+    ckpt = _ckpt(fold / "checkpoint_final.pth")
+    w = ckpt["network_weights"]
+    for k in HEAD_KEYS:
+        assert k in w, f"checkpoint lacks {k}"
+    assert bool(w["fold_state_fitted"])
+    assert ckpt["trainer_name"] == "MultiRecTrainer_smoke"
+    log = ckpt["logging"]
+    assert len(log["val_c_index"]) == 3 and len(log["val_auc"]) == 3 and len(log["ema_selection_score"]) == 3
+    assert (fold / "progress.png").is_file()
+    text = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert "val C-index" in text and "val AUC@36m" in text
+
+    # the clinical transform in the checkpoint is the one fitted on fold 0's TRAINING cases only
+    raw = smoke_model["raw"]
+    dj = json.loads((raw / "dataset.json").read_text())
+    mt = dj["multitask"]
+    splits = json.loads((smoke_model["root"] / "nnUNet_preprocessed" / raw.name / "splits_final.json").read_text())
+    schema = schema_from_block(mt)
+    feats = read_features(raw / mt["clinical_table"], schema)
+    expected = ClinicalPreprocessor(schema, ("pretreatment", "postoperative")).fit(
+        feats.loc[splits[0]["train"]].reset_index())
+    np.testing.assert_allclose(w["clinical_state"].numpy(), expected.state_vector())
+    leaky = ClinicalPreprocessor(schema, ("pretreatment", "postoperative")).fit(feats.reset_index())
+    assert not np.allclose(leaky.state_vector(), w["clinical_state"].numpy())
+
+    # final validation wrote per-case head predictions beside nnU-Net's summary
+    val = fold / "validation"
+    assert (val / "summary.json").is_file()
+    heads = pd.read_csv(val / "head_predictions.csv")
+    assert sorted(heads.case_id) == sorted(splits[0]["val"])
+    assert {"risk_score", "p_recurrence_36m", "surv_prob_36m", "tumour_found"} <= set(heads.columns)
+    assert np.isfinite(heads.risk_score).all()
+    assert (heads.p_recurrence_36m.between(0, 1)).all()
+    assert (val / "head_summary.json").is_file()
+    # no patient identifiers anywhere in what training wrote
+    for p in smoke_model["model_folder"].rglob("*"):
+        if p.is_file() and p.suffix in (".json", ".csv", ".txt"):
+            assert "P00" not in p.read_text(errors="ignore"), f"patient id in {p}"
+
+
+def test_continue_after_final_keeps_heads(smoke_model):
+    env = smoke_model["env"]
+    fold = smoke_model["model_folder"] / "fold_0"
+    before = _ckpt(fold / "checkpoint_final.pth")["network_weights"]
+    run([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", "MultiRecTrainer_smoke", "-device", "cpu",
+         "--c"], env)
+    after = _ckpt(fold / "checkpoint_final.pth")["network_weights"]
+    for k in HEAD_KEYS:
+        torch.testing.assert_close(after[k], before[k])
+
+
+def test_training_killed_mid_run_resumes_with_heads_transform_and_memory(preprocessed_dataset):
+    """A Cox-head training is killed (SIGKILL) after its first checkpoint and finished with --c."""
+    env = preprocessed_dataset["env"]
+    folder = (preprocessed_dataset["root"] / "nnUNet_results" / "Dataset501_LARC" /
+              "MultiRecTrainer_Cox_smoke__nnUNetPlans__3d_fullres" / "fold_1")
+    cmd = [bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "1", "-tr", "MultiRecTrainer_Cox_smoke",
+           "-device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = folder / "checkpoint_latest.pth"
+    deadline = time.time() + 600
+    while not latest.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let torch.save finish writing
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.is_file(), "no checkpoint was written before the kill"
+    assert not (folder / "checkpoint_final.pth").exists(), "training finished before it could be killed"
+    killed = _ckpt(latest)
+    mem_valid = killed["network_weights"]["risk_memory.valid"]
+    assert mem_valid.any(), "the risk memory was empty at the checkpoint"
+
+    run(cmd + ["--c"], env)
+    final = _ckpt(folder / "checkpoint_final.pth")
+    assert final["current_epoch"] == 3
+    w = final["network_weights"]
+    torch.testing.assert_close(w["clinical_state"], killed["network_weights"]["clinical_state"])
+    torch.testing.assert_close(w["time_bin_edges"], killed["network_weights"]["time_bin_edges"])
+    # memory entries from before the kill are still there (FIFO not yet wrapped at this size)
+    n = int(mem_valid.sum())
+    torch.testing.assert_close(w["risk_memory.log_risk"][:n], killed["network_weights"]["risk_memory.log_risk"][:n])
+    assert int(w["risk_memory.valid"].sum()) > n
+    for k in ("classification_head.weight", "survival_output.weight"):
+        assert k in w
