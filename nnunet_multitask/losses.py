@@ -1,0 +1,591 @@
+"""Losses of the multitask heads: Cox partial likelihood (batch + risk-set memory + all DDP ranks),
+discrete-time survival likelihood, and masked BCE for recurrence-within-horizon.
+
+Every function here is small and pure (torchsurv style): tensors in, a scalar loss out. They are
+hand-written because scikit-survival and lifelines fit models with numpy and give no autograd; the
+tests check them against those libraries on the same data.
+
+Conventions shared by all losses
+--------------------------------
+* ``weights`` is a per-sample mask/weight; a weight of 0 removes the sample completely (the trainer
+  uses it for patches without tumour and for unknown labels).
+* Removed samples still appear in the autograd graph with a zero coefficient, and a loss with nothing
+  to learn from (no event, no known label) is a finite ``0`` that carries a graph. nnU-Net wraps the
+  network in DDP with ``find_unused_parameters=False``, which requires every head parameter to get a
+  gradient (possibly zero) at every step; skipping a term would hang or crash DDP.
+* Nothing returns NaN for a legal input: illegal inputs (shapes, non-finite values, non-positive
+  times, unknown tie methods) raise ``ValueError`` with the offending values named.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "cox_partial_likelihood",
+    "RiskSetMemory",
+    "gather_across_ranks",
+    "discrete_time_nll",
+    "make_bin_edges",
+    "discrete_time_survival",
+    "survival_at",
+    "masked_bce_with_logits",
+]
+
+_TIE_METHODS = ("breslow", "efron")
+
+
+# --------------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------------
+def _as_vector(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Return ``x`` as a 1-D tensor; accepts [N] or [N, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 2 and x.shape[1] == 1:
+        return x[:, 0]
+    if x.ndim != 1:
+        raise ValueError(f"{name} must have shape [N] or [N, 1], got {tuple(x.shape)}")
+    return x
+
+
+def _first_bad(values: torch.Tensor, bad: torch.Tensor) -> str:
+    """Describe the first offending entries for an error message."""
+    idx = torch.nonzero(bad).flatten()[:5].tolist()
+    return f"indices {idx}, values {[values[i].item() for i in idx]}"
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise ValueError(f"{name} has non-finite values at {_first_bad(x.detach(), bad)}")
+
+
+def _prepare_weights(weights: Optional[torch.Tensor], n: int, like: torch.Tensor, binary: bool) -> torch.Tensor:
+    """Weights as a float vector on ``like``'s device; ones when None."""
+    if weights is None:
+        return torch.ones(n, dtype=like.dtype, device=like.device)
+    weights = _as_vector(weights, "weights").to(device=like.device, dtype=like.dtype)
+    if weights.shape[0] != n:
+        raise ValueError(f"weights has {weights.shape[0]} entries, expected {n}")
+    _check_finite(weights, "weights")
+    if binary:
+        bad = (weights != 0) & (weights != 1)
+        if bool(bad.any()):
+            raise ValueError(f"weights must be 0 or 1 (a mask), got {_first_bad(weights, bad)}")
+    elif bool((weights < 0).any()):
+        raise ValueError(f"weights must be >= 0, got {_first_bad(weights, weights < 0)}")
+    return weights
+
+
+def _check_time_event(time: torch.Tensor, event: torch.Tensor, n: int, active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Validate time/event vectors of length ``n``; only ``active`` (weighted) samples must be valid."""
+    time = _as_vector(time, "time")
+    event = _as_vector(event, "event")
+    if time.shape[0] != n or event.shape[0] != n:
+        raise ValueError(f"log_risk/logits, time and event lengths differ: {n}, {time.shape[0]}, {event.shape[0]}")
+    if not torch.is_floating_point(time):
+        time = time.to(torch.float64)
+    if event.dtype != torch.bool:
+        bad_event = (event != 0) & (event != 1)
+        if bool(bad_event.any()):
+            raise ValueError(f"event must be boolean or 0/1, got {_first_bad(event, bad_event)}")
+        event = event != 0
+    time_a = time[active.to(time.device)]
+    bad = ~torch.isfinite(time_a) | (time_a <= 0)
+    if bool(bad.any()):
+        raise ValueError(f"time must be finite and > 0 for every weighted sample, got {_first_bad(time_a, bad)}")
+    return time, event
+
+
+# --------------------------------------------------------------------------------------------
+# Cox partial likelihood
+# --------------------------------------------------------------------------------------------
+def cox_partial_likelihood(
+    log_risk: torch.Tensor,
+    time: torch.Tensor,
+    event: torch.Tensor,
+    weights: Optional[torch.Tensor] = None,
+    ties: str = "efron",
+    extra_log_risk: Optional[torch.Tensor] = None,
+    extra_time: Optional[torch.Tensor] = None,
+    extra_event: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    r"""Negative log Cox partial likelihood, averaged over the number of events.
+
+    With log-risks :math:`\eta_i`, distinct event times :math:`t_{(1)} < \dots < t_{(m)}`,
+    :math:`D_k` the set of events at :math:`t_{(k)}` (:math:`d_k = |D_k|`) and
+    :math:`R_k = \{j: t_j \ge t_{(k)}\}` the risk set,
+
+    Breslow:
+
+    .. math:: \ell = -\frac{1}{\sum_k d_k} \sum_k \Big[ \sum_{i \in D_k} \eta_i
+              - d_k \log \sum_{j \in R_k} e^{\eta_j} \Big]
+
+    Efron:
+
+    .. math:: \ell = -\frac{1}{\sum_k d_k} \sum_k \Big[ \sum_{i \in D_k} \eta_i
+              - \sum_{l=0}^{d_k - 1} \log\Big( \sum_{j \in R_k} e^{\eta_j}
+              - \tfrac{l}{d_k} \sum_{j \in D_k} e^{\eta_j} \Big) \Big]
+
+    Both equal the negative ``log_likelihood_`` of lifelines / scikit-survival divided by the number
+    of events. Computed stably: samples are sorted by time descending and the risk-set log-sums come
+    from ``torch.logcumsumexp``; the Efron correction is ``log R + log1p(-l/d * D/R)`` with
+    ``D/R <= 1``.
+
+    Parameters
+    ----------
+    log_risk : Tensor [N] or [N, 1]
+        Predicted log-risk (higher = earlier event), with grad.
+    time : Tensor [N]
+        Event or censoring time, > 0 for every weighted sample.
+    event : Tensor [N]
+        Bool or 0/1; True = event observed.
+    weights : Tensor [N], optional
+        0/1 mask. A 0 removes the sample from risk sets and events (as if it were not in the batch);
+        its time/event are then not checked (may be NaN). Default: all ones.
+    ties : {"efron", "breslow"}
+        Tie handling.
+    extra_log_risk, extra_time, extra_event : Tensor [M], optional
+        Risk-set memory (e.g. :meth:`RiskSetMemory.get`), all three or none. ``extra_log_risk`` is
+        detached here (memory entries are constants). Following torchsurv's ``Momentum``, the loss is
+        the partial likelihood of the union of batch and memory: memory entries enlarge every risk
+        set *and* memory events contribute their own terms, so the batch's predictions are also
+        ranked against memory events (they get gradient through those events' denominators).
+        The average is over all events of the union. This equals calling the function on the
+        concatenation ``[batch, memory]`` with the memory part detached.
+
+    Returns
+    -------
+    Tensor
+        Scalar loss. Zero (finite, with a graph reaching ``log_risk``) when no contributing event.
+        A batch of one with an event and no memory gives exactly 0 (its risk set is itself).
+
+    Notes
+    -----
+    Under DDP, call this on :func:`gather_across_ranks` output (every rank computes the same loss on
+    the global batch). Do **not** multiply the loss by the world size: ``AllGatherGrad`` sums the
+    gradient of the gathered tensor over ranks, so each rank's local ``log_risk`` receives
+    ``world_size x`` the single-process gradient slice, and DDP's averaging over ranks then yields
+    exactly the gradient of the single-process loss on the concatenated batch.
+    """
+    if ties not in _TIE_METHODS:
+        raise ValueError(f"ties must be one of {_TIE_METHODS}, got {ties!r}")
+    log_risk = _as_vector(log_risk, "log_risk")
+    if not torch.is_floating_point(log_risk):
+        raise ValueError(f"log_risk must be a floating tensor, got {log_risk.dtype}")
+    n = log_risk.shape[0]
+    _check_finite(log_risk, "log_risk")
+    weights = _prepare_weights(weights, n, log_risk, binary=True)
+    active = weights > 0
+    time, event = _check_time_event(time, event, n, active)
+    time = time.to(log_risk.device)
+    event = event.to(log_risk.device)
+    # keeps every sample (and so every parameter) in the graph for DDP, see module docstring
+    graph_anchor = 0.0 * log_risk.sum()
+
+    eta = log_risk[active]
+    t = time[active]
+    e = event[active]
+
+    extras = (extra_log_risk, extra_time, extra_event)
+    if any(x is not None for x in extras):
+        if any(x is None for x in extras):
+            raise ValueError("extra_log_risk, extra_time and extra_event must be given together")
+        m_eta = _as_vector(extra_log_risk, "extra_log_risk").detach().to(device=log_risk.device, dtype=log_risk.dtype)
+        _check_finite(m_eta, "extra_log_risk")
+        m_time, m_event = _check_time_event(
+            extra_time, extra_event, m_eta.shape[0], torch.ones(m_eta.shape[0], dtype=torch.bool))
+        eta = torch.cat([eta, m_eta])
+        t = torch.cat([t, m_time.to(device=t.device, dtype=t.dtype)])
+        e = torch.cat([e, m_event.to(e.device)])
+
+    n_events = int(e.sum())
+    if n_events == 0:
+        return graph_anchor
+
+    # group samples by distinct time; inverse[i] = group of sample i (groups ascending in time)
+    unique_times, inverse, counts = torch.unique(t, return_inverse=True, return_counts=True)
+    # risk-set log-sum per group: cumulative logsumexp from the latest time backwards; a group's
+    # risk set includes its own tied members, so read the value at the group's last sorted position
+    order = torch.argsort(t, descending=True)
+    cum_lse = torch.logcumsumexp(eta[order], dim=0)
+    last_pos_desc = torch.cumsum(counts.flip(0), dim=0) - 1
+    risk_lse = cum_lse[last_pos_desc].flip(0)  # [G], ascending group order
+
+    all_ev_eta = eta[e]
+    all_ev_group = inverse[e]
+    if ties == "breslow":
+        log_lik = (all_ev_eta - risk_lse[all_ev_group]).sum()
+    else:
+        # Efron: tied events at a time leave the denominator fraction by fraction
+        n_groups = unique_times.shape[0]
+        group_max = torch.full((n_groups,), -torch.inf, dtype=eta.dtype, device=eta.device)
+        group_max = group_max.scatter_reduce(0, all_ev_group, all_ev_eta.detach(), reduce="amax")
+        shift = torch.where(torch.isfinite(group_max), group_max, torch.zeros_like(group_max))
+        tie_sum = torch.zeros(n_groups, dtype=eta.dtype, device=eta.device).index_add(
+            0, all_ev_group, torch.exp(all_ev_eta - shift[all_ev_group]))
+        d_k = torch.zeros(n_groups, dtype=eta.dtype, device=eta.device).index_add(
+            0, all_ev_group, torch.ones_like(all_ev_eta))
+        # l = 0..d_k-1 per tied event: rank of each event inside its group (stable sort by group)
+        sorted_group, _ = torch.sort(all_ev_group, stable=True)
+        group_start = torch.cumsum(d_k, 0) - d_k
+        l_rank = torch.arange(sorted_group.shape[0], device=eta.device, dtype=eta.dtype) - group_start[sorted_group]
+        # ratio D/R in (0, 1]; only ratios of groups with events are used
+        ratio = torch.exp(torch.log(tie_sum[sorted_group]) + shift[sorted_group] - risk_lse[sorted_group])
+        efron_log_denominator = risk_lse[sorted_group] + torch.log1p(-(l_rank / d_k[sorted_group]) * ratio)
+        log_lik = all_ev_eta.sum() - efron_log_denominator.sum()
+    return -log_lik / n_events + graph_anchor
+
+
+# --------------------------------------------------------------------------------------------
+# risk-set memory
+# --------------------------------------------------------------------------------------------
+class RiskSetMemory(torch.nn.Module):
+    """FIFO memory bank of detached (log_risk, time, event) predictions that enlarges Cox risk sets.
+
+    All state lives in registered buffers (``log_risk``, ``time``, ``event``, ``valid``, ``ptr``), so
+    it is saved in the network's ``state_dict`` and nnU-Net checkpoints and moves with ``.to()``.
+
+    Use per training step: ``mem = memory.get()`` -> loss with ``extra_*=mem`` -> ``memory.update(batch)``
+    (read before writing, so the current batch is not counted twice). Under DDP, update with the
+    gathered batch (:func:`gather_across_ranks`) so every rank holds the same memory; DDP also
+    broadcasts buffers from rank 0 at each forward, which is then harmless. The memory is not
+    cleared between epochs; entries come from older weights, which is what bounds ``size`` in practice.
+
+    Parameters
+    ----------
+    size : int
+        Capacity; 0 disables the memory (``update`` is a no-op and ``get`` returns empty tensors).
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        if int(size) != size or size < 0:
+            raise ValueError(f"RiskSetMemory size must be a non-negative integer, got {size!r}")
+        self.size = int(size)
+        self.register_buffer("log_risk", torch.zeros(self.size, dtype=torch.float32))
+        self.register_buffer("time", torch.ones(self.size, dtype=torch.float32))
+        self.register_buffer("event", torch.zeros(self.size, dtype=torch.bool))
+        self.register_buffer("valid", torch.zeros(self.size, dtype=torch.bool))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+    @torch.no_grad()
+    def update(self, log_risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
+               weights: Optional[torch.Tensor] = None) -> None:
+        """Push detached entries with weight > 0, overwriting the oldest when full.
+
+        If more entries than ``size`` arrive at once, only the last ``size`` are kept.
+        """
+        log_risk = _as_vector(log_risk, "log_risk").detach()
+        n = log_risk.shape[0]
+        _check_finite(log_risk, "log_risk")
+        weights = _prepare_weights(weights, n, log_risk.float(), binary=False)
+        active = weights > 0
+        time, event = _check_time_event(time, event, n, active)
+        if self.size == 0:
+            return
+        dev = self.log_risk.device
+        active = active.to(dev)
+        new_risk = log_risk.to(dev)[active][-self.size:]
+        new_time = time.to(dev)[active][-self.size:]
+        new_event = event.to(dev)[active][-self.size:]
+        k = new_risk.shape[0]
+        if k == 0:
+            return
+        slots = (self.ptr + torch.arange(k, device=dev)) % self.size
+        self.log_risk[slots] = new_risk.to(self.log_risk.dtype)
+        self.time[slots] = new_time.to(self.time.dtype)
+        self.event[slots] = new_event
+        self.valid[slots] = True
+        self.ptr.copy_((self.ptr + k) % self.size)
+
+    def get(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log_risk, time, event)`` of the valid entries, oldest first (copies, no grad)."""
+        order = (self.ptr + torch.arange(self.size, device=self.ptr.device)) % max(self.size, 1)
+        order = order[self.valid[order]]
+        return self.log_risk[order].clone(), self.time[order].clone(), self.event[order].clone()
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+
+# --------------------------------------------------------------------------------------------
+# DDP gathering
+# --------------------------------------------------------------------------------------------
+def gather_across_ranks(
+    log_risk: torch.Tensor,
+    time: torch.Tensor,
+    event: torch.Tensor,
+    weights: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate every rank's batch (rank order) so the Cox risk sets span the global batch.
+
+    Gradient flows back to the local slice of ``log_risk`` through nnU-Net's ``AllGatherGrad``
+    (which sums the gathered gradient over ranks; see :func:`cox_partial_likelihood` Notes: do not
+    scale the loss by the world size). ``AllGatherGrad`` needs equal shapes, and nnU-Net splits the
+    global batch unevenly over ranks, so each rank pads to the largest local batch; the padding is
+    then removed by index, so the result is exactly the concatenation of the real samples.
+
+    Collective: every rank must call it at every step (also with zero valid weights).
+    When ``torch.distributed`` is not initialised it returns the inputs as vectors (weights = ones
+    if None) and is a no-op.
+
+    Returns
+    -------
+    (log_risk [N_total], time [N_total], event bool [N_total], weights [N_total])
+    """
+    log_risk = _as_vector(log_risk, "log_risk")
+    n = log_risk.shape[0]
+    time = _as_vector(time, "time").to(log_risk.device)
+    event = _as_vector(event, "event").to(log_risk.device)
+    if time.shape[0] != n or event.shape[0] != n:
+        raise ValueError(f"log_risk, time and event lengths differ: {n}, {time.shape[0]}, {event.shape[0]}")
+    weights = _prepare_weights(weights, n, log_risk.detach(), binary=False)
+    event = event if event.dtype == torch.bool else event != 0
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return log_risk, time, event, weights
+
+    from nnunetv2.utilities.ddp_allgather import AllGatherGrad
+
+    dist = torch.distributed
+    world = dist.get_world_size()
+    local_n = torch.tensor([n], dtype=torch.long, device=log_risk.device)
+    sizes = [torch.zeros_like(local_n) for _ in range(world)]
+    dist.all_gather(sizes, local_n)
+    sizes = torch.cat(sizes)
+    max_n = int(sizes.max())
+    pad = max_n - n
+
+    def padded(x: torch.Tensor, fill: float) -> torch.Tensor:
+        return torch.cat([x, torch.full((pad,), fill, dtype=x.dtype, device=x.device)])
+
+    all_risk = AllGatherGrad.apply(padded(log_risk, 0.0))  # [world, max_n], grad to local slice
+    # time/event/weights need no gradient: plain all_gather; event as float (gloo lacks bool)
+    side = torch.stack([padded(time.to(log_risk.dtype), 1.0), padded(event.to(log_risk.dtype), 0.0),
+                        padded(weights.to(log_risk.dtype), 0.0)])
+    side_all = [torch.zeros_like(side) for _ in range(world)]
+    dist.all_gather(side_all, side.detach().contiguous())
+    side_all = torch.stack(side_all)  # [world, 3, max_n]
+    real = torch.arange(max_n, device=log_risk.device)[None, :] < sizes[:, None]  # [world, max_n]
+    out_risk = all_risk[real]
+    out_time = side_all[:, 0][real].to(time.dtype if torch.is_floating_point(time) else log_risk.dtype)
+    out_event = side_all[:, 1][real] != 0
+    out_weights = side_all[:, 2][real]
+    return out_risk, out_time, out_event, out_weights
+
+
+# --------------------------------------------------------------------------------------------
+# discrete-time survival
+# --------------------------------------------------------------------------------------------
+def _check_bin_edges(bin_edges: torch.Tensor) -> torch.Tensor:
+    if not isinstance(bin_edges, torch.Tensor):
+        bin_edges = torch.as_tensor(bin_edges, dtype=torch.float64)
+    if bin_edges.ndim != 1 or bin_edges.shape[0] < 2:
+        raise ValueError(f"bin_edges must be 1-D with at least 2 edges, got shape {tuple(bin_edges.shape)}")
+    _check_finite(bin_edges, "bin_edges")
+    if float(bin_edges[0]) != 0.0:
+        raise ValueError(f"bin_edges must start at 0, got {float(bin_edges[0])}")
+    if bool((bin_edges[1:] <= bin_edges[:-1]).any()):
+        raise ValueError(f"bin_edges must be strictly increasing, got {bin_edges.tolist()}")
+    return bin_edges
+
+
+def _check_hazard_logits(hazard_logits: torch.Tensor, n_intervals: int) -> None:
+    if hazard_logits.ndim != 2 or hazard_logits.shape[1] != n_intervals:
+        raise ValueError(f"hazard_logits must have shape [N, {n_intervals}] (one column per interval of "
+                         f"bin_edges), got {tuple(hazard_logits.shape)}")
+
+
+def discrete_time_nll(
+    hazard_logits: torch.Tensor,
+    time: torch.Tensor,
+    event: torch.Tensor,
+    bin_edges: torch.Tensor,
+    weights: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    r"""Logistic-hazard (nnet-survival, Gensheimer & Narasimhan 2019) negative log-likelihood.
+
+    Intervals are :math:`I_k = (e_k, e_{k+1}]` for :math:`k = 0..K-1` from ``bin_edges``
+    :math:`e_0 = 0 < e_1 < \dots < e_K`; the last interval is open-ended, so a time beyond
+    :math:`e_K` falls in :math:`I_{K-1}`. Hazard :math:`h_k = \sigma(x_k)` is the probability of the
+    event in :math:`I_k` given survival to its start. For sample :math:`i` with time in
+    :math:`I_{k_i}`:
+
+    * event: :math:`\log L_i = \log h_{k_i} + \sum_{j<k_i} \log(1-h_j)`;
+    * censored (half-interval convention of nnet-survival): the sample survived every interval it
+      completed, and also its censoring interval when it was followed for at least half of it
+      (:math:`t_i \ge (e_{k_i} + e_{k_i+1})/2`):
+      :math:`\log L_i = \sum_{j<k_i} \log(1-h_j) + [t_i \ge mid_{k_i}] \log(1-h_{k_i})`.
+
+    The loss is :math:`-\sum_i w_i \log L_i / \sum_i w_i` (log-sigmoids keep it stable).
+
+    Parameters
+    ----------
+    hazard_logits : Tensor [N, K]
+    time : Tensor [N], > 0 for weighted samples
+    event : Tensor [N], bool or 0/1
+    bin_edges : Tensor [K + 1], starts at 0, strictly increasing (see :func:`make_bin_edges`)
+    weights : Tensor [N], optional, >= 0 (0 removes the sample; its term stays in the graph)
+
+    Returns
+    -------
+    Tensor
+        Scalar; finite 0 carrying a graph when every weight is 0. Batches without events are fine
+        (censored samples still contribute survival terms).
+    """
+    bin_edges = _check_bin_edges(bin_edges)
+    n_intervals = bin_edges.shape[0] - 1
+    _check_hazard_logits(hazard_logits, n_intervals)
+    _check_finite(hazard_logits, "hazard_logits")
+    n = hazard_logits.shape[0]
+    weights = _prepare_weights(weights, n, hazard_logits, binary=False)
+    active = weights > 0
+    time, event = _check_time_event(time, event, n, active)
+    dev = hazard_logits.device
+    # masked samples may carry NaN times; give them a harmless time so indexing stays defined
+    time = torch.where(active.to(time.device), time, torch.ones_like(time)).to(device=dev, dtype=torch.float64)
+    event = event.to(dev)
+    edges = bin_edges.to(device=dev, dtype=torch.float64)
+
+    interval = torch.bucketize(time, edges[1:-1], right=False)  # e_k < t <= e_{k+1}; beyond e_K -> K-1
+    midpoint = (edges[interval] + edges[interval + 1]) / 2
+    cols = torch.arange(n_intervals, device=dev)[None, :]
+    survived = cols < interval[:, None]
+    survived |= (cols == interval[:, None]) & (~event & (time >= midpoint))[:, None]
+    failed = (cols == interval[:, None]) & event[:, None]
+    log_lik = (survived * F.logsigmoid(-hazard_logits) + failed * F.logsigmoid(hazard_logits)).sum(1)
+    total_weight = weights.sum()
+    if float(total_weight) == 0.0:
+        return 0.0 * hazard_logits.sum()
+    return -(weights * log_lik).sum() / total_weight
+
+
+def make_bin_edges(times, events, n_bins: int, max_time: Optional[float] = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Interval edges for :func:`discrete_time_nll`: 0, the event-time quantiles, and ``max_time``.
+
+    Inner edges are the ``1/n_bins, ..., (n_bins-1)/n_bins`` quantiles (numpy linear interpolation)
+    of the **event** times, so each interval holds about the same number of events (the
+    nnet-survival / DeepHit practice); the last edge is ``max_time`` (default: the largest observed
+    time, event or censored). Duplicate quantiles (heavily tied event times) and inner edges at or
+    beyond ``max_time`` are dropped with a warning, so the result can have fewer than ``n_bins``
+    intervals: size the hazard head from ``len(edges) - 1``.
+
+    Parameters
+    ----------
+    times, events : array-like [N]
+        Training-fold follow-up times (> 0) and event indicators.
+    n_bins : int
+        Requested number of intervals K (>= 1).
+    max_time : float, optional
+        Last edge; must exceed 0.
+
+    Returns
+    -------
+    Tensor [K + 1] of ``dtype``, starting at 0, strictly increasing.
+    """
+    times = np.asarray(times.cpu() if isinstance(times, torch.Tensor) else times, dtype=float).reshape(-1)
+    events = np.asarray(events.cpu() if isinstance(events, torch.Tensor) else events).reshape(-1).astype(bool)
+    if times.shape != events.shape:
+        raise ValueError(f"times and events lengths differ: {times.shape[0]} vs {events.shape[0]}")
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    if not np.all(np.isfinite(times)) or np.any(times <= 0):
+        raise ValueError(f"times must be finite and > 0, got {times[~np.isfinite(times) | (times <= 0)][:5]}")
+    if not events.any():
+        raise ValueError("make_bin_edges needs at least one event time (got none)")
+    if max_time is None:
+        max_time = float(times.max())
+    if not max_time > 0:
+        raise ValueError(f"max_time must be > 0, got {max_time}")
+    quantiles = np.quantile(times[events], np.arange(1, n_bins) / n_bins) if n_bins > 1 else np.array([])
+    inner = np.unique(quantiles)
+    inner = inner[inner < max_time]
+    if inner.shape[0] < n_bins - 1:
+        warnings.warn(f"make_bin_edges: {n_bins} intervals requested, {inner.shape[0] + 1} kept "
+                      f"(tied event-time quantiles or quantiles >= max_time={max_time})", stacklevel=2)
+    return torch.as_tensor(np.concatenate([[0.0], inner, [max_time]]), dtype=dtype)
+
+
+def discrete_time_survival(hazard_logits: torch.Tensor) -> torch.Tensor:
+    """Survival at the end of each interval, ``S_k = prod_{j<=k} (1 - sigmoid(x_j))``, shape [N, K]."""
+    if hazard_logits.ndim != 2:
+        raise ValueError(f"hazard_logits must have shape [N, K], got {tuple(hazard_logits.shape)}")
+    return torch.exp(torch.cumsum(F.logsigmoid(-hazard_logits), dim=1))
+
+
+def survival_at(hazard_logits: torch.Tensor, bin_edges: torch.Tensor, t) -> torch.Tensor:
+    """Survival probability at arbitrary times, shape [N, T].
+
+    ``S`` is known at the edges (``S(0) = 1``, ``S(e_{k+1}) = S_k``) and linearly interpolated within
+    each interval (events spread uniformly within an interval, consistent with the half-interval
+    censoring convention of :func:`discrete_time_nll`). Beyond the last edge ``S`` is held at its
+    last value (no extrapolation). Monotone non-increasing in ``t``.
+
+    Parameters
+    ----------
+    hazard_logits : Tensor [N, K]
+    bin_edges : Tensor [K + 1]
+    t : float or Tensor [T] of times >= 0
+    """
+    bin_edges = _check_bin_edges(bin_edges)
+    _check_hazard_logits(hazard_logits, bin_edges.shape[0] - 1)
+    dev = hazard_logits.device
+    t = torch.as_tensor(t, dtype=torch.float64, device=dev).reshape(-1)
+    _check_finite(t, "t")
+    if bool((t < 0).any()):
+        raise ValueError(f"survival_at: t must be >= 0, got {_first_bad(t, t < 0)}")
+    edges = bin_edges.to(device=dev, dtype=torch.float64)
+    surv_end = discrete_time_survival(hazard_logits)
+    surv_edges = torch.cat([torch.ones_like(surv_end[:, :1]), surv_end], dim=1)  # [N, K+1]
+    t = t.clamp(max=float(edges[-1]))
+    left = (torch.searchsorted(edges, t, right=True) - 1).clamp(0, edges.shape[0] - 2)
+    frac = ((t - edges[left]) / (edges[left + 1] - edges[left])).to(surv_edges.dtype)
+    s_left = surv_edges[:, left]
+    return s_left + frac[None, :] * (surv_edges[:, left + 1] - s_left)
+
+
+# --------------------------------------------------------------------------------------------
+# masked BCE
+# --------------------------------------------------------------------------------------------
+def masked_bce_with_logits(logit: torch.Tensor, label: torch.Tensor,
+                           weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Binary cross-entropy for recurrence-within-horizon with unknown (NaN) labels masked out.
+
+    ``label`` is 1/0/NaN as produced by ``clinical.outcomes.recurrence_label`` (NaN = censored
+    before the horizon, status unknown, never treated as 0). Unknown or zero-weight samples get a
+    zero coefficient (still in the graph). The loss is ``sum(w_i * bce_i) / sum(w_i)`` over known
+    samples; finite 0 with a graph when none is known.
+
+    Parameters
+    ----------
+    logit : Tensor [N] or [N, 1]
+    label : Tensor [N] or [N, 1], values in [0, 1] or NaN
+    weights : Tensor [N], optional, >= 0
+    """
+    logit = _as_vector(logit, "logit")
+    label = _as_vector(label, "label").to(device=logit.device, dtype=logit.dtype)
+    n = logit.shape[0]
+    if label.shape[0] != n:
+        raise ValueError(f"logit and label lengths differ: {n} vs {label.shape[0]}")
+    _check_finite(logit, "logit")
+    weights = _prepare_weights(weights, n, logit, binary=False)
+    known = ~torch.isnan(label)
+    bad = known & ((label < 0) | (label > 1))
+    if bool(bad.any()):
+        raise ValueError(f"label must be in [0, 1] or NaN, got {_first_bad(label, bad)}")
+    coefficient = torch.where(known, weights, torch.zeros_like(weights))
+    per_sample = F.binary_cross_entropy_with_logits(
+        logit, torch.where(known, label, torch.zeros_like(label)), reduction="none")
+    total = coefficient.sum()
+    if float(total) == 0.0:
+        return 0.0 * logit.sum()
+    return (coefficient * per_sample).sum() / total
