@@ -369,11 +369,20 @@ class ClinicalPreprocessor:
         ----------
         schema, groups
             The same schema and groups the vector was fitted with.
-        vec : array-like
-            1-D float vector (a numpy array or a CPU torch tensor).
+        vec : numpy.ndarray or torch.Tensor
+            1-D float64 vector (a torch buffer may live on any device; float32 is refused because
+            it cannot hold the fitted numbers exactly).
         """
         pre = cls(schema, groups)
-        vec = np.asarray(vec, dtype=np.float64).reshape(-1)
+        if hasattr(vec, "detach"):  # a torch buffer, possibly on the GPU (torch is not imported here)
+            vec = vec.detach().cpu().numpy()
+        vec = np.asarray(vec)
+        if vec.dtype != np.float64:
+            # float32 would round the medians/means/scales and the layout fingerprint, so the
+            # transform would no longer be identical: register the buffer as torch.float64.
+            raise ClinicalPreprocessingError(
+                f"clinical state vector must be float64 to reproduce the fit exactly, got {vec.dtype}")
+        vec = vec.reshape(-1)
         if vec.shape[0] != pre.state_size:
             raise ClinicalPreprocessingError(
                 f"clinical state vector has length {vec.shape[0]}, expected {pre.state_size} for groups "

@@ -1,0 +1,344 @@
+"""Tests of clinical.preprocessing.ClinicalPreprocessor on small in-memory tables (default LARC schema)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from clinical.preprocessing import ClinicalPreprocessingError, ClinicalPreprocessor
+from clinical.schema import ClinicalSchema
+
+ALL = ("pretreatment", "postoperative")
+
+
+@pytest.fixture(scope="module")
+def schema() -> ClinicalSchema:
+    return ClinicalSchema.load()
+
+
+def make_table(schema: ClinicalSchema, n: int, seed: int, missing_rate: float = 0.15,
+               prefix: str = "case") -> pd.DataFrame:
+    """Random clinical table as tables.py delivers it: numeric floats, categorical/binary strings,
+    NaN for missing; plus columns the preprocessor must ignore (outcomes, centre)."""
+    rng = np.random.default_rng(seed)
+    data = {"case_id": [f"{prefix}_{i:03d}" for i in range(n)],
+            "centre": rng.choice(["A", "B"], n), "dfs_months": rng.uniform(1, 60, n),
+            "dfs_event": rng.integers(0, 2, n)}
+    for name, spec in schema.columns.items():
+        if spec.type == "numeric":
+            col = rng.normal(60 if name == "age" else 5, 10, n).astype(object)
+        elif spec.type == "binary":
+            col = rng.choice(["0", "1"], n).astype(object)
+        else:
+            col = rng.choice(list(spec.categories), n).astype(object)
+        observed_first = col[0]
+        col[rng.random(n) < missing_rate] = np.nan
+        col[0] = observed_first  # every column observed at least once, so it can be imputed
+        data[name] = col.astype(float) if spec.type == "numeric" else col
+    return pd.DataFrame(data)
+
+
+# ---------------------------------------------------------------------- layout known before fit
+def test_layout_known_before_fit(schema):
+    pre = ClinicalPreprocessor(schema, ALL)
+    assert pre.n_features == 25 == len(pre.feature_names)
+    assert pre.feature_names[:7] == ["age", "sex=F", "sex=M", "cea", "ct=T2", "ct=T3", "ct=T4"]
+    assert "trg=0" in pre.feature_names and "mrf" in pre.feature_names
+    # header 2 + 3 numeric * 3 + 2 binary + 6 categorical
+    assert pre.state_size == 2 + 9 + 2 + 6
+    assert not pre.is_fitted
+    with pytest.raises(NotFittedError):
+        pre.transform(make_table(schema, 3, 0))
+    with pytest.raises(NotFittedError):
+        pre.state_vector()
+
+
+def test_pretreatment_group_uses_only_pretreatment_columns(schema):
+    pre = ClinicalPreprocessor(schema, ("pretreatment",))
+    pretreatment = schema.group_columns(["pretreatment"])
+    assert pre.columns == pretreatment
+    assert all(name.split("=")[0] in pretreatment for name in pre.feature_names)
+    assert pre.n_features == 13
+    train = make_table(schema, 20, 1)
+    # Postoperative columns are not needed, and their content does not matter.
+    post = schema.group_columns(["postoperative"])
+    x = pre.fit_transform(train.drop(columns=post))
+    changed = train.copy()
+    changed["ypt"] = "not even a category"
+    np.testing.assert_array_equal(pre.transform(changed), x)
+    assert x.shape == (20, 13)
+
+
+def test_empty_groups_give_empty_features(schema):
+    pre = ClinicalPreprocessor(schema, ())
+    assert pre.n_features == 0 and pre.feature_names == [] and pre.state_size == 2
+    df = make_table(schema, 7, 2)
+    x = pre.fit_transform(df)
+    assert x.shape == (7, 0) and x.dtype == np.float32
+    again = ClinicalPreprocessor.from_state_vector(schema, (), pre.state_vector())
+    assert again.transform(df).shape == (7, 0)
+    d = json.loads(json.dumps(pre.to_dict()))
+    assert ClinicalPreprocessor.from_dict(d).transform(df).shape == (7, 0)
+
+
+# ---------------------------------------------------------------------- the encoding itself
+def test_encoding_values_by_hand(schema):
+    df = pd.DataFrame({
+        "case_id": ["a", "b", "c", "d"],
+        "age": [50.0, np.nan, 70.0, 60.0], "sex": ["F", "M", np.nan, "M"],
+        "cea": [3.0, 3.0, 3.0, np.nan],  # zero spread -> scale 1, all zeros
+        "ct": ["T3", "T3", "T4", np.nan], "cn": ["N0", "N1", "N1", "N1"],
+        "mrf": ["1", np.nan, "1", "0"], "emvi": ["0", "0", "0", "0"], "distance_av_cm": [4.0, 6.0, 8.0, 10.0],
+        "ypt": ["T0", "T1", "T2", "T3"], "ypn": ["N0", "N0", "N0", "N0"], "trg": ["1", "2", np.nan, "2"],
+    })
+    pre = ClinicalPreprocessor(schema, ALL)
+    x = pre.fit_transform(df)
+    f = {name: x[:, i] for i, name in enumerate(pre.feature_names)}
+    # age: median 60 fills b; mean 60, population std of [50, 60, 70, 60]
+    std = np.std([50.0, 60.0, 70.0, 60.0])
+    np.testing.assert_allclose(f["age"], (np.array([50, 60, 70, 60]) - 60) / std, rtol=1e-6)
+    np.testing.assert_array_equal(f["cea"], 0.0)
+    # sex: mode "M" fills c; ct: mode "T3" fills d; T2 declared but never seen -> zero column
+    np.testing.assert_array_equal(f["sex=F"], [1, 0, 0, 0])
+    np.testing.assert_array_equal(f["sex=M"], [0, 1, 1, 1])
+    np.testing.assert_array_equal(f["ct=T2"], 0)
+    np.testing.assert_array_equal(f["ct=T3"], [1, 1, 0, 1])
+    # binary kept 0/1, mode "1" fills b
+    np.testing.assert_array_equal(f["mrf"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(f["emvi"], 0)
+    np.testing.assert_array_equal(f["trg=2"], [0, 1, 1, 1])
+    np.testing.assert_array_equal(f["trg=3"], 0)
+    # every categorical column is one-hot: exactly one 1 per row and column group
+    for col in ("sex", "ct", "cn", "ypt", "ypn", "trg"):
+        block = np.stack([f[n] for n in pre.feature_names if n.startswith(col + "=")], axis=1)
+        np.testing.assert_array_equal(block.sum(axis=1), 1)
+
+
+def test_numpy_transform_matches_fitted_sklearn(schema):
+    train = make_table(schema, 40, 3)
+    pre = ClinicalPreprocessor(schema, ALL).fit(train)
+    frame = pre._validated_frame(train, "case_id")
+    sk = pre.sklearn_transformer_.transform(frame)
+    assert sk.shape == (40, pre.n_features)
+    np.testing.assert_allclose(pre.transform(train), sk, rtol=1e-6, atol=1e-6)
+    # fitted on training rows: numeric features have mean 0 (imputed values included)
+    x = pre.transform(train)
+    np.testing.assert_allclose(x[:, pre.feature_names.index("age")].mean(), 0.0, atol=1e-5)
+
+
+def test_nan_handling_and_finite_output(schema):
+    train = make_table(schema, 30, 4, missing_rate=0.4)
+    assert train[list(schema.columns)].isna().any().all()
+    pre = ClinicalPreprocessor(schema, ALL).fit(train)
+    test = make_table(schema, 10, 5, missing_rate=0.0)
+    for name in schema.columns:
+        test[name] = np.nan  # a validation row with everything missing is imputed, not dropped
+    for x in (pre.transform(train), pre.transform(test)):
+        assert x.dtype == np.float32
+        assert np.isfinite(x).all()
+    all_missing = pre.transform(test)
+    np.testing.assert_array_equal(all_missing, np.repeat(all_missing[:1], 10, axis=0))
+
+
+def test_accepts_numbers_for_binary_and_integer_coded_categories(schema):
+    strings = make_table(schema, 12, 6, missing_rate=0.0)
+    numbers = strings.copy()
+    numbers["mrf"] = strings["mrf"].astype(int)
+    numbers["trg"] = strings["trg"].astype(float)  # e.g. read from CSV without dtype=str
+    numbers["age"] = strings["age"].astype(str)  # numeric strings parse
+    pre = ClinicalPreprocessor(schema, ALL)
+    np.testing.assert_array_equal(pre.fit_transform(strings), ClinicalPreprocessor(schema, ALL).fit_transform(numbers))
+
+
+# ---------------------------------------------------------------------- leakage and determinism
+def test_no_leakage_from_validation_rows(schema):
+    train = make_table(schema, 30, 7, prefix="train")
+    val = make_table(schema, 10, 8, prefix="val")
+    base = ClinicalPreprocessor(schema, ALL).fit(train).transform(val)
+
+    # Changing (only) validation rows must not change how other validation rows are encoded:
+    # transform is row-wise and uses nothing but the training fit.
+    val_changed = val.copy()
+    val_changed.loc[5:, "age"] = 1e4
+    val_changed.loc[5:, "ct"] = "T2"
+    encoded_changed = ClinicalPreprocessor(schema, ALL).fit(train).transform(val_changed)
+    np.testing.assert_array_equal(encoded_changed[:5], base[:5])
+    # Fitting on train + an irrelevant transform of other rows first gives the same numbers.
+    pre = ClinicalPreprocessor(schema, ALL).fit(train)
+    pre.transform(val_changed)
+    np.testing.assert_array_equal(pre.transform(val), base)
+
+    # Changing training rows changes the validation encoding (the fit sees them and only them).
+    train_changed = train.copy()
+    train_changed["age"] = train_changed["age"] + 25.0
+    shifted = ClinicalPreprocessor(schema, ALL).fit(train_changed).transform(val)
+    age = ClinicalPreprocessor(schema, ALL).feature_names.index("age")
+    assert not np.allclose(shifted[:, age], base[:, age])
+    other = [i for i in range(base.shape[1]) if i != age]
+    np.testing.assert_array_equal(shifted[:, other], base[:, other])
+
+    # Fitting on train + val differs from fitting on train alone (so the test above can fail).
+    leaky = ClinicalPreprocessor(schema, ALL).fit(pd.concat([train, val_changed])).transform(val)
+    assert not np.allclose(leaky, base)
+
+
+def test_fit_is_deterministic(schema):
+    train = make_table(schema, 25, 9)
+    a = ClinicalPreprocessor(schema, ALL).fit(train)
+    b = ClinicalPreprocessor(schema, ALL).fit(train.copy())
+    np.testing.assert_array_equal(a.state_vector(), b.state_vector())
+    np.testing.assert_array_equal(a.transform(train), b.transform(train))
+    # refitting the same object on other rows replaces the fit entirely
+    a.fit(make_table(schema, 25, 10)).fit(train)
+    np.testing.assert_array_equal(a.state_vector(), b.state_vector())
+
+
+# ---------------------------------------------------------------------- serialisation
+@pytest.mark.parametrize("groups", [ALL, ("pretreatment",), ("postoperative",)])
+def test_state_vector_round_trip(schema, groups):
+    train = make_table(schema, 30, 11)
+    val = make_table(schema, 12, 12, missing_rate=0.3)
+    pre = ClinicalPreprocessor(schema, groups).fit(train)
+    vec = pre.state_vector()
+    assert vec.dtype == np.float64 and vec.shape == (ClinicalPreprocessor(schema, groups).state_size,)
+    # as it comes back from a torch buffer: maybe float64 but a fresh copy
+    loaded = ClinicalPreprocessor.from_state_vector(schema, groups, vec.copy())
+    assert loaded.is_fitted and loaded.sklearn_transformer_ is None
+    np.testing.assert_array_equal(loaded.transform(val), pre.transform(val))
+    np.testing.assert_array_equal(loaded.transform(train), pre.transform(train))
+    np.testing.assert_array_equal(loaded.state_vector(), vec)
+    # the full schema or its subset both work as the schema argument
+    via_subset = ClinicalPreprocessor.from_state_vector(schema.subset(groups), groups, vec)
+    np.testing.assert_array_equal(via_subset.transform(val), pre.transform(val))
+
+
+def test_state_vector_through_a_torch_state_dict(schema, tmp_path):
+    """The trainer's use: a float64 buffer in a module, saved, strictly loaded into a fresh module."""
+    import torch
+
+    train, val = make_table(schema, 30, 27), make_table(schema, 9, 28)
+    pre = ClinicalPreprocessor(schema, ALL).fit(train)
+
+    class Holder(torch.nn.Module):
+        def __init__(self, size: int):
+            super().__init__()
+            self.register_buffer("clinical_state", torch.zeros(size, dtype=torch.float64))
+
+    saved = Holder(pre.state_size)
+    saved.clinical_state.copy_(torch.from_numpy(pre.state_vector()))
+    torch.save(saved.state_dict(), tmp_path / "checkpoint.pth")
+    fresh = Holder(ClinicalPreprocessor(schema, ALL).state_size)  # built before any data is seen
+    fresh.load_state_dict(torch.load(tmp_path / "checkpoint.pth"), strict=True)
+    loaded = ClinicalPreprocessor.from_state_vector(schema, ALL, fresh.clinical_state)
+    np.testing.assert_array_equal(loaded.transform(val), pre.transform(val))
+
+
+def test_state_vector_length_fixed_by_schema_and_groups(schema):
+    sizes = {ClinicalPreprocessor(schema, ALL).fit(make_table(schema, n, seed)).state_vector().shape
+             for n, seed in ((5, 1), (40, 2), (17, 3))}
+    assert sizes == {(ClinicalPreprocessor(schema, ALL).state_size,)}
+
+
+def test_state_vector_rejects_wrong_input(schema):
+    pre = ClinicalPreprocessor(schema, ALL).fit(make_table(schema, 20, 13))
+    vec = pre.state_vector()
+    with pytest.raises(ClinicalPreprocessingError, match="length"):
+        ClinicalPreprocessor.from_state_vector(schema, ("pretreatment",), vec)
+    with pytest.raises(ClinicalPreprocessingError, match="not marked fitted"):
+        ClinicalPreprocessor.from_state_vector(schema, ALL, np.zeros_like(vec))
+    # same length, different categories -> fingerprint mismatch
+    d = schema.to_dict()
+    d["columns"]["sex"]["categories"] = ["M", "F"]
+    with pytest.raises(ClinicalPreprocessingError, match="different column layout"):
+        ClinicalPreprocessor.from_state_vector(ClinicalSchema.from_dict(d), ALL, vec)
+    with pytest.raises(ClinicalPreprocessingError, match="float64"):
+        ClinicalPreprocessor.from_state_vector(schema, ALL, vec.astype(np.float32))
+    bad = vec.copy()
+    bad[-1] = 99  # category index out of range (trg is last)
+    with pytest.raises(ClinicalPreprocessingError, match="trg"):
+        ClinicalPreprocessor.from_state_vector(schema, ALL, bad)
+
+
+def test_dict_json_round_trip(schema, tmp_path):
+    train = make_table(schema, 30, 14)
+    val = make_table(schema, 8, 15)
+    pre = ClinicalPreprocessor(schema, ("pretreatment",)).fit(train)
+    path = tmp_path / "clinical_preprocessor.json"
+    path.write_text(json.dumps(pre.to_dict()))
+    d = json.loads(path.read_text())
+    assert d["groups"] == ["pretreatment"]
+    assert set(d["schema"]["columns"]) == set(schema.group_columns(["pretreatment"]))
+    loaded = ClinicalPreprocessor.from_dict(d)  # no schema needed: the dict carries it
+    assert loaded.feature_names == pre.feature_names
+    np.testing.assert_array_equal(loaded.transform(val), pre.transform(val))
+    np.testing.assert_array_equal(loaded.state_vector(), pre.state_vector())
+    # an unfitted preprocessor round-trips as unfitted
+    unfitted = ClinicalPreprocessor.from_dict(json.loads(json.dumps(ClinicalPreprocessor(schema).to_dict())))
+    assert not unfitted.is_fitted and unfitted.n_features == 25
+    with pytest.raises(ClinicalPreprocessingError, match="format"):
+        ClinicalPreprocessor.from_dict({"groups": []})
+
+
+# ---------------------------------------------------------------------- errors
+def test_undeclared_category_names_case_column_value(schema):
+    pre = ClinicalPreprocessor(schema, ALL).fit(make_table(schema, 20, 16))
+    val = make_table(schema, 5, 17, prefix="val")
+    val.loc[3, "ct"] = "T5"
+    with pytest.raises(ValueError, match=r"'ct'.*val_003.*'T5'"):
+        pre.transform(val)
+    # also at fit time, and with another id column
+    train = make_table(schema, 6, 18).rename(columns={"case_id": "patient_id"})
+    train.loc[2, "sex"] = "X"
+    with pytest.raises(ValueError, match=r"'sex'.*case_002.*'X'"):
+        ClinicalPreprocessor(schema, ALL).fit(train, id_column="patient_id")
+    # without an id column, the row index is named
+    val2 = make_table(schema, 5, 19).drop(columns="case_id")
+    val2.loc[4, "mrf"] = "yes"
+    with pytest.raises(ValueError, match=r"'mrf'.*row index 4.*'yes'"):
+        pre.transform(val2)
+
+
+def test_bad_numeric_value_is_named(schema):
+    pre = ClinicalPreprocessor(schema, ALL).fit(make_table(schema, 20, 20))
+    val = make_table(schema, 4, 21, prefix="val")
+    val["cea"] = val["cea"].astype(object)
+    val.loc[1, "cea"] = "<5"
+    with pytest.raises(ValueError, match=r"'cea'.*val_001.*'<5'"):
+        pre.transform(val)
+    val.loc[1, "cea"] = np.inf
+    with pytest.raises(ValueError, match=r"'cea'.*val_001.*inf"):
+        pre.transform(val)
+
+
+def test_missing_required_column_is_named(schema):
+    train = make_table(schema, 10, 22).drop(columns=["emvi", "trg"])
+    with pytest.raises(ValueError, match=r"\['emvi', 'trg'\]"):
+        ClinicalPreprocessor(schema, ALL).fit(train)
+    pre = ClinicalPreprocessor(schema, ALL).fit(make_table(schema, 10, 23))
+    with pytest.raises(ValueError, match="ypn"):
+        pre.transform(make_table(schema, 3, 24).drop(columns="ypn"))
+
+
+def test_column_entirely_missing_in_training_fold(schema):
+    train = make_table(schema, 10, 25)
+    train["distance_av_cm"] = np.nan
+    with pytest.raises(ValueError, match=r"distance_av_cm.*cannot impute"):
+        ClinicalPreprocessor(schema, ALL).fit(train)
+    train = make_table(schema, 10, 25)
+    train["ypn"] = np.nan
+    with pytest.raises(ValueError, match=r"ypn.*cannot impute"):
+        ClinicalPreprocessor(schema, ALL).fit(train)
+    # ...but a postoperative gap does not matter to the pretreatment-only model
+    assert ClinicalPreprocessor(schema, ("pretreatment",)).fit(train).is_fitted
+
+
+def test_other_bad_arguments(schema):
+    with pytest.raises(ValueError, match="zero training rows"):
+        ClinicalPreprocessor(schema, ALL).fit(make_table(schema, 3, 26).iloc[:0])
+    with pytest.raises(ValueError, match="unknown clinical group"):
+        ClinicalPreprocessor(schema, ("radiology",))
+    with pytest.raises(TypeError):
+        ClinicalPreprocessor(schema, "pretreatment")
