@@ -248,9 +248,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
             prep = ClinicalPreprocessor(self.schema, groups).fit(tr_feat.reset_index())
             with torch.no_grad():
                 net.clinical_state.copy_(torch.as_tensor(prep.state_vector(), dtype=torch.float64))
-                net.time_bin_edges.copy_(L.make_bin_edges(torch.as_tensor(tr_out[tcol].values, dtype=torch.float64),
-                                                          torch.as_tensor(tr_out[ecol].values, dtype=torch.float64),
-                                                          self.n_time_bins).to(torch.float64))
+                net.time_bin_edges.copy_(self._fit_time_bins(tr_out[tcol].values, tr_out[ecol].values))
                 net.fold_state_fitted.fill_(True)
             self.print_to_log_file(f"Fitted the clinical transform ({prep.n_features} features from groups "
                                    f"{list(groups)}) and {self.n_time_bins} time bins on the {len(tr_keys)} "
@@ -267,6 +265,23 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                "event": float(outs[ecol].values[i]), "label": float(labels[i])}
                            for i, k in enumerate(keys)}
         self._val_keys = list(val_keys)
+
+    def _fit_time_bins(self, times, events) -> torch.Tensor:
+        """Discrete-time interval edges from the training fold: event-time quantiles (make_bin_edges);
+        when the fold has too few distinct event times for ``n_time_bins`` intervals, equal-width
+        intervals up to the longest follow-up instead, so the head's width stays fixed."""
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                edges = L.make_bin_edges(times, events, self.n_time_bins, dtype=torch.float64)
+            except ValueError:  # no event in the training fold
+                edges = torch.zeros(0)
+        if edges.numel() != self.n_time_bins + 1:
+            self.print_to_log_file(f"WARNING: too few distinct event times for {self.n_time_bins} quantile "
+                                   f"intervals; using equal-width intervals up to {float(np.max(times)):.1f}")
+            edges = torch.linspace(0, float(np.max(times)), self.n_time_bins + 1, dtype=torch.float64)
+        return edges
 
     def _batch_context(self, keys) -> dict:
         rows = [self._case_data[str(k)] for k in keys]

@@ -1,0 +1,82 @@
+"""MultiTaskUNet around real dynamic_network_architectures U-Nets (PlainConvUNet and ResEnc)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+from nnunet_multitask.aggregation import patient_prediction
+from nnunet_multitask.network import MultiTaskUNet
+
+
+def _plain(in_ch, ds=True):
+    return PlainConvUNet(in_ch, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), (2, 2, 2), 2, (2, 2),
+                         conv_bias=True, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU,
+                         deep_supervision=ds)
+
+
+def _resenc(in_ch, ds=True):
+    return ResidualEncoderUNet(in_ch, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), (1, 1, 1), 2, (1, 1),
+                               conv_bias=True, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU,
+                               deep_supervision=ds)
+
+
+@pytest.mark.parametrize("make", [_plain, _resenc])
+@pytest.mark.parametrize("head", ["cox", "discrete"])
+def test_forward_modes(make, head):
+    torch.manual_seed(0)
+    net = MultiTaskUNet(make(4), None, n_clinical_features=5, clinical_state_size=7, survival_head=head,
+                        n_time_bins=6, risk_memory_size=8)
+    x, c = torch.randn(2, 4, 8, 32, 32), torch.randn(2, 5)
+    seg = net(x, clinical=c)
+    assert isinstance(seg, list) and seg[0].shape == (2, 2, 8, 32, 32)  # deep supervision, segmentation only
+    seg2, heads = net(x, clinical=c, return_heads=True)
+    assert heads["cls_logit"].shape == (2,)
+    key = "log_risk" if head == "cox" else "hazard_logits"
+    assert heads[key].shape == ((2,) if head == "cox" else (2, 6))
+    # the decoder never sees clinical data: segmentation identical whatever the clinical vector
+    net.eval()
+    net.decoder.deep_supervision = False  # what nnU-Net's set_deep_supervision_enabled does
+    a = net(x, clinical=c, return_heads=True)[0]
+    b = net(x, clinical=torch.zeros(2, 5), return_heads=True)[0]
+    assert isinstance(a, torch.Tensor)
+    torch.testing.assert_close(a, b)
+    # the predictor's way: plain call returns a tensor, heads go to the sink with a tumour mass
+    net.head_sink, net.clinical_input = [], c[:1]
+    with torch.no_grad():
+        out = net(x[:1])
+    assert isinstance(out, torch.Tensor) and len(net.head_sink) == 1
+    rec = {k: v.numpy() for k, v in net.head_sink[0].items()}
+    assert rec["tumour_mass"].shape == (1,) and rec["tumour_mass"][0] > 0
+    pred = patient_prediction([rec], head, 36.0, bin_edges=torch.linspace(0, 60, 7).numpy())
+    assert 0 < pred["p_recurrence"] < 1
+
+
+def test_channel_subset_and_state_dict_round_trip():
+    net = MultiTaskUNet(_plain(1), [0], n_clinical_features=0, clinical_state_size=2, survival_head="cox").eval()
+    x = torch.randn(1, 4, 8, 32, 32)
+    seg, heads = net(x, return_heads=True)  # four-channel input, T2 only used
+    assert seg[0].shape[1] == 2
+    x2 = x.clone()
+    x2[:, 1:] = 0
+    torch.testing.assert_close(net(x2, return_heads=True)[1]["log_risk"], heads["log_risk"])
+    sd = net.state_dict()
+    for k in ("clinical_state", "time_bin_edges", "fold_state_fitted", "risk_memory.log_risk"):
+        assert k in sd
+    other = MultiTaskUNet(_plain(1), [0], n_clinical_features=0, clinical_state_size=2, survival_head="cox")
+    other.load_state_dict(sd, strict=True)
+
+
+def test_missing_clinical_is_an_error():
+    net = MultiTaskUNet(_plain(4), None, n_clinical_features=3, clinical_state_size=1)
+    with pytest.raises(RuntimeError, match="clinical"):
+        net(torch.randn(1, 4, 8, 32, 32), return_heads=True)
+
+
+def test_tumour_mass_weighting_and_fallback():
+    recs = [{"cls_logit": [0.0, 4.0], "log_risk": [1.0, 3.0], "tumour_mass": [0.0, 100.0]}]
+    p = patient_prediction(recs, "cox", 36)
+    assert p["risk_score"] == pytest.approx(3.0) and p["tumour_found"]
+    none = [{"cls_logit": [0.0, 4.0], "log_risk": [1.0, 3.0], "tumour_mass": [0.0, 0.1]}]
+    q = patient_prediction(none, "cox", 36)
+    assert not q["tumour_found"] and q["risk_score"] == pytest.approx(2.0)
