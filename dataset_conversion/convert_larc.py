@@ -1,0 +1,592 @@
+"""Convert a LARC cohort folder into an nnU-Net v2 raw dataset with a multitask block.
+
+Input (a hospital export, or what ``dataset_conversion.synthetic_larc`` writes)::
+
+    cohort/clinical.csv                      patient_id, centre, <schema feature columns>, dfs_months, dfs_event
+    cohort/images/<patient_id>/T2.nii.gz     anisotropic T2 (defines the grid of the case)
+    cohort/images/<patient_id>/ADC.nii.gz    diffusion maps, each on its own grid
+    cohort/images/<patient_id>/Dapp.nii.gz
+    cohort/images/<patient_id>/Kapp.nii.gz
+    cohort/images/<patient_id>/mask.nii.gz   tumour mask on the T2 grid, labels {0, 1}
+
+Any other file in the cohort folder (e.g. a synthetic cohort's ``ground_truth.csv``) is never read.
+
+Output ``$nnUNet_raw/Dataset{id:03d}_{name}``::
+
+    imagesTr/{case}_{0000..0003}.nii.gz  labelsTr/{case}.nii.gz   development cohort
+    imagesTs/{case}_{0000..0003}.nii.gz  labelsTs/{case}.nii.gz   internal + external test
+    dataset.json                 nnU-Net keys + "multitask" block (see :func:`build_multitask_block`)
+    clinical.csv                 case_id, centre, features of EVERY case; no outcomes
+    outcomes.csv                 case_id, dfs_months, dfs_event of the development cohort only
+    outcomes_test.csv            case_id, dfs_months, dfs_event, set of the test cases (evaluation only)
+    splits_final.json            stratified folds over the development cohort
+    patient_mapping.csv          case_id, patient_id: the only file holding patient ids
+
+and, when ``nnUNet_preprocessed`` is set, ``$nnUNet_preprocessed/Dataset{id}_{name}/splits_final.json``
+(``nnUNetv2_plan_and_preprocess`` keeps an existing split file there, so training uses these folds).
+
+Everything is built in a hidden temporary folder beside the target and moved into place at the
+end; on any error the temporary folder is removed, so a failed conversion leaves nothing behind.
+
+Usage::
+
+    python -m dataset_conversion.convert_larc --cohort DIR --dataset-id 501 --name LARC \
+        [--schema clinical/larc_schema.json] [--external-centres 3] [--internal-test-fraction 0.2] \
+        [--folds 5] [--seed 0] [--horizon 36] [--overwrite]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from tqdm import tqdm
+
+from clinical.schema import GROUPS, ClinicalSchema
+from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
+
+__all__ = [
+    "CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "ConversionError", "convert_cohort",
+    "split_internal_test", "make_folds", "main",
+]
+
+#: nnU-Net channel index -> series name; also the file stem in the cohort folder.
+CHANNELS: Tuple[str, ...] = ("T2", "ADC", "Dapp", "Kapp")
+MASK_FILE = "mask.nii.gz"
+LABELS = {"background": 0, "tumour": 1}
+FILE_ENDING = ".nii.gz"
+#: A diffusion map must physically cover at least this fraction of the T2 volume.
+MIN_FOV_COVERAGE = 0.95
+# Tolerances for "same grid": spacing relative, origin in voxels of the T2 grid, direction cosines.
+# NIfTI stores geometry in float32, so two files written from one grid can differ by ~1e-6.
+SPACING_RTOL = 1e-3
+ORIGIN_TOL_VOXELS = 0.01
+DIRECTION_ATOL = 1e-4
+MULTITASK_VERSION = 1
+
+
+class ConversionError(ValueError):
+    """The cohort cannot be converted; the message names the patient, the file and the problem."""
+
+
+# ---------------------------------------------------------------------------- images
+def _read_image(path: Path, patient_id: str) -> sitk.Image:
+    """Read a 3D scalar image, with errors that name the patient and the file."""
+    if not path.is_file():
+        raise ConversionError(f"patient {patient_id}: missing file {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConversionError(f"patient {patient_id}: cannot read {path}: {first_line}") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ConversionError(f"patient {patient_id}: {path} is not a 3D single-channel image "
+                              f"(dimension {image.GetDimension()}, "
+                              f"{image.GetNumberOfComponentsPerPixel()} components)")
+    return image
+
+
+def _check_finite(image: sitk.Image, path: Path, patient_id: str) -> None:
+    voxels = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(voxels.dtype, np.floating):
+        n_bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
+        if n_bad:
+            raise ConversionError(f"patient {patient_id}: {path} has {n_bad} NaN or infinite voxel(s)")
+
+
+def _grid_mismatch(image: sitk.Image, reference: sitk.Image) -> Optional[str]:
+    """Why ``image`` is not on the grid of ``reference`` (None if it is, within tolerance)."""
+    if image.GetSize() != reference.GetSize():
+        return f"size {image.GetSize()} != T2 size {reference.GetSize()}"
+    ref_spacing = np.array(reference.GetSpacing())
+    if not np.allclose(image.GetSpacing(), ref_spacing, rtol=SPACING_RTOL, atol=0):
+        return f"spacing {image.GetSpacing()} != T2 spacing {reference.GetSpacing()}"
+    if np.max(np.abs(np.subtract(image.GetOrigin(), reference.GetOrigin()))) > ORIGIN_TOL_VOXELS * ref_spacing.min():
+        return f"origin {image.GetOrigin()} != T2 origin {reference.GetOrigin()}"
+    if not np.allclose(image.GetDirection(), reference.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
+        return f"direction {image.GetDirection()} != T2 direction {reference.GetDirection()}"
+    return None
+
+
+def physical_coverage(moving: sitk.Image, reference: sitk.Image) -> float:
+    """Fraction of the reference's voxel centres that lie inside the physical extent of ``moving``.
+
+    Computed by resampling an all-ones image on the moving grid onto the reference grid (nearest
+    neighbour, 0 outside), so SimpleITK's own notion of "inside the buffer" decides, for any
+    direction matrices. Voxels of one grid have equal volume, so this is the physical fraction.
+    """
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    covered = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return float(sitk.GetArrayViewFromImage(covered).mean())
+
+
+def resample_onto(moving: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Linear resampling of ``moving`` onto the grid of ``reference`` (float32, 0 outside its FOV)."""
+    return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: Path,
+                  labels_dir: Path) -> None:
+    """Read, check, resample and write one patient's four channels and label as ``case_id``."""
+    t2_path = patient_dir / f"{CHANNELS[0]}{FILE_ENDING}"
+    t2 = _read_image(t2_path, patient_id)
+    _check_finite(t2, t2_path, patient_id)
+    t2 = sitk.Cast(t2, sitk.sitkFloat32)
+
+    mask_path = patient_dir / MASK_FILE
+    mask = _read_image(mask_path, patient_id)
+    why = _grid_mismatch(mask, t2)
+    if why is not None:
+        raise ConversionError(f"patient {patient_id}: {mask_path} is not on the T2 grid of {t2_path}: {why}")
+    mask_voxels = sitk.GetArrayFromImage(mask)
+    found = np.unique(mask_voxels)
+    if not np.isin(found, [0, 1]).all():  # also catches NaN in a float mask
+        unexpected = [v.item() for v in found if v not in (0, 1)][:10]
+        raise ConversionError(f"patient {patient_id}: {mask_path} has labels {unexpected} other than {{0, 1}}")
+    if not (mask_voxels == 1).any():
+        raise ConversionError(f"patient {patient_id}: {mask_path} is empty (no tumour voxel labelled 1)")
+    label = sitk.GetImageFromArray(mask_voxels.astype(np.uint8))
+    label.CopyInformation(t2)  # equal within tolerance: write the exact T2 geometry
+
+    channels = [t2]
+    for series in CHANNELS[1:]:
+        path = patient_dir / f"{series}{FILE_ENDING}"
+        diffusion = _read_image(path, patient_id)
+        _check_finite(diffusion, path, patient_id)
+        # Diffusion FOVs are often smaller than the T2 FOV (fewer slices); voxels outside the map
+        # become 0 after resampling. A small uncovered rim is normal, more means a wrong series or
+        # wrong geometry, so it is an error rather than a silent block of zeros.
+        coverage = physical_coverage(diffusion, t2)
+        if coverage < MIN_FOV_COVERAGE:
+            raise ConversionError(
+                f"patient {patient_id}: {path} covers only {coverage:.1%} of the T2 volume of {t2_path} "
+                f"(at least {MIN_FOV_COVERAGE:.0%} required): check its origin/spacing/direction")
+        channels.append(resample_onto(diffusion, t2))
+
+    written = []
+    for index, image in enumerate(channels):
+        out = images_dir / f"{case_id}_{index:04d}{FILE_ENDING}"
+        sitk.WriteImage(image, str(out), useCompression=True)
+        written.append(out)
+    label_out = labels_dir / f"{case_id}{FILE_ENDING}"
+    sitk.WriteImage(label, str(label_out), useCompression=True)
+    written.append(label_out)
+    _verify_written_geometry(written, case_id)
+
+
+def _read_geometry(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+def _verify_written_geometry(paths: Sequence[Path], case_id: str) -> None:
+    """Every written file of a case must share the T2 (first file's) size/spacing/origin/direction."""
+    reference = _read_geometry(paths[0])
+    for path in paths[1:]:
+        info = _read_geometry(path)
+        same = (info.GetSize() == reference.GetSize()
+                and np.allclose(info.GetSpacing(), reference.GetSpacing(), rtol=1e-6, atol=0)
+                and np.allclose(info.GetOrigin(), reference.GetOrigin(), rtol=0, atol=1e-4)
+                and np.allclose(info.GetDirection(), reference.GetDirection(), rtol=0, atol=1e-6))
+        if not same:  # would be a bug in this converter, not in the input
+            raise ConversionError(f"case {case_id}: written {path.name} does not share the geometry of "
+                                  f"{paths[0].name}")
+
+
+# ---------------------------------------------------------------------------- splits
+def _stratum_labels(events: np.ndarray, centres: np.ndarray, min_count: int) -> np.ndarray:
+    """Event x centre strata, with strata smaller than ``min_count`` merged.
+
+    scikit-learn's stratified splitters need every stratum to hold enough members (2 for a
+    train/test split, ``n_splits`` for k-fold); they do not merge small strata themselves. A tiny
+    event x centre stratum falls back to its event-only stratum; what is still too small is
+    pooled, and a pool that is itself too small joins the largest stratum.
+    """
+    labels = np.array([f"event={e}|centre={c}" for e, c in zip(events, centres)], dtype=object)
+    for relabel in (lambda i: f"event={events[i]}", lambda i: "pooled"):
+        values, counts = np.unique(labels, return_counts=True)
+        small = set(values[counts < min_count])
+        labels = np.array([relabel(i) if lab in small else lab for i, lab in enumerate(labels)], dtype=object)
+    values, counts = np.unique(labels, return_counts=True)
+    if len(values) > 1 and counts.min() < min_count:
+        largest = values[np.argmax(counts)]
+        labels = np.array([largest if lab in set(values[counts < min_count]) else lab for lab in labels],
+                          dtype=object)
+    return labels
+
+
+def split_internal_test(ids: Sequence[str], events: Sequence[int], centres: Sequence[str],
+                        fraction: float, seed: int) -> Tuple[List[str], List[str], str]:
+    """Seeded internal-test subset, stratified by event and centre where the strata allow it.
+
+    Returns
+    -------
+    development_ids, internal_test_ids, stratification
+        Sorted id lists and a word on the stratification used ("event+centre", "event", "none").
+    """
+    ids = np.asarray(ids, dtype=object)
+    n_test = max(1, int(round(fraction * len(ids))))
+    if n_test >= len(ids):
+        raise ConversionError(f"internal test fraction {fraction} leaves no development patient out of "
+                              f"{len(ids)} internal-centre patients")
+    events, centres = np.asarray(events), np.asarray(centres, dtype=object)
+    attempts = [("event+centre", _stratum_labels(events, centres, 2)),
+                ("event", _stratum_labels(events, np.full(len(ids), "any", dtype=object), 2)), ("none", None)]
+    for stratification, labels in attempts:
+        if labels is not None and len(np.unique(labels)) < 2:
+            continue  # everything pooled into one stratum: not a stratification worth the name
+        try:
+            dev, test = train_test_split(ids, test_size=n_test, random_state=seed, shuffle=True, stratify=labels)
+        except ValueError:  # e.g. fewer test places than strata
+            continue
+        return sorted(dev), sorted(test), stratification
+    raise AssertionError("unreachable: an unstratified split always succeeds")
+
+
+def make_folds(ids: Sequence[str], events: Sequence[int], centres: Sequence[str], n_folds: int,
+               seed: int) -> Tuple[List[Dict[str, List[str]]], str]:
+    """nnU-Net ``splits_final.json`` content: ``n_folds`` seeded folds stratified by event and centre.
+
+    Returns
+    -------
+    splits, stratification
+        ``[{"train": [...], "val": [...]}, ...]`` (sorted ids) and the stratification used.
+    """
+    ids = np.asarray(sorted(ids), dtype=object)
+    if n_folds < 2:
+        raise ConversionError(f"--folds must be at least 2, got {n_folds}")
+    if len(ids) < n_folds:
+        raise ConversionError(f"the development cohort has {len(ids)} patients, fewer than the {n_folds} "
+                              f"folds requested; lower --folds or --internal-test-fraction")
+    events, centres = np.asarray(events), np.asarray(centres, dtype=object)
+    for stratification, labels in (("event+centre", _stratum_labels(events, centres, n_folds)),
+                                   ("event", _stratum_labels(events, np.full(len(ids), "any", dtype=object),
+                                                             n_folds))):
+        if len(np.unique(labels)) < 2 or np.unique(labels, return_counts=True)[1].min() < n_folds:
+            continue
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        folds = list(splitter.split(ids, labels))
+        break
+    else:
+        stratification = "none"
+        folds = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(ids))
+    return [{"train": sorted(ids[tr]), "val": sorted(ids[va])} for tr, va in folds], stratification
+
+
+# ---------------------------------------------------------------------------- dataset folder
+def _dataset_folder_name(dataset_id: int, name: str) -> str:
+    if not 1 <= int(dataset_id) <= 999:
+        raise ConversionError(f"dataset id must be in 1..999, got {dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name):
+        raise ConversionError(f"dataset name {name!r} must be letters, digits, '_' or '-'")
+    return f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def _check_dataset_id_free(dataset_id: int, folder_name: str, roots: Sequence[Path]) -> None:
+    """nnU-Net resolves a dataset id by folder prefix in all its roots: the id must be unambiguous."""
+    prefix = f"Dataset{int(dataset_id):03d}_"
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for other in sorted(root.iterdir()):
+            if other.is_dir() and other.name.startswith(prefix) and other.name != folder_name:
+                raise ConversionError(f"{other} already uses dataset id {int(dataset_id):03d} with another name; "
+                                      f"nnU-Net resolves ids by prefix, so {folder_name} would be ambiguous. "
+                                      f"Choose another --dataset-id or remove that folder")
+
+
+def _env_path(variable: str) -> Optional[Path]:
+    value = os.environ.get(variable)
+    return Path(value) if value else None
+
+
+def _images_by_patient(images_root: Path) -> Dict[str, Path]:
+    if not images_root.is_dir():
+        raise ConversionError(f"{images_root}: images folder missing (expected images/<patient_id>/...)")
+    return {p.name: p for p in sorted(images_root.iterdir()) if p.is_dir() and not p.name.startswith(".")}
+
+
+def build_multitask_block(schema: ClinicalSchema, horizon_months: float, internal_test: List[str],
+                          external_test: List[str], source_cohort: str,
+                          stratification: Dict[str, str]) -> dict:
+    """The ``"multitask"`` block of ``dataset.json`` (the data contract read by trainer and predictor)."""
+    return {
+        "version": MULTITASK_VERSION,
+        "case_id_column": CASE_ID_COLUMN,
+        "clinical_table": "clinical.csv",
+        "outcomes_table": "outcomes.csv",
+        "test_outcomes_table": "outcomes_test.csv",
+        "time_column": schema.time_column,
+        "event_column": schema.event_column,
+        "time_unit": schema.time_unit,
+        "horizon_months": horizon_months,
+        "centre_column": schema.centre_column,
+        "clinical_columns": schema.to_dict()["columns"],
+        "clinical_groups": {group: schema.group_columns([group]) for group in GROUPS},
+        "internal_test": internal_test,
+        "external_test": external_test,
+        "splits_file": "splits_final.json",
+        "split_stratification": stratification,
+        "patient_mapping": "patient_mapping.csv",
+        "source_cohort": source_cohort,
+    }
+
+
+def _write_json(obj, path: Path) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+@dataclass
+class _Plan:
+    """Who goes where, decided from the clinical table alone (before any image is read)."""
+    table: pd.DataFrame                 # indexed by patient_id
+    case_of: Dict[str, str]             # patient_id -> case_id
+    development: List[str]              # case ids
+    internal_test: List[str]
+    external_test: List[str]
+    splits: List[Dict[str, List[str]]]
+    stratification: Dict[str, str]
+
+
+def _plan(cohort_dir: Path, schema: ClinicalSchema, name: str, external_centres: Sequence,
+          internal_test_fraction: float, n_folds: int, seed: int) -> _Plan:
+    table_path = cohort_dir / "clinical.csv"
+    table = read_clinical_table(table_path, schema, require_outcomes=True)
+    images = _images_by_patient(cohort_dir / "images")
+    no_row = sorted(set(images) - set(table.index))
+    no_images = sorted(set(table.index) - set(images))
+    if no_row:
+        raise ConversionError(f"patient(s) {no_row} have images in {cohort_dir / 'images'} but no row in {table_path}")
+    if no_images:
+        raise ConversionError(f"patient(s) {no_images} have a row in {table_path} but no folder in "
+                              f"{cohort_dir / 'images'}")
+
+    centre_col, event_col = schema.centre_column, schema.event_column
+    known_centres = sorted(table[centre_col].unique())
+    external = [str(c) for c in external_centres]
+    unknown = [c for c in external if c not in known_centres]
+    if unknown:
+        raise ConversionError(f"external centre(s) {unknown} not found in column '{centre_col}' of {table_path}; "
+                              f"centres there: {known_centres}")
+    if not 0 < internal_test_fraction < 1:
+        raise ConversionError(f"--internal-test-fraction must be in (0, 1), got {internal_test_fraction}")
+
+    patients = sorted(table.index)
+    case_of = {pid: f"{name}_{i:04d}" for i, pid in enumerate(patients, start=1)}
+    is_external = table[centre_col].isin(external)
+    internal_patients = [p for p in patients if not is_external[p]]
+    if not internal_patients:
+        raise ConversionError(f"every patient of {table_path} is in an external centre {external}: "
+                              f"no development cohort")
+    internal = table.loc[internal_patients]
+    dev_patients, test_patients, test_strat = split_internal_test(
+        internal_patients, internal[event_col].to_numpy(), internal[centre_col].to_numpy(),
+        internal_test_fraction, seed)
+    dev = table.loc[dev_patients]
+    dev_cases = [case_of[p] for p in dev_patients]
+    splits, fold_strat = make_folds(dev_cases, dev[event_col].to_numpy(), dev[centre_col].to_numpy(), n_folds, seed)
+    return _Plan(table=table, case_of=case_of, development=sorted(dev_cases),
+                 internal_test=sorted(case_of[p] for p in test_patients),
+                 external_test=sorted(case_of[p] for p in patients if is_external[p]),
+                 splits=splits, stratification={"internal_test": test_strat, "folds": fold_strat})
+
+
+def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root: str | Path | None = None,
+                   schema_path: str | Path | None = None, external_centres: Sequence = (3,),
+                   internal_test_fraction: float = 0.2, n_folds: int = 5, seed: int = 0,
+                   horizon_months: float = 36, overwrite: bool = False, progress: bool = False) -> Path:
+    """Convert a cohort folder into ``{raw_root}/Dataset{dataset_id:03d}_{name}``.
+
+    Parameters
+    ----------
+    cohort_dir : str or Path
+        The cohort folder (layout in the module docstring).
+    dataset_id, name : int, str
+        nnU-Net dataset id (1..999) and name; case ids are ``{name}_{i:04d}`` in sorted patient order.
+    raw_root : str or Path, optional
+        Defaults to ``$nnUNet_raw``.
+    schema_path : str or Path, optional
+        Clinical schema JSON; defaults to ``clinical/larc_schema.json``.
+    external_centres : sequence
+        Centre values (compared as text) whose patients form the external test set; may be empty.
+    internal_test_fraction : float
+        Fraction (0 < f < 1) of the other centres' patients held out as internal test (at least 1),
+        stratified by event and centre.
+    n_folds : int
+        Cross-validation folds over the development cohort, stratified by event and centre.
+    seed : int
+        Seed of the internal-test selection and the folds.
+    horizon_months : float
+        Recurrence horizon recorded in the multitask block.
+    overwrite : bool
+        Replace an existing target folder and a differing preprocessed ``splits_final.json``.
+    progress : bool
+        Show a tqdm progress bar over patients.
+
+    Returns
+    -------
+    Path
+        The dataset folder.
+
+    Raises
+    ------
+    ConversionError, clinical.tables.ClinicalTableError
+        On bad input, naming the patient, the file and the problem; nothing is left written.
+    """
+    cohort_dir = Path(cohort_dir)
+    if not cohort_dir.is_dir():
+        raise ConversionError(f"cohort folder {cohort_dir} does not exist")
+    if raw_root is None:
+        raw_root = _env_path("nnUNet_raw")
+        if raw_root is None:
+            raise ConversionError("no raw_root given and the environment variable nnUNet_raw is not set")
+    raw_root = Path(raw_root)
+    if not horizon_months > 0:
+        raise ConversionError(f"--horizon must be > 0 months, got {horizon_months}")
+    if float(horizon_months).is_integer():
+        horizon_months = int(horizon_months)
+    folder_name = _dataset_folder_name(dataset_id, name)
+    target = raw_root / folder_name
+    preprocessed_root = _env_path("nnUNet_preprocessed")
+    _check_dataset_id_free(dataset_id, folder_name,
+                           [p for p in (raw_root, preprocessed_root, _env_path("nnUNet_results")) if p is not None])
+    if target.exists() and not overwrite:
+        raise ConversionError(f"{target} already exists; pass --overwrite to replace it")
+
+    schema = ClinicalSchema.load(schema_path)
+    plan = _plan(cohort_dir, schema, name, external_centres, internal_test_fraction, n_folds, seed)
+
+    preprocessed_splits = preprocessed_root / folder_name / "splits_final.json" if preprocessed_root else None
+    if preprocessed_splits is not None and preprocessed_splits.is_file() and not overwrite:
+        try:
+            existing = json.loads(preprocessed_splits.read_text())
+        except json.JSONDecodeError:
+            existing = None
+        if existing != plan.splits:
+            raise ConversionError(f"{preprocessed_splits} exists with different folds; pass --overwrite to "
+                                  f"replace it (and rerun nnUNetv2_plan_and_preprocess with --clean)")
+
+    raw_root.mkdir(parents=True, exist_ok=True)
+    # A leading dot keeps the half-built folder invisible to nnU-Net's "Dataset###" prefix lookup.
+    tmp = raw_root / f".tmp_{folder_name}_{uuid.uuid4().hex[:8]}"
+    try:
+        _write_dataset(tmp, plan, schema, cohort_dir, folder_name, name, horizon_months, progress)
+        if target.exists():  # overwrite: swap, then drop the old folder
+            old = raw_root / f".old_{folder_name}_{uuid.uuid4().hex[:8]}"
+            target.rename(old)
+            try:
+                tmp.rename(target)
+            except BaseException:
+                old.rename(target)
+                raise
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    if preprocessed_splits is not None:
+        if overwrite and (preprocessed_splits.parent / "dataset_fingerprint.json").is_file():
+            print(f"note: {preprocessed_splits.parent} holds preprocessed data of the previous conversion; "
+                  f"rerun nnUNetv2_plan_and_preprocess with --clean", file=sys.stderr)
+        preprocessed_splits.parent.mkdir(parents=True, exist_ok=True)
+        staging = preprocessed_splits.with_name(f".splits_final.{uuid.uuid4().hex[:8]}.json")
+        _write_json(plan.splits, staging)
+        staging.replace(preprocessed_splits)
+    return target
+
+
+def _write_dataset(out: Path, plan: _Plan, schema: ClinicalSchema, cohort_dir: Path, folder_name: str,
+                   name: str, horizon_months: float, progress: bool) -> None:
+    """Write the whole dataset into ``out`` (the temporary folder)."""
+    test_cases = set(plan.internal_test) | set(plan.external_test)
+    folders = {sub: out / sub for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    patients = sorted(plan.case_of)
+    for patient_id in tqdm(patients, desc=f"converting {cohort_dir.name}", unit="patient", disable=not progress):
+        case_id = plan.case_of[patient_id]
+        split = "Ts" if case_id in test_cases else "Tr"
+        _convert_case(cohort_dir / "images" / patient_id, patient_id, case_id,
+                      folders[f"images{split}"], folders[f"labels{split}"])
+
+    table = plan.table.copy()
+    table.index = [plan.case_of[p] for p in table.index]
+    table.index.name = CASE_ID_COLUMN
+    table = table.sort_index()
+    outcome_columns = [schema.time_column, schema.event_column]
+    write_case_table(table[[schema.centre_column, *schema.columns]], out / "clinical.csv", schema)
+    write_case_table(table.loc[plan.development, outcome_columns], out / "outcomes.csv", schema)
+    test_outcomes = table.loc[sorted(test_cases), outcome_columns].copy()
+    test_outcomes["set"] = ["internal_test" if c in plan.internal_test else "external_test"
+                            for c in test_outcomes.index]
+    write_case_table(test_outcomes, out / "outcomes_test.csv", schema)
+    pd.DataFrame({CASE_ID_COLUMN: [plan.case_of[p] for p in patients], schema.id_column: patients}).to_csv(
+        out / "patient_mapping.csv", index=False)
+    _write_json(plan.splits, out / "splits_final.json")
+
+    dataset_json = {
+        "channel_names": {str(i): series for i, series in enumerate(CHANNELS)},
+        "labels": dict(LABELS),
+        "numTraining": len(plan.development),
+        "file_ending": FILE_ENDING,
+        "name": name,
+        "description": (f"LARC multitask dataset converted from cohort '{cohort_dir.name}': T2 with ADC, Dapp "
+                        f"and Kapp resampled onto the T2 grid, tumour labels; {len(plan.development)} development, "
+                        f"{len(plan.internal_test)} internal test, {len(plan.external_test)} external test cases"),
+        "multitask": build_multitask_block(schema, horizon_months, plan.internal_test, plan.external_test,
+                                           cohort_dir.resolve().name, plan.stratification),
+    }
+    _write_json(dataset_json, out / "dataset.json")
+
+
+# ---------------------------------------------------------------------------- CLI
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dataset_conversion.convert_larc",
+        description="Convert a LARC cohort folder into an nnU-Net v2 raw dataset with a multitask block.")
+    parser.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + images/<patient_id>/)")
+    parser.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id, e.g. 501")
+    parser.add_argument("--name", required=True, help="dataset name, e.g. LARC (case ids are NAME_0001, ...)")
+    parser.add_argument("--schema", default=None, help="clinical schema JSON (default clinical/larc_schema.json)")
+    parser.add_argument("--raw-root", default=None, help="default: $nnUNet_raw")
+    parser.add_argument("--external-centres", nargs="*", default=["3"],
+                        help="centre values forming the external test set (default 3; give none for no external set)")
+    parser.add_argument("--internal-test-fraction", type=float, default=0.2)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--horizon", type=float, default=36, help="recurrence horizon in months (default 36)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        target = convert_cohort(args.cohort, args.dataset_id, args.name, raw_root=args.raw_root,
+                                schema_path=args.schema, external_centres=args.external_centres,
+                                internal_test_fraction=args.internal_test_fraction, n_folds=args.folds,
+                                seed=args.seed, horizon_months=args.horizon, overwrite=args.overwrite,
+                                progress=True)
+    except ValueError as e:  # ConversionError, ClinicalTableError, SchemaError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    block = json.loads((target / "dataset.json").read_text())
+    print(f"wrote {target}: {block['numTraining']} development, {len(block['multitask']['internal_test'])} "
+          f"internal test, {len(block['multitask']['external_test'])} external test cases")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
