@@ -438,9 +438,15 @@ def _build_anatomy(rng: np.random.Generator, latents: dict, fov_centre: np.ndarr
         tumour_adc=latents["tumour_adc"], tumour_dapp=latents["tumour_dapp"], tumour_kapp=latents["tumour_kapp"])
 
 
-def _bias_field(rng: np.random.Generator, points: np.ndarray, strength: float) -> np.ndarray:
-    """Smooth multiplicative receive-coil bias, exp of a long-wavelength random field."""
-    return np.exp(strength * SmoothField(rng, (120.0, 250.0), n_waves=4)(points))
+def _bias_field(rng: np.random.Generator, points: np.ndarray, centre: np.ndarray, strength: float) -> np.ndarray:
+    """Smooth multiplicative receive-coil bias: exp of a long-wavelength random field.
+
+    Equal to a per-patient gain (log-normal, 4 %) at the field-of-view centre, so the
+    centre's scanner scale, not the bias, sets the overall intensity level.
+    """
+    field = SmoothField(rng, (120.0, 250.0), n_waves=4)
+    gain = np.exp(rng.normal(0.0, 0.04))
+    return gain * np.exp(strength * (field(points) - field(centre)))
 
 
 def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProtocol,
@@ -453,7 +459,8 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
         ``images`` (name -> SimpleITK image: T2, ADC, Dapp, Kapp, mask), ``tumour_volume_ml``
         (mask voxels x T2 voxel volume), ``equivalent_volume_ml`` (the same at real-world size,
         see :func:`anatomy_scale`; equal at the default shape) and ``tumour_mean_adc`` (mean of the noise-free ADC
-        field at the mask voxel centres: what the ADC map shows there, noise aside).
+        field at the mask voxel centres: what the ADC map shows there, noise aside) and
+        ``tissue_labels`` (index into :data:`TISSUES` at each T2 voxel, array z, y, x).
     """
     t2_spacing = np.array(protocol.t2_spacing)
     shape = np.array(shape_xyz)
@@ -482,7 +489,7 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
     tumour_volume_ml = float(mask.sum()) * voxel_ml
 
     # T2: centre's intensity scale, smooth bias field, Rician noise (magnitude image).
-    bias = _bias_field(rng, t2_points, strength=0.12)
+    bias = _bias_field(rng, t2_points, fov_centre, strength=0.15)
     t2_clean = t2_maps["T2"] * bias * protocol.t2_scale
     noise_sd = protocol.t2_noise_sd * protocol.t2_scale
     t2 = np.hypot(t2_clean + rng.normal(0.0, noise_sd, t2_clean.shape), rng.normal(0.0, noise_sd, t2_clean.shape))
@@ -508,7 +515,7 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
         images[series] = _make_image(np.maximum(noisy, 0.0).astype(np.float32), dwi_origin, dwi_spacing)
     images["mask"] = _make_image(mask, t2_origin, t2_spacing)
     return {"images": images, "tumour_volume_ml": tumour_volume_ml, "tumour_mean_adc": tumour_mean_adc,
-            "equivalent_volume_ml": tumour_volume_ml / scale ** 3}
+            "equivalent_volume_ml": tumour_volume_ml / scale ** 3, "tissue_labels": t2_maps["labels"]}
 
 
 # --------------------------------------------------------------------------- cohort
@@ -538,6 +545,14 @@ def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple
 
     With ``render=False`` no images are made and the image-borne factors are the target
     volume and patient-level ADC (the outcome model alone, for fast statistical checks).
+
+    Returns
+    -------
+    dict
+        ``clinical_row`` and ``ground_truth_row`` (as written to the CSVs, missing values as
+        None), ``complete_clinical`` (before values were blanked), ``outcome`` (see
+        :func:`sample_outcome`), ``images`` (name -> SimpleITK image, or None) and
+        ``tissue_labels`` (T2-grid tissue indices into :data:`TISSUES`, or None).
     """
     rng = patient_rng(seed, patient_index)
     centre = assign_centre(patient_index, n_centres)
@@ -546,10 +561,10 @@ def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple
     if render:
         rendered = render_patient(rng, latents, protocol, shape)
         volume_ml, mean_adc, images = rendered["tumour_volume_ml"], rendered["tumour_mean_adc"], rendered["images"]
-        prognostic_volume_ml = rendered["equivalent_volume_ml"]
+        prognostic_volume_ml, tissue_labels = rendered["equivalent_volume_ml"], rendered["tissue_labels"]
     else:
         volume_ml, mean_adc, images = latents["target_volume_ml"], latents["tumour_adc"], None
-        prognostic_volume_ml = volume_ml
+        prognostic_volume_ml, tissue_labels = volume_ml, None
     # The outcome stream is separate from the rendering stream, so the outcome of a patient
     # does not change with the image shape.
     outcome_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(patient_index, 1)))
@@ -565,7 +580,7 @@ def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple
     truth = {"patient_id": pid, "centre": centre, "linear_predictor": round(lp, 6),
              "tumour_volume_ml": round(volume_ml, 4), "tumour_mean_adc": round(mean_adc, 2)}
     return {"clinical_row": row, "ground_truth_row": truth, "outcome": outcome, "images": images,
-            "complete_clinical": latents["clinical"]}
+            "complete_clinical": latents["clinical"], "tissue_labels": tissue_labels}
 
 
 def _clinical_frame(rows: list) -> pd.DataFrame:
