@@ -368,17 +368,18 @@ def gather_across_ranks(
         return torch.cat([x, torch.full((pad,), fill, dtype=x.dtype, device=x.device)])
 
     all_risk = AllGatherGrad.apply(padded(log_risk, 0.0))  # [world, max_n], grad to local slice
-    # time/event/weights need no gradient: plain all_gather; event as float (gloo lacks bool)
-    side = torch.stack([padded(time.to(log_risk.dtype), 1.0), padded(event.to(log_risk.dtype), 0.0),
-                        padded(weights.to(log_risk.dtype), 0.0)])
+    # time/event/weights need no gradient: plain all_gather, in float64 so times keep their
+    # precision (ties must stay ties); event as float because gloo lacks bool
+    side = torch.stack([padded(time.to(torch.float64), 1.0), padded(event.to(torch.float64), 0.0),
+                        padded(weights.to(torch.float64), 0.0)])
     side_all = [torch.zeros_like(side) for _ in range(world)]
     dist.all_gather(side_all, side.detach().contiguous())
     side_all = torch.stack(side_all)  # [world, 3, max_n]
     real = torch.arange(max_n, device=log_risk.device)[None, :] < sizes[:, None]  # [world, max_n]
     out_risk = all_risk[real]
-    out_time = side_all[:, 0][real].to(time.dtype if torch.is_floating_point(time) else log_risk.dtype)
+    out_time = side_all[:, 0][real].to(time.dtype if torch.is_floating_point(time) else torch.float64)
     out_event = side_all[:, 1][real] != 0
-    out_weights = side_all[:, 2][real]
+    out_weights = side_all[:, 2][real].to(weights.dtype)
     return out_risk, out_time, out_event, out_weights
 
 
