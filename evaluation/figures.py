@@ -48,12 +48,12 @@ def plot_km_by_risk_group(path: Path, curves: dict, title: str, risk_ticks: Sequ
         ax.text(0.02, 0.04, f"log-rank p = {logrank_p:.3g}", transform=ax.transAxes)
     ax.legend(loc="upper right")
     # Numbers-at-risk table: one text row per group, in data x-coordinates, below the axis.
-    fig.subplots_adjust(bottom=0.30)
+    fig.subplots_adjust(left=0.20, bottom=0.30)
     transform = matplotlib.transforms.blended_transform_factory(ax.transData, ax.transAxes)
-    ax.text(-0.02, -0.20, "At risk", transform=ax.transAxes, ha="right", fontsize=8, weight="bold")
+    ax.text(-0.06, -0.20, "At risk", transform=ax.transAxes, ha="right", fontsize=8, weight="bold")
     for row, (group, times) in enumerate(group_times.items()):
         y = -0.27 - 0.07 * row
-        ax.text(-0.02, y, group, transform=ax.transAxes, ha="right", fontsize=8,
+        ax.text(-0.06, y, group, transform=ax.transAxes, ha="right", fontsize=8,
                 color=GROUP_COLOURS.get(group))
         for tick, count in zip(risk_ticks, number_at_risk(times, risk_ticks)):
             ax.text(tick, y, str(count), transform=transform, ha="center", fontsize=8)
