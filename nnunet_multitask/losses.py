@@ -256,6 +256,8 @@ class RiskSetMemory(torch.nn.Module):
     gathered batch (:func:`gather_across_ranks`) so every rank holds the same memory; DDP also
     broadcasts buffers from rank 0 at each forward, which is then harmless. The memory is not
     cleared between epochs; entries come from older weights, which is what bounds ``size`` in practice.
+    Entries are stored as float32 (times included): pass batch times as float32 too, so a batch
+    time and an equal memory time compare equal (ties) in the Cox loss.
 
     Parameters
     ----------
