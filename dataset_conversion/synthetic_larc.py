@@ -111,6 +111,7 @@ TISSUE_ADC = {"fat": 550.0, "muscle": 1400.0, "fascia": 1300.0, "wall": 1600.0, 
 TISSUE_DAPP = {"fat": 750.0, "muscle": 1750.0, "fascia": 1600.0, "wall": 2000.0, "lumen": 2700.0}
 TISSUE_KAPP = {"fat": 0.50, "muscle": 0.70, "fascia": 0.72, "wall": 0.62, "lumen": 0.30}
 TUMOUR_T2 = 560.0   # intermediate: between muscle-dark and fat-bright
+TUMOUR_THRESHOLD_BOUND = 0.35   # |threshold| of the implicit tumour function, keeps it ellipsoid-like
 
 
 @dataclass(frozen=True)
@@ -290,10 +291,16 @@ class SmoothField:
         self.wave_vectors = directions * (2.0 * np.pi / wavelengths)[:, None]
         self.phases = rng.uniform(0.0, 2.0 * np.pi, size=n_waves)
         self.amplitude = np.sqrt(2.0 / n_waves)
+        self.max_abs = self.amplitude * n_waves   # bound on |field|, used to skip far points
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Field at ``points`` (..., 3) in mm."""
-        return self.amplitude * np.cos(points @ self.wave_vectors.T + self.phases).sum(axis=-1)
+        # Element-wise products rather than a matrix product: no BLAS, so the same bits on any
+        # machine and for any number of points.
+        k = self.wave_vectors
+        phase = (points[..., 0:1] * k[:, 0] + points[..., 1:2] * k[:, 1] + points[..., 2:3] * k[:, 2]
+                 + self.phases)
+        return self.amplitude * np.cos(phase).sum(axis=-1)
 
 
 @dataclass
@@ -325,19 +332,30 @@ class PatientAnatomy:
         return self.rectum_centre[0] + ax * np.sin(arg), self.rectum_centre[1] + ay * np.cos(arg)
 
     def tumour_level(self, points: np.ndarray) -> np.ndarray:
-        """Implicit tumour function; the tumour is where it exceeds ``tumour_threshold``."""
+        """Implicit tumour function; the tumour is where it exceeds ``tumour_threshold``.
+
+        Points whose ellipsoidal radius alone rules them out (level below the lowest allowed
+        threshold whatever the shape field does) get -inf without evaluating the field: the
+        result is the same and rendering is several times faster.
+        """
         offset = points - self.tumour_centre
         cos_a, sin_a = np.cos(self.tumour_angle), np.sin(self.tumour_angle)
         radial = offset[..., 0] * cos_a + offset[..., 1] * sin_a
         tangential = -offset[..., 0] * sin_a + offset[..., 1] * cos_a
         rho = np.sqrt((radial / self.tumour_semi_axes[0]) ** 2 + (tangential / self.tumour_semi_axes[1]) ** 2
                       + (offset[..., 2] / self.tumour_semi_axes[2]) ** 2)
-        level = 1.0 - rho + self.tumour_shape_amplitude * self.tumour_shape_field(points)
+        reach = 1.0 + TUMOUR_THRESHOLD_BOUND + self.tumour_shape_amplitude * self.tumour_shape_field.max_abs
+        candidates = rho < reach
+        near = points[candidates]
+        level_near = 1.0 - rho[candidates] + self.tumour_shape_amplitude * self.tumour_shape_field(near)
         # A narrowed residual lumen stays open: the tumour grows from the wall, it does not
         # fill the whole lumen.
-        axis_x, axis_y = self.rectal_axis(points[..., 2])
-        radius = np.hypot(points[..., 0] - axis_x, points[..., 1] - axis_y)
-        return np.where(radius < 0.45 * self.lumen_radius, -np.inf, level)
+        axis_x, axis_y = self.rectal_axis(near[:, 2])
+        radius = np.hypot(near[:, 0] - axis_x, near[:, 1] - axis_y)
+        level_near[radius < 0.45 * self.lumen_radius] = -np.inf
+        level = np.full(rho.shape, -np.inf)
+        level[candidates] = level_near
+        return level
 
     def tissue_labels(self, points: np.ndarray) -> np.ndarray:
         """Index into :data:`TISSUES` of the tissue at each point (..., 3)."""
@@ -360,15 +378,15 @@ class PatientAnatomy:
     def property_maps(self, points: np.ndarray) -> Dict[str, np.ndarray]:
         """Noise-free T2 (before the centre's scale), ADC, Dapp and Kapp at ``points``."""
         labels = self.tissue_labels(points)
-        texture = self.tumour_texture(points)
+        is_tumour = labels == TISSUES.index("tumour")
+        texture = self.tumour_texture(points[is_tumour])   # only where it is used
         maps = {}
         for series, table, tumour_value, texture_sd in (
                 ("T2", TISSUE_T2, TUMOUR_T2, 0.10), ("ADC", TISSUE_ADC, self.tumour_adc, 0.08),
                 ("Dapp", TISSUE_DAPP, self.tumour_dapp, 0.08), ("Kapp", TISSUE_KAPP, self.tumour_kapp, 0.05)):
             lookup = np.array([table.get(t, 0.0) for t in TISSUES])
             values = lookup[labels]
-            is_tumour = labels == TISSUES.index("tumour")
-            values[is_tumour] = tumour_value * (1.0 + texture_sd * texture[is_tumour])
+            values[is_tumour] = tumour_value * (1.0 + texture_sd * texture)
             maps[series] = values
         maps["labels"] = labels
         return maps
@@ -478,7 +496,8 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
     scale = anatomy_scale(fov_size)
     target_voxels = int(np.clip(round(latents["target_volume_ml"] * scale ** 3 / voxel_ml), 8, level.size // 4))
     kth_largest = np.partition(level, level.size - target_voxels)[level.size - target_voxels]
-    anatomy.tumour_threshold = float(np.clip(np.nextafter(kth_largest, -np.inf), -0.35, 0.35))
+    anatomy.tumour_threshold = float(np.clip(np.nextafter(kth_largest, -np.inf), -TUMOUR_THRESHOLD_BOUND,
+                                             TUMOUR_THRESHOLD_BOUND))
 
     t2_maps = anatomy.property_maps(t2_points)
     mask = (t2_maps["labels"] == TISSUES.index("tumour")).astype(np.uint8)
