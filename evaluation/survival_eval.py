@@ -27,6 +27,7 @@ import itertools
 import json
 import math
 import os
+import re
 import sys
 import time as timer
 from pathlib import Path
@@ -619,7 +620,7 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
         if seg_pred_dirs and str(seg_pred_dirs[index]).lower() != "none":
             dice, dice_missing = dice_per_case(merged["case_id"].tolist(), seg_pred_dirs[index], seg_gt_dir)
             pd.DataFrame({"case_id": list(dice), "dice": list(dice.values())}).to_csv(
-                output_dir / f"dice_{name}.csv", index=False)
+                output_dir / f"dice_{_file_part(name)}.csv", index=False)
 
         report["models"][name] = {}
         for set_name in set_order:
@@ -695,7 +696,8 @@ def _settings(horizon, n_bootstrap, seed, uno_tau, outcomes_source) -> dict:
         "outcomes_source": outcomes_source,
         "c_index_ci_method": ("percentile bootstrap: cases resampled with replacement within the set "
                               "(numpy default_rng(seed)); the same resamples for every model with the "
-                              "same cases, so model differences are paired"),
+                              "same cases, so model differences are paired; the bootstrap p of a difference is "
+                              "2 * (k + 1) / (B + 1), k = resamples on the smaller side of 0"),
         "auc_ci_method": "DeLong variance (fast midrank algorithm, Sun & Xu 2014), normal approximation, "
                          "clipped to [0, 1]",
         "auc_population": "cases with known status at the horizon: event at or before it (1) or followed "
@@ -730,6 +732,11 @@ def _json_ready(value):
     return value
 
 
+def _file_part(text: str) -> str:
+    """Model / set name made safe for a file name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))
+
+
 def _write_figures(output_dir, report, plot_data, names, set_order, tag) -> list[str]:
     from evaluation import figures
 
@@ -738,7 +745,7 @@ def _write_figures(output_dir, report, plot_data, names, set_order, tag) -> list
         result = report["models"][name][set_name]
         max_time = max(float(np.max(t)) for t in plots["km_times"].values())
         ticks = list(np.arange(0, max_time + 1e-9, 12.0 if max_time > 24 else max(max_time / 4, 1.0)))
-        path = output_dir / f"km_{name}_{set_name}.png"
+        path = output_dir / f"km_{_file_part(name)}_{_file_part(set_name)}.png"
         figures.plot_km_by_risk_group(path, plots["km"], f"{name}, {set_name}: split at {result['risk_threshold']:.3g}",
                                       ticks, plots["km_times"], result["logrank_p"])
         written.append(path.name)
@@ -754,11 +761,11 @@ def _write_figures(output_dir, report, plot_data, names, set_order, tag) -> list
             if "calibration" in plots:
                 calibrations[name] = plots["calibration"]
         if rocs:
-            path = output_dir / f"roc_{tag}m_{set_name}.png"
-            figures.plot_roc(path, rocs, f"Recurrence by {tag} months, {set_name}")
+            path = output_dir / f"roc_{tag}m_{_file_part(set_name)}.png"
+            figures.plot_roc(path, rocs, f"Recurrence by {tag} months, {set_name} (known status)")
             written.append(path.name)
         if calibrations:
-            path = output_dir / f"calibration_{tag}m_{set_name}.png"
+            path = output_dir / f"calibration_{tag}m_{_file_part(set_name)}.png"
             figures.plot_calibration(path, calibrations, f"Calibration at {tag} months, {set_name}",
                                      f"Observed risk (1 - KM at {tag} months)")
             written.append(path.name)
@@ -802,6 +809,8 @@ def render_report(report: dict, tag: str) -> str:
             for key, value in r.items():
                 if key.endswith("_reason") and isinstance(value, str) and key != "dice_median_reason":
                     reasons.append(f"- {name} / {set_name}: `{key[:-7]}` n/a: {value}")
+            reasons += [f"- {name} / {set_name}: `td_auc` at {t} months n/a: {why}"
+                        for t, why in r["td_auc_reason"].items()]
     lines += ["", "C-index: Harrell's (sksurv), percentile bootstrap CI. AUC: cases with known status at the "
               "horizon, DeLong CI. Uno's C: IPCW with the censoring distribution estimated from the evaluated set "
               "itself, truncated at tau (see metrics.json `uno_c_tau`). IBS: integrated Brier score over the "
