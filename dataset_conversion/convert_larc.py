@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import nibabel
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
@@ -98,8 +99,20 @@ def _read_image(path: Path, patient_id: str) -> sitk.Image:
 
 
 def _check_finite(image: sitk.Image, path: Path, patient_id: str) -> None:
-    voxels = sitk.GetArrayViewFromImage(image)
-    if np.issubdtype(voxels.dtype, np.floating):
+    """Refuse NaN or infinite voxels, counted in the values stored in the file.
+
+    ITK before version 6 silently replaces every non-finite voxel of a NIfTI file by 0 on read
+    (ITK pull request #6683), so the SimpleITK image cannot show them; for NIfTI the on-disk
+    values are read with nibabel (installed with nnU-Net), other formats keep them in SimpleITK.
+    """
+    if path.name.endswith((".nii", ".nii.gz")):
+        nifti = nibabel.load(str(path))
+        if nifti.get_data_dtype().kind not in "fc":  # integer voxels cannot be NaN or infinite
+            return
+        voxels = np.asanyarray(nifti.dataobj)
+    else:
+        voxels = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(voxels.dtype, np.inexact):
         n_bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
         if n_bad:
             raise ConversionError(f"patient {patient_id}: {path} has {n_bad} NaN or infinite voxel(s)")
@@ -143,6 +156,8 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     t2_path = patient_dir / f"{CHANNELS[0]}{FILE_ENDING}"
     t2 = _read_image(t2_path, patient_id)
     _check_finite(t2, t2_path, patient_id)
+    # Cast, Resample and GetImageFromArray start from an empty metadata dictionary, so header
+    # text of the export (NIfTI descrip, often a patient name or id) is not carried over.
     t2 = sitk.Cast(t2, sitk.sitkFloat32)
 
     mask_path = patient_dir / MASK_FILE

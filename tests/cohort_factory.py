@@ -18,9 +18,16 @@ DIFFUSION_SPACING = (1.6, 1.6, 4.5)
 T2_ORIGIN = (-10.0, 5.0, 20.0)
 
 
-def write_image(array_zyx: np.ndarray, path: Path, spacing, origin, direction=None) -> sitk.Image:
-    """Write a numpy array (z, y, x order, as SimpleITK returns it) with the given geometry."""
+def write_image(array_zyx: np.ndarray, path: Path, spacing, origin, direction=None,
+                notes: str = "") -> sitk.Image:
+    """Write a numpy array (z, y, x order, as SimpleITK returns it) with the given geometry.
+
+    ``notes`` goes into the NIfTI ``descrip`` header field, as scanner exports often carry a
+    patient name or id there.
+    """
     image = sitk.GetImageFromArray(array_zyx)
+    if notes:
+        image.SetMetaData("ITK_FileNotes", notes)
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(o) for o in origin))
     if direction is not None:
@@ -94,14 +101,14 @@ def write_cohort(root: Path, n_patients: int = 10, centres: Sequence[str] = ("1"
         nz, ny, nx = t2_shape_xyz[2], t2_shape_xyz[1], t2_shape_xyz[0]
         t2 = (np.arange(nx)[None, None, :] + 2.0 * np.arange(ny)[None, :, None] + 5.0 * np.arange(nz)[:, None, None]
               + 100.0 * (i + 1)).astype(np.float32)
-        write_image(t2, folder / "T2.nii.gz", T2_SPACING, T2_ORIGIN)
+        write_image(t2, folder / "T2.nii.gz", T2_SPACING, T2_ORIGIN, notes=patient_id)
         for scale, series in ((1000.0, "ADC"), (1500.0, "Dapp"), (1.0, "Kapp")):
             values = scale * (1.0 + 0.01 * d_points[..., 0] + 0.02 * d_points[..., 1] - 0.005 * d_points[..., 2])
             write_image(values.astype(np.float32), folder / f"{series}.nii.gz", DIFFUSION_SPACING, d_origin,
-                        d_direction)
+                        d_direction, notes=patient_id)
         mask = np.zeros((nz, ny, nx), np.uint8)
         mask[nz // 2 - 1: nz // 2 + 1, ny // 2 - 2: ny // 2 + 2, nx // 2 - 3: nx // 2 + 3] = 1
-        write_image(mask, folder / "mask.nii.gz", T2_SPACING, T2_ORIGIN)
+        write_image(mask, folder / "mask.nii.gz", T2_SPACING, T2_ORIGIN, notes=patient_id)
         rows.append(clinical_row(rng, patient_id, centres[i % len(centres)], i % 2))
     table = pd.DataFrame(rows)
     table["mrf"] = table["mrf"].astype("Int64")
