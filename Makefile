@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo_run
 
 export nnUNet_compile ?= f
-export nnUNet_n_proc_DA ?= 0
+
 export nnUNet_def_n_proc ?= 2
 export nnUNet_extTrainer := $(CURDIR)/trainers
 

@@ -437,7 +437,13 @@ class MultiRecTrainerBase(nnUNetTrainer):
         from nnunet_multitask.predictor import predict_heads_for_preprocessed_cases
         self.prepare_fold_data()
         _, val_keys = self.do_split()
-        table = predict_heads_for_preprocessed_cases(self, val_keys)
+        # nnU-Net's validation switches deep supervision back on when it is done
+        self.set_deep_supervision_enabled(False)
+        self.network.eval()
+        try:
+            table = predict_heads_for_preprocessed_cases(self, val_keys)
+        finally:
+            self.set_deep_supervision_enabled(True)
         out_dir = join(self.output_folder, "validation")
         table.to_csv(join(out_dir, "head_predictions.csv"), index=False)
         preds = {r.case_id: {"risk_score": r.risk_score, "p_recurrence": getattr(r, f"p_recurrence_{int(self.horizon)}m")}

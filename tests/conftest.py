@@ -25,11 +25,16 @@ def nnunet_env(root: Path) -> dict:
         "nnUNet_results": str(root / "nnUNet_results"),
         "nnUNet_extTrainer": str(REPO / "trainers"),
         "nnUNet_compile": "f",
-        "nnUNet_n_proc_DA": "0",
         "nnUNet_def_n_proc": "1",
         "PYTHONPATH": str(REPO),
     })
     return env
+
+
+def train_env(env: dict) -> dict:
+    """Training runs with the single-threaded augmenter (nnUNet_n_proc_DA=0); planning must not see
+    that setting (nnU-Net's planner calls torch.set_num_threads with it)."""
+    return dict(env, nnUNet_n_proc_DA="0")
 
 
 def run(cmd, env, cwd=None, timeout=900):
@@ -63,7 +68,7 @@ def preprocessed_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_model(preprocessed_dataset):
     """MultiRecTrainer_smoke trained on fold 0 with the real nnUNetv2_train on the CPU."""
-    env = preprocessed_dataset["env"]
+    env = train_env(preprocessed_dataset["env"])
     proc = run([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", "MultiRecTrainer_smoke",
                 "-device", "cpu"], env, cwd=REPO)
     folder = (preprocessed_dataset["root"] / "nnUNet_results" / DATASET_NAME /

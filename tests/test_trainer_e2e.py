@@ -13,7 +13,7 @@ import torch
 
 from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask.dataset import read_features, schema_from_block
-from tests.conftest import DATASET_ID, bin_of, run
+from tests.conftest import DATASET_ID, bin_of, run, train_env
 
 HEAD_KEYS = ("classification_head.weight", "survival_output.weight", "clinical_embedding.0.weight",
              "image_embedding.0.weight", "clinical_state", "time_bin_edges", "fold_state_fitted")
@@ -66,7 +66,7 @@ def test_smoke_training_has_heads_metrics_and_fold_fitted_transform(smoke_model)
 
 
 def test_continue_after_final_keeps_heads(smoke_model):
-    env = smoke_model["env"]
+    env = train_env(smoke_model["env"])
     fold = smoke_model["model_folder"] / "fold_0"
     before = _ckpt(fold / "checkpoint_final.pth")["network_weights"]
     run([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", "MultiRecTrainer_smoke", "-device", "cpu",
@@ -78,7 +78,7 @@ def test_continue_after_final_keeps_heads(smoke_model):
 
 def test_training_killed_mid_run_resumes_with_heads_transform_and_memory(preprocessed_dataset):
     """A Cox-head training is killed (SIGKILL) after its first checkpoint and finished with --c."""
-    env = preprocessed_dataset["env"]
+    env = train_env(preprocessed_dataset["env"])
     folder = (preprocessed_dataset["root"] / "nnUNet_results" / "Dataset501_LARC" /
               "MultiRecTrainer_Cox_smoke__nnUNetPlans__3d_fullres" / "fold_1")
     cmd = [bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "1", "-tr", "MultiRecTrainer_Cox_smoke",
