@@ -343,6 +343,7 @@ def evaluate_set(frame: pd.DataFrame, horizon: float, n_bootstrap: int, seed: in
             if abs(vectorised - c_index) > 1e-9:  # guards the vectorised bootstrap code
                 raise RuntimeError(f"vectorised Harrell C {vectorised} != sksurv {c_index}")
             resampled = M.bootstrap_harrell_c(time, event, risk, n_bootstrap, seed)[0]
+            plots["bootstrap_c"] = resampled  # reused by compare_pair when the cases are the same
             result["c_index"] = c_index
             result["c_index_ci"] = list(M.percentile_ci(resampled, CI_LEVEL) or []) or None
             result["c_index_bootstrap_valid"] = int(np.isfinite(resampled).sum())
@@ -474,11 +475,15 @@ def dice_per_case(case_ids, seg_pred_dir, seg_gt_dir) -> tuple[dict, dict]:
 # Comparisons
 # --------------------------------------------------------------------------------------------
 def compare_pair(frame_a: pd.DataFrame, frame_b: pd.DataFrame, horizon: float, n_bootstrap: int,
-                 seed: int) -> dict:
+                 seed: int, bootstrap_a=None, bootstrap_b=None) -> dict:
     """Model A vs B on their common cases of one set.
 
     C-index difference (A - B) with a paired percentile bootstrap (identical resamples for both
     models) and the DeLong test of the two correlated horizon AUCs.
+
+    ``bootstrap_a`` / ``bootstrap_b`` are the per-model bootstrap C values of ``evaluate_set``
+    (same seed, cases sorted by case_id); they are reused only when both models cover exactly the
+    common cases, since only then are their resamples the resamples of the common cases.
     """
     common = frame_a.merge(frame_b[["case_id", "risk_score", "p_recurrence"]], on="case_id",
                            suffixes=("_a", "_b")).sort_values("case_id")
@@ -499,7 +504,11 @@ def compare_pair(frame_a: pd.DataFrame, frame_b: pd.DataFrame, horizon: float, n
         except ValueError as error:
             out["c_index_difference_reason"] = f"no comparable pairs ({error})"
         else:
-            resampled = M.bootstrap_harrell_c(time, event, risks, n_bootstrap, seed)
+            same_cases = len(frame_a) == len(frame_b) == len(common)
+            if same_cases and bootstrap_a is not None and bootstrap_b is not None:
+                resampled = np.vstack([bootstrap_a, bootstrap_b])
+            else:
+                resampled = M.bootstrap_harrell_c(time, event, risks, n_bootstrap, seed)
             differences = resampled[0] - resampled[1]
             finite = differences[np.isfinite(differences)]
             out.update({"c_index_a": c_a, "c_index_b": c_b, "c_index_difference": c_a - c_b,
@@ -650,7 +659,10 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
             a, b = merged_frames[name_a], merged_frames[name_b]
             a, b = a[a["set"] == set_name], b[b["set"] == set_name]
             if len(a) and len(b):
-                pair[set_name] = compare_pair(a, b, horizon, n_bootstrap, seed)
+                pair[set_name] = compare_pair(
+                    a, b, horizon, n_bootstrap, seed,
+                    plot_data.get((name_a, set_name), {}).get("bootstrap_c"),
+                    plot_data.get((name_b, set_name), {}).get("bootstrap_c"))
         report["comparisons"][f"{name_a} vs {name_b}"] = {"model_a": name_a, "model_b": name_b, "sets": pair}
 
     report["settings"] = _settings(horizon, n_bootstrap, seed, uno_tau, outcomes_source)

@@ -305,3 +305,14 @@ def test_cli_as_script_and_as_module(tmp_path):
     assert (tmp_path / "script" / "km_model_all.png").is_file()
     assert (tmp_path / "script" / "roc_36m_all.png").is_file()
     assert (tmp_path / "script" / "calibration_36m_all.png").is_file()
+
+
+def test_comparison_reuses_per_model_resamples_exactly(gbsg2_tables):
+    frames = [_set_data(gbsg2_tables, m, "internal_test").rename(
+        columns={"dfs_months": "time", "dfs_event": "event", "p_recurrence_36m": "p_recurrence"}).reset_index(drop=True)
+        for m in ("cox", "small")]
+    cached = [SE.evaluate_set(f, 36.0, 100, 4, None, None, None)[1]["bootstrap_c"] for f in frames]
+    recomputed = SE.compare_pair(frames[0], frames[1], 36.0, 100, 4)
+    reused = SE.compare_pair(frames[0], frames[1], 36.0, 100, 4, *cached)
+    assert reused["c_index_difference_ci"] == pytest.approx(recomputed["c_index_difference_ci"], abs=1e-12)
+    assert reused["c_index_difference_p_bootstrap"] == recomputed["c_index_difference_p_bootstrap"]
