@@ -476,9 +476,9 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
     dict
         ``images`` (name -> SimpleITK image: T2, ADC, Dapp, Kapp, mask), ``tumour_volume_ml``
         (mask voxels x T2 voxel volume), ``equivalent_volume_ml`` (the same at real-world size,
-        see :func:`anatomy_scale`; equal at the default shape) and ``tumour_mean_adc`` (mean of the noise-free ADC
-        field at the mask voxel centres: what the ADC map shows there, noise aside) and
-        ``tissue_labels`` (index into :data:`TISSUES` at each T2 voxel, array z, y, x).
+        see :func:`anatomy_scale`; equal at the default shape), ``tumour_mean_adc`` (mean of
+        the noise-free ADC field at the mask voxel centres: what the ADC map shows there, noise
+        aside) and ``tissue_labels`` (index into :data:`TISSUES` at each T2 voxel, array z, y, x).
     """
     t2_spacing = np.array(protocol.t2_spacing)
     shape = np.array(shape_xyz)
@@ -577,8 +577,12 @@ def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple
     centre = assign_centre(patient_index, n_centres)
     protocol = centre_protocol(centre, n_centres)
     latents = sample_patient_latents(rng, protocol.case_mix_shift)
+    pid = patient_id(patient_index)
     if render:
-        rendered = render_patient(rng, latents, protocol, shape)
+        try:
+            rendered = render_patient(rng, latents, protocol, shape)
+        except RuntimeError as error:
+            raise RuntimeError(f"patient {pid} (seed {seed}): {error}") from error
         volume_ml, mean_adc, images = rendered["tumour_volume_ml"], rendered["tumour_mean_adc"], rendered["images"]
         prognostic_volume_ml, tissue_labels = rendered["equivalent_volume_ml"], rendered["tissue_labels"]
     else:
@@ -589,7 +593,6 @@ def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple
     outcome_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(patient_index, 1)))
     lp = float(sum(linear_predictor_terms(latents["clinical"], prognostic_volume_ml, mean_adc).values()))
     outcome = sample_outcome(outcome_rng, lp, loss_to_follow_up_rate, admin_censoring_months)
-    pid = patient_id(patient_index)
     clinical = dict(latents["clinical"])
     for column, rate in MISSING_RATE.items():
         if outcome_rng.random() < rate:
