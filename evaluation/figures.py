@@ -39,7 +39,8 @@ def plot_km_by_risk_group(path: Path, curves: dict, title: str, risk_ticks: Sequ
         ax.step(np.concatenate([[0.0], km_time]), np.concatenate([[1.0], km_surv]), where="post",
                 color=GROUP_COLOURS.get(group), label=f"{group} (n={len(group_times[group])})")
     ax.set_ylim(0, 1.05)
-    ax.set_xlim(0, max(risk_ticks[-1], 1.0))
+    last_time = max(float(np.max(times)) for times in group_times.values())
+    ax.set_xlim(0, max(risk_ticks[-1], last_time, 1.0))
     ax.set_xticks(list(risk_ticks))
     ax.set_xlabel("Months")
     ax.set_ylabel("Disease-free survival")

@@ -584,8 +584,10 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
         raise EvaluationInputError(f"model names must be unique, got {names} (use --names)")
     for option, values in (("--train-predictions", train_prediction_paths), ("--seg-pred", seg_pred_dirs)):
         if values and len(values) != len(names):
-            raise EvaluationInputError(f"{option} needs one entry per prediction file "
-                                       f"({len(names)}), got {len(values)}")
+            raise EvaluationInputError(f"{option} needs one entry per prediction file, in the same order "
+                                       f"({len(names)}), got {len(values)}"
+                                       + ("; write 'none' for a model without segmentations"
+                                          if option == "--seg-pred" else ""))
     if seg_pred_dirs and not seg_gt_dir:
         raise EvaluationInputError("--seg-pred needs --seg-gt")
     output_dir = Path(output_dir)
