@@ -13,7 +13,7 @@ column), with the columns in a fixed order: centre, the schema's feature columns
 then the outcome columns where present. Types of the returned columns:
 
 * numeric feature -> float64 (NaN = missing)
-* binary feature -> float64 with values 0.0/1.0 (NaN = missing)
+* binary feature -> float64 with values 0.0/1.0 (NaN = missing); the file may write 0/1 or 0.0/1.0
 * categorical feature -> object, one of the declared category strings (NaN = missing)
 * centre -> str (never missing)
 * ``dfs_months`` -> float64 (> 0), ``dfs_event`` -> int64 (0/1)

@@ -162,6 +162,7 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
 
     mask_path = patient_dir / MASK_FILE
     mask = _read_image(mask_path, patient_id)
+    _check_finite(mask, mask_path, patient_id)
     why = _grid_mismatch(mask, t2)
     if why is not None:
         raise ConversionError(f"patient {patient_id}: {mask_path} is not on the T2 grid of {t2_path}: {why}")
@@ -392,6 +393,8 @@ def _plan(cohort_dir: Path, schema: ClinicalSchema, name: str, external_centres:
 
     centre_col, event_col = schema.centre_column, schema.event_column
     known_centres = sorted(table[centre_col].unique())
+    if isinstance(external_centres, (str, int)):  # a single centre given bare
+        external_centres = [external_centres]
     external = [str(c) for c in external_centres]
     unknown = [c for c in external if c not in known_centres]
     if unknown:

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from clinical.schema import ClinicalSchema
 from clinical.tables import (ClinicalTableError, read_case_table, read_clinical_table, read_outcomes_table,
                              write_case_table)
-from dataset_conversion.convert_larc import CHANNELS, ConversionError, convert_cohort, make_folds
+from dataset_conversion.convert_larc import CHANNELS, ConversionError, convert_cohort, main, make_folds
 
 try:
     from cohort_factory import (DIFFUSION_SPACING, T2_ORIGIN, T2_SPACING, physical_points, t2_centre_mm,
@@ -151,6 +151,14 @@ def _diffusion_fov_too_small(c):
     write_image(sitk.GetArrayFromImage(image), path, image.GetSpacing(), shifted, image.GetDirection())
 
 
+def _nan_mask(c):
+    path = patient_image(c, "HX002", "mask")
+    mask = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(mask).astype(np.float32)
+    array[0, 0, 0] = np.nan  # SimpleITK would read this back as 0 (background)
+    write_image(array, path, mask.GetSpacing(), mask.GetOrigin(), mask.GetDirection())
+
+
 IMAGE_PROBLEMS = {
     "missing modality": (_missing_modality, ["HX002", "Dapp.nii.gz", "missing file"]),
     "unreadable modality": (_unreadable_modality, ["HX002", "Kapp.nii.gz", "cannot read"]),
@@ -162,6 +170,7 @@ IMAGE_PROBLEMS = {
     "empty mask": (_mask_empty, ["HX002", "mask.nii.gz", "empty"]),
     "NaN in T2": (_nan_t2, ["HX002", "T2.nii.gz", "1 NaN or infinite voxel"]),
     "inf in ADC": (_inf_adc, ["HX002", "ADC.nii.gz", "1 NaN or infinite voxel"]),
+    "NaN in mask": (_nan_mask, ["HX002", "mask.nii.gz", "1 NaN or infinite voxel"]),
     "diffusion FOV": (_diffusion_fov_too_small, ["HX002", "Kapp.nii.gz", "covers only", "T2 volume"]),
 }
 
@@ -247,6 +256,18 @@ def test_differing_preprocessed_splits_need_overwrite(cohort, nnunet_env):
     assert_fails_cleanly(cohort, nnunet_env["raw"], [str(splits_file), "different folds", "--overwrite"])
     target = convert(cohort, overwrite=True)
     assert json.loads(splits_file.read_text()) == json.loads((target / "splits_final.json").read_text())
+
+
+def test_command_line(cohort, nnunet_env, capsys):
+    arguments = ["--cohort", str(cohort), "--dataset-id", "501", "--name", "LARC", "--folds", "2"]
+    assert main(arguments + ["--external-centres", "7"]) == 1
+    assert "error: external centre(s) ['7'] not found" in capsys.readouterr().err
+    assert not (nnunet_env["raw"] / FOLDER).exists()
+    assert main(arguments + ["--external-centres", "2", "3", "--horizon", "60"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    block = json.loads((nnunet_env["raw"] / FOLDER / "dataset.json").read_text())["multitask"]
+    assert block["horizon_months"] == 60
+    assert block["external_test"] == ["LARC_0002", "LARC_0003", "LARC_0005", "LARC_0006", "LARC_0008", "LARC_0009"]
 
 
 # ---------------------------------------------------------------------------- the converted dataset
