@@ -198,7 +198,8 @@ class MultiTaskPredictor(nnUNetPredictor):
                 raise MultitaskPredictionError("case id unknown: use predict_from_files / the CLI")
             clinical, imputed = self.clinical_vector(case_id, net.clinical_state)
             logits, pred = self.predict_case_with_current_weights(data, clinical)
-            logits = logits.to("cpu")
+            # sliding-window logits are inference tensors: accumulate into a normal tensor
+            logits = logits.to("cpu").clone()
             prediction = logits if prediction is None else prediction + logits
             per_fold.append(pred)
         prediction /= len(self.list_of_parameters)
