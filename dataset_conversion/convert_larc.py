@@ -282,13 +282,15 @@ def make_folds(ids: Sequence[str], events: Sequence[int], centres: Sequence[str]
     splits, stratification
         ``[{"train": [...], "val": [...]}, ...]`` (sorted ids) and the stratification used.
     """
-    ids = np.asarray(sorted(ids), dtype=object)
+    # Sorted input order, so the folds do not depend on the order the caller listed the cases in.
+    order = np.argsort(np.asarray(ids, dtype=str), kind="stable")
+    ids = np.asarray(ids, dtype=object)[order]
+    events, centres = np.asarray(events)[order], np.asarray(centres, dtype=object)[order]
     if n_folds < 2:
         raise ConversionError(f"--folds must be at least 2, got {n_folds}")
     if len(ids) < n_folds:
         raise ConversionError(f"the development cohort has {len(ids)} patients, fewer than the {n_folds} "
                               f"folds requested; lower --folds or --internal-test-fraction")
-    events, centres = np.asarray(events), np.asarray(centres, dtype=object)
     for stratification, labels in (("event+centre", _stratum_labels(events, centres, n_folds)),
                                    ("event", _stratum_labels(events, np.full(len(ids), "any", dtype=object),
                                                              n_folds))):

@@ -431,6 +431,8 @@ def test_folds_are_seeded_and_stratified():
     assert splits != make_folds(ids, events, centres, 5, seed=2)[0]
     event_of = dict(zip(ids, events))
     assert [sum(event_of[c] for c in fold["val"]) for fold in splits] == [2] * 5
+    shuffled = np.random.default_rng(0).permutation(40)  # the caller's order does not matter
+    assert make_folds([ids[i] for i in shuffled], events[shuffled], centres[shuffled], 5, seed=1)[0] == splits
     # A stratum smaller than the number of folds (a single event) is merged instead of failing.
     events_tiny = np.zeros(10, int)
     events_tiny[0] = 1
