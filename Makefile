@@ -24,10 +24,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	DEMO_DIR=$(DEMO_DIR) PYTHON=$(PY) bash scripts/demo.sh
+	DEMO_DIR=$(DEMO_DIR) $(PY) scripts/demo.py
 
 bench: $(STAMP)
-	PYTHON=$(PY) bash benchmarks/run_all.sh
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

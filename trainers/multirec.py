@@ -66,3 +66,10 @@ class MultiRecTrainer_Cox_smoke(MultiRecTrainer_Cox):
     iterations_per_epoch = 3
     val_iterations_per_epoch = 2
     save_every_epochs = 1
+
+
+class MultiRecTrainer_demo(MultiRecTrainer):
+    """What `make demo` trains on the CPU: 20 epochs of 16 iterations (about 8 minutes on 2 cores)."""
+    epochs = 20
+    iterations_per_epoch = 16
+    val_iterations_per_epoch = 6

@@ -1,0 +1,92 @@
+"""`make demo`: the whole flow on a synthetic cohort, on the CPU, in one command.
+
+generate cohort -> convert_larc -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (MultiRecTrainer_demo,
+fold 0) -> nnUNetv2_predict_multitask (internal + external test) -> evaluation/survival_eval.py
+(model and oracle side by side) -> results table.
+
+Everything lands in $DEMO_DIR (default demo_run/); the report is $DEMO_DIR/report/metrics.json.
+Sizes: DEMO_PATIENTS (default 120), DEMO_SEED (0), DEMO_TRAINER (MultiRecTrainer_demo).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DIR = Path(os.environ.get("DEMO_DIR", "demo_run")).resolve()
+PATIENTS = os.environ.get("DEMO_PATIENTS", "120")
+SEED = os.environ.get("DEMO_SEED", "0")
+TRAINER = os.environ.get("DEMO_TRAINER", "MultiRecTrainer_demo")
+DATASET = "Dataset501_LARC"
+BIN = Path(sys.executable).parent
+
+
+def step(title: str):
+    print(f"\n=== {title} ===", flush=True)
+
+
+def run(cmd, env):
+    t0 = time.time()
+    print("$ " + " ".join(map(str, cmd)), flush=True)
+    subprocess.run(list(map(str, cmd)), env=env, cwd=REPO, check=True)
+    print(f"[{time.time() - t0:.0f} s]", flush=True)
+
+
+def main() -> int:
+    t_start = time.time()
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({"nnUNet_raw": str(DEMO_DIR / "nnUNet_raw"), "nnUNet_preprocessed": str(DEMO_DIR / "nnUNet_preprocessed"),
+                "nnUNet_results": str(DEMO_DIR / "nnUNet_results"), "nnUNet_extTrainer": str(REPO / "trainers"),
+                "nnUNet_compile": "f", "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "2")})
+    env.pop("nnUNet_n_proc_DA", None)  # planning must not see 0 (see tests/conftest.py)
+    for d in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "report"):
+        shutil.rmtree(DEMO_DIR / d, ignore_errors=True)
+    cohort, raw = DEMO_DIR / "cohort", DEMO_DIR / "nnUNet_raw" / DATASET
+    py = sys.executable
+
+    step(f"1/6 synthetic cohort: {PATIENTS} patients, seed {SEED}")
+    run([py, "-m", "dataset_conversion.synthetic_larc", "--out", cohort, "--patients", PATIENTS, "--seed", SEED,
+         "--overwrite"], env)
+    step("2/6 cohort -> nnU-Net raw dataset (Dataset501_LARC)")
+    run([py, "-m", "dataset_conversion.convert_larc", "--cohort", cohort, "--dataset-id", "501", "--name", "LARC"], env)
+    step("3/6 nnUNetv2_plan_and_preprocess")
+    run([BIN / "nnUNetv2_plan_and_preprocess", "-d", "501", "-c", "3d_fullres", "-np", "2",
+         "--verify_dataset_integrity"], env)
+    step(f"4/6 nnUNetv2_train 501 3d_fullres 0 -tr {TRAINER} -device cpu")
+    run([BIN / "nnUNetv2_train", "501", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
+        dict(env, nnUNet_n_proc_DA=env.get("DEMO_N_PROC_DA", "1")))
+    step("5/6 nnUNetv2_predict_multitask on the internal and external test sets (imagesTs)")
+    pred = DEMO_DIR / "predictions"
+    run([BIN / "nnUNetv2_predict_multitask", "-i", raw / "imagesTs", "-o", pred, "-d", "501", "-c", "3d_fullres",
+         "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    step("6/6 evaluation: model and oracle (the true linear predictor)")
+    run([py, "-m", "dataset_conversion.oracle", "--cohort", cohort, "--raw-dataset", raw, "-o", DEMO_DIR / "oracle.csv"],
+        env)
+    report = DEMO_DIR / "report"
+    run([py, "evaluation/survival_eval.py", "--predictions", pred / "predictions.csv", DEMO_DIR / "oracle.csv",
+         "--names", TRAINER, "oracle", "--dataset", "501", "--seg-pred", pred, "none", "--seg-gt", raw / "labelsTs",
+         "--bootstrap", "1000", "--seed", "0", "-o", report], env)
+
+    metrics = json.loads((report / "metrics.json").read_text())
+    print(f"\nResults ({report / 'metrics.json'}; full table in {report / 'report.md'})")
+    print(f"{'model':<24}{'set':<15}{'n':>4}{'events':>8}  {'C-index (95% CI)':<22}{'AUC@36m':>9}{'Dice':>7}")
+    for name, sets in metrics["models"].items():
+        for set_name, m in sets.items():
+            ci = m.get("c_index_ci") or [float("nan")] * 2
+            c = m.get("c_index")
+            auc, dice = m.get("auc_36m"), m.get("dice_mean")
+            print(f"{name:<24}{set_name:<15}{m.get('n', 0):>4}{m.get('events', 0):>8}  "
+                  f"{'n/a' if c is None else f'{c:.3f} ({ci[0]:.2f}-{ci[1]:.2f})':<22}"
+                  f"{'n/a' if auc is None else f'{auc:.3f}':>9}{'' if dice is None else f'{dice:.3f}':>7}")
+    print(f"\nDemo finished in {(time.time() - t_start) / 60:.1f} min; outputs in {DEMO_DIR}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
