@@ -341,7 +341,11 @@ def _images_by_patient(images_root: Path) -> Dict[str, Path]:
 def build_multitask_block(schema: ClinicalSchema, horizon_months: float, internal_test: List[str],
                           external_test: List[str], source_cohort: str,
                           stratification: Dict[str, str]) -> dict:
-    """The ``"multitask"`` block of ``dataset.json`` (the data contract read by trainer and predictor)."""
+    """The ``"multitask"`` block of ``dataset.json`` (the data contract read by trainer and predictor).
+
+    Besides the keys of the contract it records ``split_stratification`` (what the internal-test
+    selection and the folds could be stratified by: "event+centre", "event" or "none").
+    """
     return {
         "version": MULTITASK_VERSION,
         "case_id_column": CASE_ID_COLUMN,
