@@ -60,9 +60,10 @@ def preprocessed_dataset(tmp_path_factory):
          TINY_PATIENTS, "--seed", "1", "--shape", *TINY_SHAPE], env, cwd=REPO)
     run([sys.executable, "-m", "dataset_conversion.convert_larc", "--cohort", str(cohort), "--dataset-id",
          DATASET_ID, "--name", "LARC"], env, cwd=REPO)
-    run([bin_of("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres", "-np", "1",
-         "--verify_dataset_integrity"], env, cwd=REPO)
-    return {"root": root, "env": env, "cohort": cohort, "raw": root / "nnUNet_raw" / DATASET_NAME}
+    plan = run([bin_of("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres", "-np", "1",
+                "-npfp", "1", "--verify_dataset_integrity"], env, cwd=REPO)
+    return {"root": root, "env": env, "cohort": cohort, "raw": root / "nnUNet_raw" / DATASET_NAME,
+            "preprocessed": root / "nnUNet_preprocessed" / DATASET_NAME, "plan_output": plan.stdout + plan.stderr}
 
 
 @pytest.fixture(scope="session")
