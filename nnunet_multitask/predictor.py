@@ -1,25 +1,49 @@
 """Patient-level inference: nnU-Net's predictor plus the heads' risk, recurrence probability and
 survival curve, with fold ensembling.
 
-``nnUNetv2_predict_multitask`` mirrors ``nnUNetv2_predict`` (same flags) and adds ``--clinical``.
-Segmentations are written by nnU-Net's own export; ``predictions.csv`` and ``predictions.json``
-hold the patient-level outputs (see :data:`SURVIVAL_TIMES` and the README for the columns).
+``nnUNetv2_predict_multitask`` mirrors ``nnUNetv2_predict`` (same flags) and adds ``--clinical``
+and ``--impute-missing-clinical``. Segmentations are written by nnU-Net's own export;
+``predictions.csv`` and ``predictions.json`` hold the patient-level outputs.
+
+``predictions.csv``, one row per case (sorted by ``case_id``):
+
+* ``risk_score`` (higher = higher risk; Cox head: the log-risk, discrete-time head: the cumulative
+  hazard ``-log S(horizon)``), ``p_recurrence_<H>m`` (H = the model's horizon), and for the
+  discrete-time head ``surv_prob_<t>m`` for t in :data:`SURVIVAL_TIMES`;
+* ``<column>_sd``: the spread (sample standard deviation) of each of these over the folds; empty
+  (NaN) when a single fold was used, because one fold gives no spread;
+* ``n_folds``; ``tumour_found`` (False when, in at least one fold, the segmentation found no
+  tumour and the documented fallback of :func:`~nnunet_multitask.aggregation.patient_prediction`
+  was used: the unweighted mean over all tiles); ``clinical_imputed`` (the case had no clinical
+  row and ``--impute-missing-clinical`` imputed all of it as in training);
+  ``n_clinical_values_imputed`` (how many of the model's clinical columns were empty or absent
+  for the case and were imputed with the fold's fitted values).
 
 The patient-level definition is :func:`nnunet_multitask.aggregation.patient_prediction`: every
 sliding-window tile and test-time mirror contributes its head outputs weighted by the tile's
-predicted tumour mass, so one pass yields the segmentation and the heads.
+predicted tumour mass, so one pass yields the segmentation and the heads. Folds are ensembled by
+averaging log-risks (risk scores) and probabilities.
+
+Nothing half-written: :func:`predict_folder` checks the model, every input case, the clinical
+table and the output folder before predicting anything, then predicts into a hidden staging
+folder inside the output folder and moves the results into place only when every case has
+succeeded (``predictions.csv`` last). A failure leaves the output folder as it was.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pickle
+import re
+import shutil
+import sys
 import tempfile
 from collections import deque
 from datetime import datetime, timezone
-from importlib.metadata import version
-from os.path import basename, isdir, join
+from importlib.metadata import PackageNotFoundError, version
+from os.path import basename, isdir, isfile, join
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -33,12 +57,17 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from clinical.preprocessing import ClinicalPreprocessor
+from clinical.preprocessing import ClinicalPreprocessingError, ClinicalPreprocessor
+from clinical.schema import ClinicalSchema, SchemaError
+from clinical.tables import CASE_ID_COLUMN, read_case_table
 from nnunet_multitask.aggregation import patient_prediction, survival_at_times
-from nnunet_multitask.dataset import dataset_table_path, read_features, schema_from_block
+from nnunet_multitask.dataset import MultitaskDatasetError, dataset_table_path, schema_from_block
 from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
 
 SURVIVAL_TIMES = (12, 24, 36, 60)
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_JSON = "predictions.json"
+_STAGING_PREFIX = ".nnunet_multitask_partial_"
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -46,9 +75,11 @@ class UnsafeCheckpointError(RuntimeError):
 
 
 class MultitaskPredictionError(RuntimeError):
-    pass
+    """The model, an input case, the clinical table or the output folder cannot be used; the
+    message names the case / file and the problem."""
 
 
+# ---------------------------------------------------------------------- safe loading
 def _allowed_globals() -> list:
     # what nnU-Net's own checkpoints contain besides tensors and builtins: numpy scalars and arrays
     # in the training log, and torch.device in init_args. Nothing callable beyond these constructors.
@@ -61,16 +92,52 @@ def _allowed_globals() -> list:
 
 
 def load_checkpoint_safely(path: str) -> dict:
-    """``torch.load(weights_only=True)`` with a small allow-list: a checkpoint that carries any other
-    pickled object (a callable, a class) is refused instead of executed."""
+    """Load an nnU-Net checkpoint without executing code from it.
+
+    ``torch.load(weights_only=True)`` with a small allow-list (numpy scalars/arrays, ``torch.device``):
+    a checkpoint that carries any other pickled object (a callable, a class instance whose
+    ``__reduce__`` would run a command) is refused before anything in it is called.
+
+    Parameters
+    ----------
+    path : str
+        ``<model folder>/fold_<f>/<checkpoint name>``.
+
+    Returns
+    -------
+    dict
+        The checkpoint (``network_weights``, ``trainer_name``, ``init_args``, ...).
+
+    Raises
+    ------
+    UnsafeCheckpointError
+        The checkpoint holds objects outside the allow-list.
+    MultitaskPredictionError
+        The file is missing, unreadable, or not an nnU-Net checkpoint.
+    """
+    if not isfile(path):
+        raise MultitaskPredictionError(f"checkpoint not found: {path}")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
-            return torch.load(path, map_location=torch.device("cpu"), weights_only=True)
+            ckpt = torch.load(path, map_location=torch.device("cpu"), weights_only=True)
     except pickle.UnpicklingError as e:
         raise UnsafeCheckpointError(f"{path}: refused to load a checkpoint with objects outside the allow-list "
                                     f"(it could execute code): {str(e).splitlines()[0]}") from None
-    except FileNotFoundError:
-        raise MultitaskPredictionError(f"checkpoint not found: {path}") from None
+    except (RuntimeError, EOFError, OSError) as e:  # truncated / not a torch file
+        raise MultitaskPredictionError(f"{path}: cannot be read as a torch checkpoint: "
+                                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    missing = [k for k in ("network_weights", "trainer_name", "init_args") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise MultitaskPredictionError(f"{path}: not an nnU-Net checkpoint (lacks {missing})")
+    return ckpt
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _unwrap(network) -> MultiTaskUNet:
@@ -82,41 +149,87 @@ def _unwrap(network) -> MultiTaskUNet:
     return net
 
 
+def _version_or_unknown(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class MultiTaskPredictor(nnUNetPredictor):
-    """nnUNetPredictor that also returns patient-level head outputs, fold by fold."""
+    """nnUNetPredictor that also returns patient-level head outputs, fold by fold.
+
+    Use as nnU-Net's predictor (``initialize_from_trained_model_folder``, then
+    ``predict_from_files`` / ``predict_from_files_sequential``), with :meth:`set_clinical_table`
+    in between; :meth:`predictions_table` then holds one row per predicted case.
+    :func:`predict_folder` does all of it with the checks and the all-or-nothing output.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.head_results: Dict[str, dict] = {}
         self._pending_cases: deque = deque()
         self.clinical_table: Optional[pd.DataFrame] = None
+        self.clinical_table_source: Optional[str] = None
         self.impute_missing_clinical = False
         self.provenance: dict = {}
 
     # ------------------------------------------------------------------ loading
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
                                              use_folds, checkpoint_name: str = "checkpoint_final.pth"):
-        """nnU-Net's initialisation with checkpoints loaded safely (``weights_only``) and the heads checked."""
+        """nnU-Net's initialisation with checkpoints loaded safely (``weights_only``) and checked:
+        the folder has the heads' configuration, every fold's checkpoint exists, comes from the same
+        trainer and configuration, carries a fitted clinical transform, and loads strictly into the
+        network the plans describe."""
         from batchgenerators.utilities.file_and_folder_operations import load_json
         if use_folds is None:
             use_folds = nnUNetPredictor.auto_detect_available_folds(model_training_output_dir, checkpoint_name)
         if isinstance(use_folds, (str, int)):
             use_folds = [use_folds]
+        use_folds = [f if f == "all" else int(f) for f in use_folds]
+        if not use_folds:
+            raise MultitaskPredictionError(f"{model_training_output_dir}: no fold folder has {checkpoint_name}")
+        for name in ("dataset.json", "plans.json"):
+            if not isfile(join(model_training_output_dir, name)):
+                raise MultitaskPredictionError(f"{model_training_output_dir}: {name} missing: not an nnU-Net "
+                                               f"model folder")
         dataset_json = load_json(join(model_training_output_dir, "dataset.json"))
         plans = load_json(join(model_training_output_dir, "plans.json"))
         if "multitask_model" not in plans:
-            raise MultitaskPredictionError(f"{model_training_output_dir}: plans.json has no 'multitask_model' block: "
-                                           f"this model was trained without heads (use nnUNetv2_predict for it)")
+            raise MultitaskPredictionError(f"{join(model_training_output_dir, 'plans.json')} has no "
+                                           f"'multitask_model' block: this model was trained without heads "
+                                           f"(use nnUNetv2_predict for it)")
+        if not dataset_json.get("multitask"):
+            raise MultitaskPredictionError(f"{join(model_training_output_dir, 'dataset.json')} has no 'multitask' "
+                                           f"block: the model folder does not come from a converted LARC dataset")
+        cfg = plans["multitask_model"]
+        if cfg.get("channel_names") is not None and cfg["channel_names"] != dataset_json["channel_names"]:
+            raise MultitaskPredictionError(
+                f"{model_training_output_dir}: the heads were trained with channels {cfg['channel_names']} but "
+                f"dataset.json declares {dataset_json['channel_names']}")
+        ckpt_paths = [join(model_training_output_dir, f"fold_{f}", checkpoint_name) for f in use_folds]
+        absent = [p for p in ckpt_paths if not isfile(p)]
+        if absent:
+            raise MultitaskPredictionError(f"checkpoint(s) not found: {absent}")
+
         plans_manager = PlansManager(plans)
         parameters, trainer_name, configuration_name, mirroring = [], None, None, None
-        for i, f in enumerate(use_folds):
-            f = int(f) if f != "all" else f
-            ckpt = load_checkpoint_safely(join(model_training_output_dir, f"fold_{f}", checkpoint_name))
+        for i, path in enumerate(ckpt_paths):
+            ckpt = load_checkpoint_safely(path)
             if i == 0:
                 trainer_name = ckpt["trainer_name"]
                 configuration_name = ckpt["init_args"]["configuration"]
                 mirroring = ckpt.get("inference_allowed_mirroring_axes")
-            parameters.append(ckpt["network_weights"])
+            elif (ckpt["trainer_name"], ckpt["init_args"]["configuration"]) != (trainer_name, configuration_name):
+                raise MultitaskPredictionError(
+                    f"{path}: trained with {ckpt['trainer_name']} / {ckpt['init_args']['configuration']}, but "
+                    f"{ckpt_paths[0]} with {trainer_name} / {configuration_name}: folds of different models "
+                    f"cannot be ensembled")
+            weights = ckpt["network_weights"]
+            if "fold_state_fitted" in weights and not bool(weights["fold_state_fitted"]):
+                raise MultitaskPredictionError(f"{path}: the clinical transform and time bins were never fitted "
+                                               f"(the checkpoint was saved before training started)")
+            parameters.append(weights)
         configuration_manager = plans_manager.get_configuration(configuration_name)
         trainer_class = recursive_find_trainer_class_by_name(trainer_name)
         network = trainer_class.build_network_architecture(
@@ -124,47 +237,160 @@ class MultiTaskPredictor(nnUNetPredictor):
             determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
             plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
         _unwrap(network)
+        # a strict load of every fold now, so a mismatch (other channels, other clinical width, a plain
+        # U-Net checkpoint) is reported here with its file, not in the middle of a prediction run
+        for path, weights in zip(ckpt_paths, parameters):
+            try:
+                network.load_state_dict(weights)
+            except RuntimeError as e:
+                raise MultitaskPredictionError(
+                    f"{path}: the weights do not fit the network described by plans.json's 'multitask_model' "
+                    f"block (input channels {cfg.get('input_channels') or dataset_json['channel_names']}, "
+                    f"{cfg.get('n_clinical_features')} clinical features): {str(e).splitlines()[0]} "
+                    f"{' '.join(str(e).splitlines()[1:3])}") from None
+        self._check_fold_clinical_states(plans_manager, dataset_json, ckpt_paths, parameters)
         network.load_state_dict(parameters[0])
         self.manual_initialization(network, plans_manager, configuration_manager, parameters, dataset_json,
                                    trainer_name, mirroring)
         self.provenance = {"model_folder": os.path.abspath(model_training_output_dir), "trainer": trainer_name,
                            "plans": plans_manager.plans_name, "configuration": configuration_name,
-                           "folds": [str(f) for f in use_folds], "checkpoint": checkpoint_name}
+                           "folds": [str(f) for f in use_folds], "checkpoint": checkpoint_name,
+                           "checkpoint_sha256": {str(f): _sha256(p) for f, p in zip(use_folds, ckpt_paths)}}
+
+    @staticmethod
+    def _check_fold_clinical_states(plans_manager, dataset_json, ckpt_paths, parameters):
+        """Each fold's fitted clinical transform must match the clinical columns (names, types,
+        categories) the plans declare, so a mismatch is reported now, naming the checkpoint."""
+        cfg = head_config_from_plans(plans_manager.plans)
+        if int(cfg["n_clinical_features"]) == 0:
+            return
+        block = dict(dataset_json["multitask"], clinical_columns=cfg["clinical_columns"])
+        try:
+            schema = schema_from_block(block)
+        except SchemaError as e:
+            raise MultitaskPredictionError(f"plans.json 'multitask_model' clinical columns: {e}") from None
+        for path, weights in zip(ckpt_paths, parameters):
+            try:
+                ClinicalPreprocessor.from_state_vector(schema, tuple(cfg["clinical_groups"]),
+                                                       weights["clinical_state"].cpu().numpy())
+            except (ClinicalPreprocessingError, SchemaError) as e:
+                raise MultitaskPredictionError(
+                    f"{path}: its fitted clinical transform does not match the clinical columns of plans.json "
+                    f"({list(cfg['clinical_columns'])}): {e}") from None
 
     # ------------------------------------------------------------------ clinical data
     @property
     def head_config(self) -> dict:
         return head_config_from_plans(self.plans_manager.plans)
 
-    def set_clinical_table(self, table: Optional[pd.DataFrame | str] = None, impute_missing: bool = False):
-        """Clinical rows of the cases to predict (default: the dataset's clinical table)."""
+    @property
+    def uses_clinical_data(self) -> bool:
+        return int(self.head_config["n_clinical_features"]) > 0
+
+    def model_clinical_columns(self) -> List[str]:
+        """The clinical columns the model was trained with (empty for an image-only model)."""
+        return list(self.head_config.get("clinical_columns", {})) if self.uses_clinical_data else []
+
+    def _clinical_schema(self, extra_columns: Sequence[str] = ()) -> ClinicalSchema:
+        """The model's clinical columns (types and categories as trained, from plans.json), plus any
+        other column the dataset declares that a table happens to carry (validated, not used)."""
         mt = self.dataset_json["multitask"]
-        schema = schema_from_block(mt)
-        if table is None:
-            table = dataset_table_path(self.plans_manager.dataset_name, mt["clinical_table"])
-        if not isinstance(table, pd.DataFrame):
-            table = read_features(table, schema)
-        self.clinical_table = table
+        declared = dict(mt["clinical_columns"])
+        columns = {n: declared[n] for n in extra_columns if n in declared}
+        columns.update(self.head_config["clinical_columns"])
+        block = dict(mt, clinical_columns=columns)
+        return schema_from_block(block)
+
+    def set_clinical_table(self, table: Optional[pd.DataFrame | str] = None, impute_missing: bool = False):
+        """Clinical rows of the cases to predict.
+
+        Parameters
+        ----------
+        table : DataFrame, str or None
+            A frame indexed by case id (as :func:`clinical.tables.read_case_table` returns), a CSV
+            path (``case_id``, ``centre`` and the model's clinical columns; further columns must be
+            declared in the dataset's schema), or None for the dataset's own clinical table.
+        impute_missing : bool
+            A case without a row is imputed entirely with the fold's fitted values (flagged
+            ``clinical_imputed``) instead of being an error.
+
+        Raises
+        ------
+        MultitaskPredictionError
+            The table lacks a column the model was trained with, or cannot be read.
+        clinical.tables.ClinicalTableError
+            A value does not match its declared type or categories (names file, case, column).
+        """
         self.impute_missing_clinical = impute_missing
+        if not self.uses_clinical_data:
+            self.clinical_table, self.clinical_table_source = None, None
+            return
+        needed = self.model_clinical_columns()
+        if table is None:
+            mt = self.dataset_json["multitask"]
+            try:
+                table = str(dataset_table_path(self.plans_manager.dataset_name, mt["clinical_table"]))
+            except MultitaskDatasetError as e:
+                raise MultitaskPredictionError(f"{e}; pass the new cases' clinical rows with --clinical") from None
+        if isinstance(table, pd.DataFrame):
+            source = "<DataFrame>"
+            frame = table
+        else:
+            source = str(table)
+            if not isfile(source):
+                raise MultitaskPredictionError(f"clinical table not found: {source}")
+            try:
+                header = [str(c).strip() for c in pd.read_csv(source, nrows=0).columns]
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+                raise MultitaskPredictionError(f"{source}: cannot be read as CSV: {e}") from None
+            lacking = [c for c in needed if c not in header]
+            if lacking:
+                raise MultitaskPredictionError(
+                    f"{source}: lacks clinical column(s) {lacking} that the model was trained with "
+                    f"({self.head_config['trainer']}, groups {self.head_config['clinical_groups']})")
+            frame = read_case_table(source, self._clinical_schema(extra_columns=header))
+        lacking = [c for c in needed if c not in frame.columns]
+        if lacking:
+            raise MultitaskPredictionError(f"{source}: lacks clinical column(s) {lacking} that the model was "
+                                           f"trained with")
+        self.clinical_table, self.clinical_table_source = frame, source
+
+    def check_clinical_rows(self, case_ids: Sequence[str]) -> List[str]:
+        """Cases without a clinical row; an error unless imputation was asked for."""
+        if not self.uses_clinical_data:
+            return []
+        if self.clinical_table is None:
+            self.set_clinical_table(impute_missing=self.impute_missing_clinical)
+        missing = [c for c in case_ids if c not in self.clinical_table.index]
+        if missing and not self.impute_missing_clinical:
+            raise MultitaskPredictionError(
+                f"case(s) {missing} have no row in the clinical table {self.clinical_table_source}; add them, or "
+                f"pass --impute-missing-clinical to impute every clinical value as in training (flagged "
+                f"clinical_imputed in predictions.csv)")
+        return missing
 
     def clinical_vector(self, case_id: str, clinical_state: torch.Tensor) -> tuple:
-        """(vector, imputed) for one case with the fold's fitted transform."""
+        """(vector, row imputed, number of clinical values imputed) for one case with the fold's
+        fitted transform (``clinical_state``, the network buffer)."""
+        if not self.uses_clinical_data:
+            return np.zeros((0,), dtype=np.float32), False, 0
         cfg = self.head_config
-        if cfg["n_clinical_features"] == 0:
-            return np.zeros((0,), dtype=np.float32), False
-        schema = schema_from_block(self.dataset_json["multitask"])
-        prep = ClinicalPreprocessor.from_state_vector(schema, tuple(cfg["clinical_groups"]),
+        prep = ClinicalPreprocessor.from_state_vector(self._clinical_schema(), tuple(cfg["clinical_groups"]),
                                                       clinical_state.cpu().numpy())
         if self.clinical_table is None:
-            self.set_clinical_table()
+            self.set_clinical_table(impute_missing=self.impute_missing_clinical)
         imputed = case_id not in self.clinical_table.index
         if imputed and not self.impute_missing_clinical:
             raise MultitaskPredictionError(
-                f"case {case_id}: no row in the clinical table; add it, or pass --impute-missing-clinical to "
-                f"impute every clinical value as in training (flagged in predictions.csv)")
-        row = (pd.DataFrame(index=pd.Index([case_id], name="case_id"), columns=self.clinical_table.columns)
-               if imputed else self.clinical_table.loc[[case_id]])
-        return prep.transform(row.reset_index(), id_column="case_id")[0].astype(np.float32), imputed
+                f"case {case_id}: no row in the clinical table {self.clinical_table_source}; add it, or pass "
+                f"--impute-missing-clinical to impute every clinical value as in training (flagged in "
+                f"predictions.csv)")
+        columns = self.model_clinical_columns()
+        row = (pd.DataFrame(np.nan, index=pd.Index([case_id], name=CASE_ID_COLUMN), columns=columns, dtype=object)
+               if imputed else self.clinical_table.loc[[case_id], columns])
+        n_missing = int(row.isna().to_numpy().sum())
+        vector = prep.transform(row.reset_index(), id_column=CASE_ID_COLUMN)[0].astype(np.float32)
+        return vector, imputed, n_missing
 
     # ------------------------------------------------------------------ heads
     def predict_case_with_current_weights(self, data: torch.Tensor, clinical: np.ndarray):
@@ -188,23 +414,31 @@ class MultiTaskPredictor(nnUNetPredictor):
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         """nnU-Net's fold loop, with each fold's clinical transform and head outputs kept per fold."""
-        case_id = self._pending_cases.popleft() if self._pending_cases else None
+        if not self._pending_cases:
+            raise MultitaskPredictionError("case id unknown: predict through predict_from_files / "
+                                           "predict_from_files_sequential / predict_folder")
+        case_id = self._pending_cases.popleft()
         n_threads = torch.get_num_threads()
-        prediction, per_fold, imputed = None, [], False
+        prediction, per_fold = None, []
+        imputed, n_missing = False, 0
         net = _unwrap(self.network)
-        for params in self.list_of_parameters:
-            net.load_state_dict(params)
-            if case_id is None:
-                raise MultitaskPredictionError("case id unknown: use predict_from_files / the CLI")
-            clinical, imputed = self.clinical_vector(case_id, net.clinical_state)
-            logits, pred = self.predict_case_with_current_weights(data, clinical)
-            # sliding-window logits are inference tensors: accumulate into a normal tensor
-            logits = logits.to("cpu").clone()
-            prediction = logits if prediction is None else prediction + logits
-            per_fold.append(pred)
+        try:
+            for params in self.list_of_parameters:
+                net.load_state_dict(params)
+                clinical, imputed, n_missing = self.clinical_vector(case_id, net.clinical_state)
+                logits, pred = self.predict_case_with_current_weights(data, clinical)
+                # sliding-window logits are inference tensors: accumulate into a normal tensor
+                logits = logits.to("cpu").clone()
+                prediction = logits if prediction is None else prediction + logits
+                per_fold.append(pred)
+        except MultitaskPredictionError:
+            raise
+        except Exception as e:
+            raise MultitaskPredictionError(f"case {case_id}: prediction failed: {type(e).__name__}: {e}") from e
         prediction /= len(self.list_of_parameters)
         torch.set_num_threads(n_threads)
-        self.head_results[case_id] = {"folds": per_fold, "clinical_imputed": imputed}
+        self.head_results[case_id] = {"folds": per_fold, "clinical_imputed": imputed,
+                                      "n_clinical_values_imputed": n_missing}
         return prediction
 
     def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
@@ -213,13 +447,32 @@ class MultiTaskPredictor(nnUNetPredictor):
         lists, outs, prev = super()._manage_input_and_output_lists(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
             folder_with_segs_from_prev_stage, overwrite, part_id, num_parts, save_probabilities)
-        # both of nnU-Net's prediction paths process cases in this order
+        if outs is None:
+            raise MultitaskPredictionError("patient-level outputs need output file names (the case ids)")
+        # both of nnU-Net's prediction paths process cases in this order; predict_from_data_iterator
+        # below checks it case by case
         self._pending_cases = deque(basename(o) for o in outs)
         return lists, outs, prev
 
+    def predict_from_data_iterator(self, data_iterator, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = 3):
+        """nnU-Net's loop; each item's case id (its ``ofile``) is checked against the next pending
+        case, so head outputs can never be attributed to another patient."""
+        def checked(items):
+            for item in items:
+                expected = self._pending_cases[0] if self._pending_cases else None
+                got = basename(item["ofile"]) if item.get("ofile") is not None else None
+                if got is None or got != expected:
+                    raise MultitaskPredictionError(f"preprocessed case {got!r} arrived when {expected!r} was "
+                                                   f"expected: refusing to mix up patients")
+                yield item
+        return super().predict_from_data_iterator(checked(data_iterator), save_probabilities,
+                                                  num_processes_segmentation_export)
+
     # ------------------------------------------------------------------ outputs
     def predictions_table(self) -> pd.DataFrame:
-        """One row per case: fold-ensembled outputs (log-risks and probabilities averaged) and their spread."""
+        """One row per case: fold-ensembled outputs (log-risks and probabilities averaged) and their
+        spread over folds (sample sd; NaN for a single fold)."""
         horizon = int(self.head_config["horizon_months"])
         rows = []
         for case_id in sorted(self.head_results):
@@ -234,35 +487,52 @@ class MultiTaskPredictor(nnUNetPredictor):
             for name, vals in cols.items():
                 row[name] = float(np.mean(vals))
             for name, vals in cols.items():
-                row[f"{name}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                row[f"{name}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
             row["n_folds"] = len(folds)
             row["tumour_found"] = all(f["tumour_found"] for f in folds)
             row["clinical_imputed"] = bool(res["clinical_imputed"])
+            row["n_clinical_values_imputed"] = int(res.get("n_clinical_values_imputed", 0))
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def write_predictions(self, output_folder: str):
-        table = self.predictions_table()
-        _atomic_write(join(output_folder, "predictions.csv"), table.to_csv(index=False))
+    def provenance_record(self, table: pd.DataFrame) -> dict:
         meta = dict(self.provenance)
-        meta.update({"nnunetv2_version": version("nnunetv2"), "nnunet_multitask_version": version("nnunet-multitask"),
+        meta.update({"nnunetv2_version": _version_or_unknown("nnunetv2"),
+                     "nnunet_multitask_version": _version_or_unknown("nnunet-multitask"),
                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "n_cases": len(table), "horizon_months": self.head_config["horizon_months"],
                      "survival_head": self.head_config["survival_head"],
-                     "patient_level": "tumour-mass-weighted mean over sliding-window tiles and mirrors; "
-                                      "fold ensemble: mean of risk scores and probabilities, sd = spread over folds",
+                     "clinical_table": self.clinical_table_source,
+                     "clinical_columns": self.model_clinical_columns(),
+                     "impute_missing_clinical": self.impute_missing_clinical,
+                     "patient_level": "tumour-mass-weighted mean over sliding-window tiles and mirrors "
+                                      "(nnunet_multitask.aggregation.patient_prediction); no tumour found: "
+                                      "unweighted mean, tumour_found=False",
+                     "fold_ensemble": "mean of risk scores (log-risks) and of probabilities; *_sd = sample sd "
+                                      "over folds (NaN for one fold)",
                      "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
                      "columns": list(table.columns)})
-        _atomic_write(join(output_folder, "predictions.json"), json.dumps(meta, indent=2))
+        return meta
+
+    def write_predictions(self, output_folder: str) -> pd.DataFrame:
+        """Write ``predictions.json`` then ``predictions.csv`` (each atomically) into a folder."""
+        table = self.predictions_table()
+        _atomic_write(join(output_folder, PREDICTIONS_JSON), json.dumps(self.provenance_record(table), indent=2))
+        _atomic_write(join(output_folder, PREDICTIONS_CSV), table.to_csv(index=False))
         return table
 
 
 def _atomic_write(path: str, text: str):
     d = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def predict_heads_for_preprocessed_cases(trainer, case_ids: Sequence[str]) -> pd.DataFrame:
@@ -274,54 +544,171 @@ def predict_heads_for_preprocessed_cases(trainer, case_ids: Sequence[str]) -> pd
     predictor.manual_initialization(trainer.mt_network(), trainer.plans_manager, trainer.configuration_manager,
                                     None, trainer.dataset_json, type(trainer).__name__,
                                     trainer.inference_allowed_mirroring_axes)
-    net = trainer.mt_network()
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, list(case_ids),
                                     folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
     for k in dataset.identifiers:
         data, _, _, _ = dataset.load_case(k)
         clinical = trainer._case_data[k]["clinical"]
         _, pred = predictor.predict_case_with_current_weights(torch.from_numpy(np.asarray(data[:])), clinical)
-        predictor.head_results[k] = {"folds": [pred], "clinical_imputed": False}
+        predictor.head_results[k] = {"folds": [pred], "clinical_imputed": False, "n_clinical_values_imputed": 0}
     return predictor.predictions_table()
 
 
-# ---------------------------------------------------------------------- CLI
-def _check_inputs(input_folder: str, dataset_json: dict):
-    """Every case in the input folder has every channel the model was trained with."""
+# ---------------------------------------------------------------------- checks before predicting
+def _check_inputs(input_folder: str, dataset_json: dict) -> List[str]:
+    """Check an nnU-Net input folder against the model's channels before anything is predicted.
+
+    Every file must be named ``<case>_<XXXX><file_ending>`` with a channel the model was trained
+    with, every case must have all channels, and (for formats SimpleITK reads) each case's channel
+    images must be readable headers of one 3-D size.
+
+    Returns
+    -------
+    list of str
+        The case ids, sorted.
+    """
     ending = dataset_json["file_ending"]
-    n_ch = len(dataset_json["channel_names"])
+    channel_names = dataset_json["channel_names"]
+    n_ch = len(channel_names)
     if not isdir(input_folder):
         raise MultitaskPredictionError(f"input folder not found: {input_folder}")
-    files = [f for f in os.listdir(input_folder) if f.endswith(ending)]
-    cases = sorted({f[:-len(ending) - 5] for f in files})
-    if not cases:
+    files = sorted(f for f in os.listdir(input_folder) if f.endswith(ending))
+    if not files:
         raise MultitaskPredictionError(f"{input_folder}: no images ending in {ending}")
+    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(ending))
+    channels: Dict[str, set] = {}
+    misnamed, beyond = [], []
+    for f in files:
+        m = pattern.fullmatch(f)
+        if m is None:
+            misnamed.append(f)
+            continue
+        case, ch = m.group(1), int(m.group(2))
+        channels.setdefault(case, set()).add(ch)
+        if ch >= n_ch:
+            beyond.append(f)
+    if misnamed:
+        raise MultitaskPredictionError(f"{input_folder}: file(s) {misnamed[:5]} are not named <case>_<XXXX>{ending}")
+    if beyond:
+        raise MultitaskPredictionError(
+            f"{input_folder}: file(s) {beyond[:5]} have a channel index the model was not trained with (it "
+            f"expects {n_ch} channels 0..{n_ch - 1}: {channel_names})")
+    cases = sorted(channels)
     for c in cases:
-        missing = [f"{c}_{i:04d}{ending}" for i in range(n_ch) if f"{c}_{i:04d}{ending}" not in files]
+        missing = [f"{c}_{i:04d}{ending}" for i in range(n_ch) if i not in channels[c]]
         if missing:
             raise MultitaskPredictionError(f"case {c}: missing channel file(s) {missing} in {input_folder} "
-                                           f"(the model expects {n_ch} channels: {dataset_json['channel_names']})")
-    extra = [f for f in files if not any(f == f"{f[:-len(ending) - 5]}_{i:04d}{ending}" for i in range(n_ch))]
-    if extra:
-        raise MultitaskPredictionError(f"{input_folder}: file(s) {extra[:5]} do not match <case>_<XXXX>{ending} "
-                                       f"for channels 0..{n_ch - 1}")
+                                           f"(the model expects {n_ch} channels: {channel_names})")
+    if ending in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        _check_image_headers(input_folder, cases, n_ch, ending)
     return cases
 
 
-def _check_clinical_columns(predictor: MultiTaskPredictor):
-    cfg = predictor.head_config
-    model_cols = cfg.get("clinical_columns", {})
-    table = predictor.clinical_table
-    missing = [c for c in model_cols if c not in table.columns]
-    if missing:
-        raise MultitaskPredictionError(f"clinical table lacks column(s) {missing} that the model was trained with")
+def _check_image_headers(input_folder: str, cases: Sequence[str], n_ch: int, ending: str):
+    """Headers only (cheap): readable, 3-D, one size per case across channels. nnU-Net would
+    otherwise fail in a preprocessing worker, after other cases were already predicted."""
+    import SimpleITK as sitk
+    for c in cases:
+        sizes = {}
+        for i in range(n_ch):
+            path = join(input_folder, f"{c}_{i:04d}{ending}")
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(path)
+            try:
+                reader.ReadImageInformation()
+            except RuntimeError as e:
+                raise MultitaskPredictionError(f"case {c}: {path} cannot be read as an image: "
+                                               f"{str(e).strip().splitlines()[-1]}") from None
+            if reader.GetDimension() != 3:
+                raise MultitaskPredictionError(f"case {c}: {path} is {reader.GetDimension()}-D, expected 3-D")
+            sizes[basename(path)] = tuple(reader.GetSize())
+        if len(set(sizes.values())) > 1:
+            raise MultitaskPredictionError(f"case {c}: channel images differ in size {sizes}; all channels "
+                                           f"must be on one grid")
 
 
-def predict_entry_point(argv: Optional[List[str]] = None):
+def _check_output_folder(output_folder: str):
+    """Create the folder if needed and prove it is writable."""
+    try:
+        os.makedirs(output_folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=output_folder, prefix=".write_test_")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise MultitaskPredictionError(f"output folder {output_folder} cannot be written: {e}") from None
+
+
+def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_folder: str,
+                   clinical: Optional[pd.DataFrame | str] = None, impute_missing_clinical: bool = False,
+                   num_processes_preprocessing: int = 0, num_processes_segmentation_export: int = 0) -> pd.DataFrame:
+    """Predict every case of an input folder: segmentations, ``predictions.csv``, ``predictions.json``.
+
+    Everything that can be checked is checked first (input files and channels, clinical columns,
+    types, categories and rows, the output folder); then the cases are predicted into a hidden
+    staging folder inside ``output_folder``, and the files are moved into ``output_folder`` only
+    when every case has succeeded (``predictions.csv`` last). On any error the staging folder is
+    removed and ``output_folder`` keeps what it held before.
+
+    Parameters
+    ----------
+    predictor : MultiTaskPredictor
+        Initialised from a trained model folder.
+    input_folder, output_folder : str
+    clinical : DataFrame, str or None
+        See :meth:`MultiTaskPredictor.set_clinical_table` (None: the dataset's clinical table).
+    impute_missing_clinical : bool
+    num_processes_preprocessing, num_processes_segmentation_export : int
+        Both 0: nnU-Net's sequential path (no worker processes).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table written to ``predictions.csv``.
+    """
+    cases = _check_inputs(input_folder, predictor.dataset_json)
+    predictor.set_clinical_table(clinical, impute_missing=impute_missing_clinical)
+    predictor.check_clinical_rows(cases)
+    _check_output_folder(output_folder)
+
+    predictor.head_results = {}
+    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
+    try:
+        if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:
+            predictor.predict_from_files_sequential(input_folder, staging, overwrite=True)
+        else:
+            predictor.predict_from_files(input_folder, staging, overwrite=True,
+                                         num_processes_preprocessing=max(1, num_processes_preprocessing),
+                                         num_processes_segmentation_export=max(1, num_processes_segmentation_export))
+        predicted = sorted(predictor.head_results)
+        if predicted != cases:
+            raise MultitaskPredictionError(f"predicted cases {predicted} differ from the input cases {cases}")
+        ending = predictor.dataset_json["file_ending"]
+        absent = [c for c in cases if not isfile(join(staging, c + ending))]
+        if absent:
+            raise MultitaskPredictionError(f"nnU-Net wrote no segmentation for case(s) {absent}")
+        args_json = join(staging, "predict_from_raw_data_args.json")
+        if isfile(args_json):  # name the real output folder, not the staging folder, in nnU-Net's record
+            with open(args_json) as f:
+                text = f.read()
+            _atomic_write(args_json, text.replace(staging, os.path.abspath(output_folder)))
+        table = predictor.write_predictions(staging)
+        last = (PREDICTIONS_JSON, PREDICTIONS_CSV)
+        names = [n for n in sorted(os.listdir(staging)) if n not in last] + list(last)
+        for name in names:
+            os.replace(join(staging, name), join(output_folder, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return table
+
+
+# ---------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="nnUNetv2_predict_multitask",
         description="nnU-Net prediction with patient-level heads: writes nnU-Net's segmentations plus "
                     "predictions.csv (risk_score, p_recurrence_<H>m, survival probabilities, spread over folds) "
-                    "and predictions.json (provenance).")
+                    "and predictions.json (provenance). Everything is checked before prediction starts, and "
+                    "the output folder receives the results only when every case succeeded.")
     parser.add_argument("-i", required=True, help="input folder (<case>_<XXXX>.nii.gz, as nnUNetv2_predict)")
     parser.add_argument("-o", required=True, help="output folder")
     parser.add_argument("-d", required=True, help="dataset name or id")
@@ -337,55 +724,54 @@ def predict_entry_point(argv: Optional[List[str]] = None):
     parser.add_argument("-npp", type=int, default=int(os.environ.get("nnUNet_npp", 3)))
     parser.add_argument("-nps", type=int, default=int(os.environ.get("nnUNet_nps", 3)))
     parser.add_argument("--clinical", default=None, help="CSV with the new cases' clinical rows keyed by case_id "
-                        "(default: the dataset's clinical table)")
+                        "(case_id, centre and the model's clinical columns; default: the dataset's clinical table)")
     parser.add_argument("--impute-missing-clinical", action="store_true",
-                        help="a case without a clinical row is imputed as in training (flagged in the CSV) "
-                             "instead of being an error")
+                        help="a case without a clinical row is imputed as in training (flagged clinical_imputed "
+                             "in the CSV) instead of being an error")
     parser.add_argument("--disable_progress_bar", action="store_true")
     parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def predict_entry_point(argv: Optional[List[str]] = None):
+    """Console script ``nnUNetv2_predict_multitask``; errors are printed (naming the case, file and
+    problem) with exit status 2, without a traceback."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    folds = [f if f == "all" else int(f) for f in args.f]
+    try:
+        folds = [f if f == "all" else int(f) for f in args.f]
+    except ValueError:
+        parser.error(f"-f: folds must be integers or 'all', got {args.f}")
     if not os.environ.get("nnUNet_extTrainer"):
         # the trainers folder of this project, so checkpoints of our trainers resolve without extra set-up
         import trainers
         os.environ["nnUNet_extTrainer"] = os.path.dirname(trainers.__file__)
-
-    device = torch.device(args.device)
-    if args.device == "cpu":
-        import multiprocessing
-        torch.set_num_threads(multiprocessing.cpu_count())
-    model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
-    if not isdir(model_folder):
-        raise MultitaskPredictionError(f"no trained model at {model_folder}")
-    predictor = MultiTaskPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
-                                   perform_everything_on_device=args.device == "cuda", device=device,
-                                   verbose=args.verbose, verbose_preprocessing=args.verbose,
-                                   allow_tqdm=not args.disable_progress_bar)
-    predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
-    cases = _check_inputs(args.i, predictor.dataset_json)
-    predictor.set_clinical_table(args.clinical, impute_missing=args.impute_missing_clinical)
-    _check_clinical_columns(predictor)
-    if predictor.head_config["n_clinical_features"] > 0 and not args.impute_missing_clinical:
-        missing = [c for c in cases if c not in predictor.clinical_table.index]
-        if missing:
-            raise MultitaskPredictionError(f"case(s) {missing} have no row in the clinical table "
-                                           f"{args.clinical or '(dataset default)'}; add them or pass "
-                                           f"--impute-missing-clinical")
     try:
-        os.makedirs(args.o, exist_ok=True)
-        probe = join(args.o, ".write_test")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as e:
-        raise MultitaskPredictionError(f"output folder {args.o} cannot be written: {e}") from None
-
-    if args.npp == 0 and args.nps == 0:
-        predictor.predict_from_files_sequential(args.i, args.o, overwrite=True)
-    else:
-        predictor.predict_from_files(args.i, args.o, overwrite=True, num_processes_preprocessing=max(1, args.npp),
-                                     num_processes_segmentation_export=max(1, args.nps))
-    table = predictor.write_predictions(args.o)
-    print(f"Wrote {len(table)} patient-level predictions to {join(args.o, 'predictions.csv')}")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise MultitaskPredictionError("-device cuda: no CUDA device is available (use -device cpu)")
+        device = torch.device(args.device)
+        if args.device == "cpu":
+            import multiprocessing
+            torch.set_num_threads(multiprocessing.cpu_count())
+        model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
+        if not isdir(model_folder):
+            raise MultitaskPredictionError(f"no trained model at {model_folder}")
+        predictor = MultiTaskPredictor(tile_step_size=args.step_size, use_gaussian=True,
+                                       use_mirroring=not args.disable_tta,
+                                       perform_everything_on_device=args.device == "cuda", device=device,
+                                       verbose=args.verbose, verbose_preprocessing=args.verbose,
+                                       allow_tqdm=not args.disable_progress_bar)
+        predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
+        if args.clinical is not None and not predictor.uses_clinical_data:
+            print(f"Note: {args.tr} uses no clinical data; --clinical {args.clinical} is not read")
+        table = predict_folder(predictor, args.i, args.o, clinical=args.clinical,
+                               impute_missing_clinical=args.impute_missing_clinical,
+                               num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps)
+    except (MultitaskPredictionError, SchemaError, MultitaskDatasetError, ClinicalPreprocessingError) as e:
+        # SchemaError covers clinical.tables.ClinicalTableError (bad values, undeclared categories)
+        print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"Wrote {len(table)} patient-level predictions to {join(args.o, PREDICTIONS_CSV)}")
 
 
 if __name__ == "__main__":
