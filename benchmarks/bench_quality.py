@@ -1,0 +1,204 @@
+"""Row c of BENCHMARKS.md: quality on a synthetic cohort with known ground truth.
+
+Trains each model combination at the same budget (``trainers/quality_variants.py``) on fold 0,
+predicts the internal and external test sets with ``nnUNetv2_predict_multitask``, and evaluates
+them with ``evaluation/survival_eval.py`` beside:
+
+* ``oracle``: the true linear predictor (the ceiling);
+* ``coxph_clinical``: scikit-survival's CoxPH on the clinical variables only (pretreatment +
+  postoperative, the same ClinicalPreprocessor), fitted on the development cohort;
+* ``coxph_radiomics``: CoxPH on the clinical variables plus log tumour volume and mean tumour ADC,
+  measured on the reference masks of the development cohort and on the *predicted* segmentation
+  (of the first MultiRec model) of the test cases;
+* ``nnUNetTrainer_quality``: plain nnU-Net at the same budget, for the Dice reference.
+
+    python benchmarks/bench_quality.py [--patients 120] [--seed 11] [--models A,B,...] [--out FILE]
+
+Everything lives under bench_run/quality/ (dataset 503); finished trainings are reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (BENCH_RUN, bin_of, command_line, load_average, machine_info, nnunet_env,  # noqa: E402
+                               run_command, training_env, write_result)
+
+DATASET_ID, LABEL = 503, "LARCQUALITY"
+DATASET = f"Dataset{DATASET_ID}_{LABEL}"
+ALL_MODELS = ["MultiRecTrainer_quality", "MultiRecTrainer_Pre_quality", "MultiRecTrainer_MRI_quality",
+              "MultiRecTrainer_T2_quality", "MultiRecTrainer_Cox_quality"]
+HORIZON = 36
+
+
+def log(msg):
+    print(f"[quality] {msg}", flush=True)
+
+
+def prepare(root: Path, patients: int, seed: int) -> dict:
+    env = nnunet_env(root)
+    raw, pre = root / "nnUNet_raw" / DATASET, root / "nnUNet_preprocessed" / DATASET
+    stamp = root / "prepared.json"
+    key = {"patients": patients, "seed": seed}
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == key and (pre / "nnUNetPlans.json").is_file()):
+        import shutil
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        log(f"preparing {DATASET}: {patients} patients, seed {seed}")
+        run_command([sys.executable, "-m", "dataset_conversion.synthetic_larc", "--out", root / "cohort",
+                     "--patients", patients, "--seed", seed, "--no-progress"], env)
+        run_command([sys.executable, "-m", "dataset_conversion.convert_larc", "--cohort", root / "cohort",
+                     "--dataset-id", DATASET_ID, "--name", LABEL], env)
+        run_command([bin_of("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres", "-np", "2",
+                     "--verify_dataset_integrity"], env)
+        stamp.write_text(json.dumps(key))
+    return {"env": env, "raw": raw, "pre": pre, "cohort": root / "cohort", "results": root / "nnUNet_results"}
+
+
+def train_and_predict(ds: dict, trainer: str, multitask: bool) -> dict:
+    folder = ds["results"] / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
+    out = ds["results"].parent / "predictions" / trainer
+    t0 = time.perf_counter()
+    if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
+        log(f"training {trainer} (fold 0)")
+        run_command([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
+                    training_env(ds["env"], 1), timeout=4 * 3600)
+    train_s = time.perf_counter() - t0
+    tool = "nnUNetv2_predict_multitask" if multitask else "nnUNetv2_predict"
+    if not (out / ("predictions.csv" if multitask else "plans.json")).is_file():
+        log(f"predicting the test sets with {trainer}")
+        run_command([bin_of(tool), "-i", ds["raw"] / "imagesTs", "-o", out, "-d", DATASET_ID, "-c", "3d_fullres",
+                     "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], ds["env"], timeout=3600)
+    return {"trainer": trainer, "train_seconds": round(train_s, 1), "predictions": out}
+
+
+def _clinical_design(ds: dict):
+    """Clinical features of every case with the ClinicalPreprocessor fitted on the development cohort."""
+    from clinical.preprocessing import ClinicalPreprocessor
+    from nnunet_multitask.dataset import read_features, read_outcomes, schema_from_block
+    dj = json.loads((ds["raw"] / "dataset.json").read_text())
+    mt = dj["multitask"]
+    schema = schema_from_block(mt)
+    feats = read_features(ds["raw"] / mt["clinical_table"], schema)
+    dev = read_outcomes(ds["raw"] / mt["outcomes_table"], schema)
+    prep = ClinicalPreprocessor(schema).fit(feats.loc[dev.index].reset_index())
+    x = pd.DataFrame(prep.transform(feats.reset_index()), index=feats.index, columns=prep.feature_names)
+    return x, dev, mt
+
+
+def _tumour_measures(image_dir: Path, seg_dir: Path, case_ids) -> pd.DataFrame:
+    """log tumour volume (mL) and mean ADC (channel 1, on the T2 grid) inside a segmentation."""
+    import SimpleITK as sitk
+    rows = {}
+    for c in case_ids:
+        seg = sitk.ReadImage(str(seg_dir / f"{c}.nii.gz"))
+        adc = sitk.GetArrayFromImage(sitk.ReadImage(str(image_dir / f"{c}_0001.nii.gz")))
+        m = sitk.GetArrayFromImage(seg) > 0
+        vol_ml = m.sum() * float(np.prod(seg.GetSpacing())) / 1000.0
+        rows[c] = {"log_volume_ml": np.log1p(vol_ml), "mean_adc": float(adc[m].mean()) if m.any() else np.nan}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def coxph_baselines(ds: dict, seg_dir_for_test: Path, work: Path) -> dict:
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from clinical.outcomes import survival_array
+    x, dev, mt = _clinical_design(ds)
+    test_ids = list(mt["internal_test"]) + list(mt["external_test"])
+    y = survival_array(dev[mt["time_column"]], dev[mt["event_column"]])
+    paths = {}
+    radiomics_dev = _tumour_measures(ds["raw"] / "imagesTr", ds["raw"] / "labelsTr", dev.index)
+    radiomics_test = _tumour_measures(ds["raw"] / "imagesTs", seg_dir_for_test, test_ids)
+    fill = radiomics_dev.median()
+    designs = {"coxph_clinical": (x.loc[dev.index], x.loc[test_ids]),
+               "coxph_radiomics": (pd.concat([x.loc[dev.index], radiomics_dev.fillna(fill)], axis=1),
+                                   pd.concat([x.loc[test_ids], radiomics_test.fillna(fill)], axis=1))}
+    for name, (x_dev, x_test) in designs.items():
+        mu, sd = x_dev.mean(), x_dev.std().replace(0, 1)
+        # a small ridge penalty: one-hot columns of rare categories make the plain fit diverge
+        model = CoxPHSurvivalAnalysis(alpha=0.1, ties="efron").fit(((x_dev - mu) / sd).to_numpy(), y)
+        xt = ((x_test - mu) / sd).to_numpy()
+        surv = model.predict_survival_function(xt)
+        pred = pd.DataFrame({"case_id": test_ids, "risk_score": model.predict(xt),
+                             f"p_recurrence_{HORIZON}m": [1.0 - float(s(min(HORIZON, s.x[-1]))) for s in surv]})
+        paths[name] = work / f"{name}.csv"
+        pred.to_csv(paths[name], index=False)
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--patients", type=int, default=120)
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--models", default=",".join(ALL_MODELS), help="comma-separated MultiRec quality trainers")
+    p.add_argument("--no-nnunet", action="store_true", help="skip the plain nnUNetTrainer Dice reference")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    root = BENCH_RUN / "quality"
+    started, load_start = time.time(), load_average()
+    ds = prepare(root / "dataset", a.patients, a.seed)
+    ds["results"] = root / "dataset" / "nnUNet_results"
+    work = root / "eval_inputs"
+    work.mkdir(parents=True, exist_ok=True)
+
+    models = [m for m in a.models.split(",") if m]
+    runs = [train_and_predict(ds, m, True) for m in models]
+    nnunet = None if a.no_nnunet else train_and_predict(ds, "nnUNetTrainer_quality", False)
+
+    from dataset_conversion.oracle import oracle_predictions
+    oracle = oracle_predictions(ds["cohort"], ds["raw"], HORIZON)
+    mt = json.loads((ds["raw"] / "dataset.json").read_text())["multitask"]
+    oracle = oracle[oracle.case_id.isin(set(mt["internal_test"]) | set(mt["external_test"]))]
+    oracle.to_csv(work / "oracle.csv", index=False)
+    baselines = coxph_baselines(ds, runs[0]["predictions"], work)
+
+    names = [r["trainer"] for r in runs] + ["oracle"] + list(baselines)
+    preds = [r["predictions"] / "predictions.csv" for r in runs] + [work / "oracle.csv"] + list(baselines.values())
+    segs = [r["predictions"] for r in runs] + ["none"] * (1 + len(baselines))
+    report = root / "report"
+    run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *preds, "--names", *names,
+                 "--dataset", DATASET_ID, "--seg-pred", *segs, "--seg-gt", ds["raw"] / "labelsTs",
+                 "--bootstrap", a.bootstrap, "--seed", "0", "-o", report], ds["env"], timeout=3600)
+    metrics = json.loads((report / "metrics.json").read_text())
+
+    nnunet_dice = None
+    if nnunet is not None:
+        from evaluation.survival_eval import dice_per_case
+        test_ids = list(mt["internal_test"]) + list(mt["external_test"])
+        dice, _ = dice_per_case(test_ids, nnunet["predictions"], ds["raw"] / "labelsTs")
+        vals = {s: [dice[c] for c in mt[s] if c in dice and np.isfinite(dice[c])]
+                for s in ("internal_test", "external_test")}
+        nnunet_dice = {s: (float(np.mean(v)) if v else None) for s, v in vals.items()}
+
+    summary = {}
+    for name, sets in metrics["models"].items():
+        summary[name] = {s: {k: sets[s].get(k) for k in ("n", "events", "c_index", "c_index_ci", f"auc_{HORIZON}m",
+                                                           f"auc_{HORIZON}m_ci", "dice_mean")} for s in sets}
+    result = {"benchmark": "quality", "command": command_line(), "machine": machine_info("cpu"),
+              "load_average_start": load_start, "load_average_end": load_average(),
+              "dataset": {"id": DATASET_ID, "patients": a.patients, "seed": a.seed,
+                          "internal_test": len(mt["internal_test"]), "external_test": len(mt["external_test"])},
+              "budget": "trainers/quality_variants.py: QUALITY_EPOCHS x QUALITY_ITERATIONS iterations, fold 0",
+              "training_seconds": {r["trainer"]: r["train_seconds"] for r in runs + ([nnunet] if nnunet else [])},
+              "models": summary, "nnUNetTrainer_quality_dice": nnunet_dice,
+              "report": str(report / "report.md"), "wall_seconds": round(time.time() - started, 1)}
+    out = write_result(a.out, result, "quality")
+    log(f"wrote {out}")
+    for name, sets in summary.items():
+        log(f"{name}: " + "; ".join(f"{s} C={v['c_index']} AUC={v[f'auc_{HORIZON}m']} Dice={v['dice_mean']}"
+                                    for s, v in sets.items()))
+    if nnunet_dice:
+        log(f"nnUNetTrainer_quality Dice: {nnunet_dice}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Equal-budget trainers for the quality benchmark (``benchmarks/bench_quality.py``): every model
+combination, both survival losses and plain nnU-Net train for the same number of iterations, so
+their C-index, AUC and Dice compare at the same budget.
+
+The budget is sized for a 2-core CPU; on a GPU use the full-length trainers instead.
+Inside the ``nnUNet_extTrainer`` folder modules are imported as top-level names, so the bases come
+from the installed packages.
+"""
+import torch
+
+from nnunet_multitask.trainer import MultiRecTrainerBase
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+QUALITY_EPOCHS = 30
+QUALITY_ITERATIONS = 20
+QUALITY_VAL_ITERATIONS = 6
+
+
+class _QualityLength:
+    epochs = QUALITY_EPOCHS
+    iterations_per_epoch = QUALITY_ITERATIONS
+    val_iterations_per_epoch = QUALITY_VAL_ITERATIONS
+
+
+class MultiRecTrainer_quality(_QualityLength, MultiRecTrainerBase):
+    clinical_groups = ("pretreatment", "postoperative")
+
+
+class MultiRecTrainer_Pre_quality(_QualityLength, MultiRecTrainerBase):
+    clinical_groups = ("pretreatment",)
+
+
+class MultiRecTrainer_MRI_quality(_QualityLength, MultiRecTrainerBase):
+    clinical_groups = ()
+
+
+class MultiRecTrainer_T2_quality(_QualityLength, MultiRecTrainerBase):
+    clinical_groups = ()
+    input_channels = (0,)
+
+
+class MultiRecTrainer_Cox_quality(_QualityLength, MultiRecTrainerBase):
+    clinical_groups = ("pretreatment", "postoperative")
+    survival_head = "cox"
+
+
+class nnUNetTrainer_quality(nnUNetTrainer):
+    """Plain nnU-Net (segmentation only) at the same budget: the Dice reference."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = QUALITY_EPOCHS
+        self.num_iterations_per_epoch = QUALITY_ITERATIONS
+        self.num_val_iterations_per_epoch = QUALITY_VAL_ITERATIONS
