@@ -121,8 +121,12 @@ def load_checkpoint_safely(path: str) -> dict:
         with torch.serialization.safe_globals(_allowed_globals()):
             ckpt = torch.load(path, map_location=torch.device("cpu"), weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UnsafeCheckpointError(f"{path}: refused to load a checkpoint with objects outside the allow-list "
-                                    f"(it could execute code): {str(e).splitlines()[0]}") from None
+        # torch's message starts with general advice; the offending global is named further down
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
+        raise UnsafeCheckpointError(f"{path}: refused to load: the checkpoint holds objects outside the allow-list "
+                                    f"that could execute code when unpickled ({reason}); nnU-Net checkpoints "
+                                    f"hold only tensors, numbers and strings") from None
     except (RuntimeError, EOFError, OSError) as e:  # truncated / not a torch file
         raise MultitaskPredictionError(f"{path}: cannot be read as a torch checkpoint: "
                                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
