@@ -554,8 +554,9 @@ def predict_heads_for_preprocessed_cases(trainer, case_ids: Sequence[str]) -> pd
         data, _, _, _ = dataset.load_case(k)
         clinical = trainer._case_data[k]["clinical"]
         _, pred = predictor.predict_case_with_current_weights(torch.from_numpy(np.asarray(data[:])), clinical)
-        predictor.head_results[k] = {"folds": [pred], "clinical_imputed": False, "n_clinical_values_imputed": 0}
-    return predictor.predictions_table()
+        predictor.head_results[k] = {"folds": [pred], "clinical_imputed": False}
+    # the trainer's lookup requires every row (nothing imputed per row); it does not count empty cells
+    return predictor.predictions_table().drop(columns=["n_clinical_values_imputed"])
 
 
 # ---------------------------------------------------------------------- checks before predicting
