@@ -13,7 +13,7 @@ import torch
 
 from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask.dataset import read_features, schema_from_block
-from tests.conftest import DATASET_ID, bin_of, run, train_env
+from conftest import DATASET_ID, bin_of, run, train_env
 
 HEAD_KEYS = ("classification_head.weight", "survival_output.weight", "clinical_embedding.0.weight",
              "image_embedding.0.weight", "clinical_state", "time_bin_edges", "fold_state_fitted")
