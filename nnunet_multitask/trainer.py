@@ -138,6 +138,10 @@ class MultiRecTrainerBase(nnUNetTrainer):
     head_hidden : int
     epochs, iterations_per_epoch, val_iterations_per_epoch, save_every_epochs : int or None
         Training length (``None`` keeps nnU-Net's default).
+    max_batch_size : int or None
+        Cap on the planned batch size (``None``: nnU-Net's plan). Only the CPU demo and benchmark
+        variants set it: nnU-Net raises the batch size for small patches, which keeps the cost of an
+        iteration about constant, and on a 2-core CPU the iteration count is what the budget buys.
     """
 
     input_channels: Optional[Sequence[int]] = None
@@ -149,6 +153,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
     risk_memory_size: int = 128
     n_time_bins: int = 10
     head_hidden: int = 64
+    max_batch_size: Optional[int] = None
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
     val_iterations_per_epoch: Optional[int] = None
@@ -194,6 +199,12 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self._step_context: Optional[dict] = None
         self._case_data: Optional[Dict[str, dict]] = None
         self._val_records: List[tuple] = []
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        if self.max_batch_size is not None and not self.is_ddp and self.batch_size > self.max_batch_size:
+            self.print_to_log_file(f"Batch size capped at {self.max_batch_size} (plan: {self.batch_size})")
+            self.batch_size = int(self.max_batch_size)
 
     # ------------------------------------------------------------------ network
     @staticmethod

@@ -11,15 +11,17 @@ import torch
 from nnunet_multitask.trainer import MultiRecTrainerBase
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-QUALITY_EPOCHS = 30
-QUALITY_ITERATIONS = 20
+QUALITY_EPOCHS = 25
+QUALITY_ITERATIONS = 16
 QUALITY_VAL_ITERATIONS = 6
+QUALITY_BATCH = 2
 
 
 class _QualityLength:
     epochs = QUALITY_EPOCHS
     iterations_per_epoch = QUALITY_ITERATIONS
     val_iterations_per_epoch = QUALITY_VAL_ITERATIONS
+    max_batch_size = QUALITY_BATCH
 
 
 class MultiRecTrainer_quality(_QualityLength, MultiRecTrainerBase):
@@ -53,3 +55,7 @@ class nnUNetTrainer_quality(nnUNetTrainer):
         self.num_epochs = QUALITY_EPOCHS
         self.num_iterations_per_epoch = QUALITY_ITERATIONS
         self.num_val_iterations_per_epoch = QUALITY_VAL_ITERATIONS
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        self.batch_size = min(self.batch_size, QUALITY_BATCH)  # the same cap as the MultiRec variants
