@@ -33,7 +33,6 @@ mirroring); BENCHMARKS.md's recorded run used ``--cases 10 --reference-repeats 3
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
