@@ -27,8 +27,9 @@ Usage::
     python benchmarks/bench_inference_speed.py [--out bench_run/inference_speed.json] [--cases 5]
         [--repeats 3] [--reference-repeats 1] [-npp 1] [-nps 1] [--tta] [--device cpu]
 
-The defaults fit about 6 minutes on 2 shared CPU cores (a case takes about 9 s there without
-mirroring); BENCHMARKS.md's recorded run used ``--cases 10 --reference-repeats 3`` (16 minutes).
+The defaults take 6-9 minutes on 2 shared CPU cores (a run starts up in 30-40 s there, then about
+9 s per case without mirroring); BENCHMARKS.md's recorded run used ``--cases 10 --reference-repeats 3``
+(16 minutes).
 """
 from __future__ import annotations
 
