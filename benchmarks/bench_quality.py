@@ -135,7 +135,7 @@ def coxph_baselines(ds: dict, seg_dir_for_test: Path, work: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--patients", type=int, default=120)
+    p.add_argument("--patients", type=int, default=200)
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--models", default=",".join(ALL_MODELS), help="comma-separated MultiRec quality trainers")
     p.add_argument("--no-nnunet", action="store_true", help="skip the plain nnUNetTrainer Dice reference")
