@@ -39,14 +39,25 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0) -> pd
     return out.sort_values("case_id").reset_index(drop=True)
 
 
+def test_cases(raw_dataset_dir) -> set:
+    """Case ids of the internal and external test sets (from the dataset's multitask block)."""
+    import json
+    mt = json.loads((Path(raw_dataset_dir) / "dataset.json").read_text())["multitask"]
+    return set(mt["internal_test"]) | set(mt["external_test"])
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cohort", required=True)
     p.add_argument("--raw-dataset", required=True, help="the converted dataset folder ($nnUNet_raw/DatasetXXX_Name)")
     p.add_argument("--horizon", type=float, default=36.0)
+    p.add_argument("--test-only", action="store_true", help="only the internal and external test cases")
     p.add_argument("-o", required=True, help="output CSV")
     a = p.parse_args(argv)
-    oracle_predictions(a.cohort, a.raw_dataset, a.horizon).to_csv(a.o, index=False)
+    out = oracle_predictions(a.cohort, a.raw_dataset, a.horizon)
+    if a.test_only:
+        out = out[out.case_id.isin(test_cases(a.raw_dataset))]
+    out.to_csv(a.o, index=False)
 
 
 if __name__ == "__main__":

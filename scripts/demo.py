@@ -68,7 +68,8 @@ def main() -> int:
     run([BIN / "nnUNetv2_predict_multitask", "-i", raw / "imagesTs", "-o", pred, "-d", "501", "-c", "3d_fullres",
          "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
     step("6/6 evaluation: model and oracle (the true linear predictor)")
-    run([py, "-m", "dataset_conversion.oracle", "--cohort", cohort, "--raw-dataset", raw, "-o", DEMO_DIR / "oracle.csv"],
+    run([py, "-m", "dataset_conversion.oracle", "--cohort", cohort, "--raw-dataset", raw, "--test-only",
+         "-o", DEMO_DIR / "oracle.csv"],
         env)
     report = DEMO_DIR / "report"
     run([py, "evaluation/survival_eval.py", "--predictions", pred / "predictions.csv", DEMO_DIR / "oracle.csv",
