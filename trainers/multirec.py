@@ -69,8 +69,8 @@ class MultiRecTrainer_Cox_smoke(MultiRecTrainer_Cox):
 
 
 class MultiRecTrainer_demo(MultiRecTrainer):
-    """What `make demo` trains on the CPU: 24 epochs of 12 iterations at batch size 2."""
-    epochs = 24
+    """What `make demo` trains on the CPU: 30 epochs of 12 iterations at batch size 2."""
+    epochs = 30
     iterations_per_epoch = 12
     val_iterations_per_epoch = 4
     max_batch_size = 2
