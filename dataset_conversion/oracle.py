@@ -39,7 +39,7 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0) -> pd
     return out.sort_values("case_id").reset_index(drop=True)
 
 
-def test_cases(raw_dataset_dir) -> set:
+def held_out_test_cases(raw_dataset_dir) -> set:
     """Case ids of the internal and external test sets (from the dataset's multitask block)."""
     import json
     mt = json.loads((Path(raw_dataset_dir) / "dataset.json").read_text())["multitask"]
@@ -56,7 +56,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     out = oracle_predictions(a.cohort, a.raw_dataset, a.horizon)
     if a.test_only:
-        out = out[out.case_id.isin(test_cases(a.raw_dataset))]
+        out = out[out.case_id.isin(held_out_test_cases(a.raw_dataset))]
     out.to_csv(a.o, index=False)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dataset_conversion.oracle import oracle_predictions, test_cases
+from dataset_conversion.oracle import oracle_predictions, held_out_test_cases
 
 
 def test_oracle_maps_ground_truth_to_case_ids(preprocessed_dataset):
@@ -22,4 +22,4 @@ def test_oracle_maps_ground_truth_to_case_ids(preprocessed_dataset):
     np.testing.assert_allclose(1 - pred["surv_prob_36m"], p)
     # higher linear predictor, higher recurrence probability
     assert (np.diff(p.to_numpy()[np.argsort(pred.risk_score.to_numpy())]) >= 0).all()
-    assert test_cases(raw) and test_cases(raw) <= set(pred.case_id)
+    assert held_out_test_cases(raw) and held_out_test_cases(raw) <= set(pred.case_id)
