@@ -159,10 +159,11 @@ def main(argv=None) -> int:
     runs = [train_and_predict(ds, m, True) for m in models]
     nnunet = None if a.no_nnunet else train_and_predict(ds, "nnUNetTrainer_quality", False)
 
-    from dataset_conversion.oracle import oracle_predictions, held_out_test_cases
+    from dataset_conversion.oracle import oracle_predictions
+    from nnunet_multitask.dataset import held_out_cases
     oracle = oracle_predictions(ds["cohort"], ds["raw"], HORIZON)
     mt = json.loads((ds["raw"] / "dataset.json").read_text())["multitask"]
-    oracle = oracle[oracle.case_id.isin(held_out_test_cases(ds["raw"]))]
+    oracle = oracle[oracle.case_id.isin(held_out_cases(mt))]
     oracle.to_csv(work / "oracle.csv", index=False)
     baselines = coxph_baselines(ds, runs[0]["predictions"], work)
 

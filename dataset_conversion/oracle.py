@@ -42,8 +42,8 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0) -> pd
 def held_out_test_cases(raw_dataset_dir) -> set:
     """Case ids of the internal and external test sets (from the dataset's multitask block)."""
     import json
-    mt = json.loads((Path(raw_dataset_dir) / "dataset.json").read_text())["multitask"]
-    return set(mt["internal_test"]) | set(mt["external_test"])
+    from nnunet_multitask.dataset import held_out_cases, multitask_block
+    return held_out_cases(multitask_block(json.loads((Path(raw_dataset_dir) / "dataset.json").read_text())))
 
 
 def main(argv=None):

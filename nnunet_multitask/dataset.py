@@ -28,6 +28,12 @@ def multitask_block(dataset_json: dict) -> dict:
     return mt
 
 
+def held_out_cases(mt: dict) -> set:
+    """Case ids of the internal and external test sets of a multitask block: they never enter
+    training or model selection."""
+    return set(mt.get("internal_test", [])) | set(mt.get("external_test", []))
+
+
 def schema_from_block(mt: dict) -> ClinicalSchema:
     return ClinicalSchema.from_dict({"columns": mt["clinical_columns"], "id_column": mt.get("case_id_column", "case_id"),
                                      "centre_column": mt.get("centre_column", "centre"),

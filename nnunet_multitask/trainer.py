@@ -38,8 +38,8 @@ from clinical.outcomes import recurrence_label
 from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask import losses as L
 from nnunet_multitask.aggregation import group_patch_records, patient_prediction
-from nnunet_multitask.dataset import (dataset_table_path, lookup_rows, multitask_block, read_features,
-                                      read_outcomes, schema_from_block)
+from nnunet_multitask.dataset import (dataset_table_path, held_out_cases, lookup_rows, multitask_block,
+                                      read_features, read_outcomes, schema_from_block)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
 from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
 
@@ -244,8 +244,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         if self._case_data is not None:
             return
         tr_keys, val_keys = self.do_split()
-        test_cases = set(self.mt.get("internal_test", [])) | set(self.mt.get("external_test", []))
-        leaked = test_cases & (set(tr_keys) | set(val_keys))
+        leaked = held_out_cases(self.mt) & (set(tr_keys) | set(val_keys))
         if leaked:
             raise RuntimeError(f"test case(s) {sorted(leaked)} appear in fold {self.fold} of splits_final.json: "
                                f"test patients must never enter training or model selection")
