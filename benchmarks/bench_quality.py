@@ -12,9 +12,19 @@ them with ``evaluation/survival_eval.py`` beside:
   (of the first MultiRec model) of the test cases;
 * ``nnUNetTrainer_quality``: plain nnU-Net at the same budget, for the Dice reference.
 
-    python benchmarks/bench_quality.py [--patients 200] [--seed 11] [--shape 48 48 12] [--models A,B,...] [--out FILE]
+* ``oracle_image`` / ``oracle_volume``: the generator's image terms alone (log volume and tumour
+  ADC) and its volume term alone: what an image-only (``_MRI``) and a T2-only (``_T2``) model can
+  reach.
 
-Everything lives under bench_run/quality/ (dataset 503); finished trainings are reused.
+Every training is repeated for each seed of ``--seeds`` (``MULTIREC_SEED``, see README "Seeds"):
+the summary gives each model's mean +- sd over seeds, and every C-index its bootstrap CI.
+
+    python benchmarks/bench_quality.py [--patients 200] [--seed 11] [--shape 48 48 12] [--models A,B,...]
+        [--seeds 0,1,2] [--train-only] [--out FILE]
+
+Everything lives under bench_run/quality/ (dataset 503; results of seed s in
+``nnUNet_results_seed<s>``, predictions in ``predictions_seed<s>``); finished trainings and
+predictions are reused, so ``--train-only`` runs can fill the queue before the evaluation.
 """
 from __future__ import annotations
 
@@ -34,8 +44,10 @@ from benchmarks.common import (BENCH_RUN, bin_of, command_line, load_average, ma
 
 DATASET_ID, LABEL = 503, "LARCQUALITY"
 DATASET = f"Dataset{DATASET_ID}_{LABEL}"
-ALL_MODELS = ["MultiRecTrainer_quality", "MultiRecTrainer_Pre_quality", "MultiRecTrainer_MRI_quality",
-              "MultiRecTrainer_T2_quality", "MultiRecTrainer_Cox_quality"]
+ALL_MODELS = ["MultiRecTrainer_quality", "MultiRecTrainer_MRI_quality", "MultiRecTrainer_T2_quality",
+              "MultiRecTrainer_MRI_quality_firstdesign"]
+#: which oracle each model is compared with (what its inputs can reach)
+ORACLE_OF = {"MRI": "oracle_image", "T2": "oracle_volume"}
 HORIZON = 36
 
 
@@ -60,29 +72,31 @@ def prepare(root: Path, patients: int, seed: int, shape) -> dict:
         run_command([bin_of("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres", "-np", "2",
                      "--verify_dataset_integrity"], env)
         stamp.write_text(json.dumps(key))
-    return {"env": env, "raw": raw, "pre": pre, "cohort": root / "cohort", "results": root / "nnUNet_results"}
+    return {"env": env, "raw": raw, "pre": pre, "cohort": root / "cohort", "root": root}
 
 
-def train_and_predict(ds: dict, trainer: str, multitask: bool) -> dict:
-    folder = ds["results"] / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
-    out = ds["results"].parent / "predictions" / trainer
+def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int) -> dict:
+    results = ds["root"] / f"nnUNet_results_seed{seed}"
+    folder = results / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
+    out = ds["root"] / f"predictions_seed{seed}" / trainer
+    env = dict(ds["env"], nnUNet_results=str(results), MULTIREC_SEED=str(seed))
     timing = folder / "fold_0" / "bench_train_seconds.txt"
     if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
-        log(f"training {trainer} (fold 0)")
+        log(f"training {trainer} (fold 0, seed {seed})")
         t0 = time.perf_counter()
         run_command([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
-                    training_env(ds["env"], 1), timeout=4 * 3600)
+                    training_env(env, 1), timeout=4 * 3600)
         timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
     # a reused training reports the time measured when it ran (None if it predates this record)
     train_s = float(timing.read_text()) if timing.is_file() else None
     tool = "nnUNetv2_predict_multitask" if multitask else "nnUNetv2_predict"
     if not (out / ("predictions.csv" if multitask else "plans.json")).is_file():
-        log(f"predicting the test sets with {trainer}")
+        log(f"predicting the test sets with {trainer} (seed {seed})")
         # mirroring off for every model alike: 8x fewer forward passes on the CPU
         run_command([bin_of(tool), "-i", ds["raw"] / "imagesTs", "-o", out, "-d", DATASET_ID, "-c", "3d_fullres",
                      "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"],
-                    ds["env"], timeout=3600)
-    return {"trainer": trainer, "train_seconds": train_s, "predictions": out}
+                    env, timeout=3600)
+    return {"trainer": trainer, "seed": seed, "train_seconds": train_s, "predictions": out}
 
 
 def _clinical_design(ds: dict):
@@ -115,6 +129,7 @@ def _tumour_measures(image_dir: Path, seg_dir: Path, case_ids) -> pd.DataFrame:
 def coxph_baselines(ds: dict, seg_dir_for_test: Path, work: Path) -> dict:
     from sksurv.linear_model import CoxPHSurvivalAnalysis
     from clinical.outcomes import survival_array
+    work.mkdir(parents=True, exist_ok=True)
     x, dev, mt = _clinical_design(ds)
     test_ids = list(mt["internal_test"]) + list(mt["external_test"])
     y = survival_array(dev[mt["time_column"]], dev[mt["event_column"]])
@@ -138,73 +153,118 @@ def coxph_baselines(ds: dict, seg_dir_for_test: Path, work: Path) -> dict:
     return paths
 
 
+def _oracles(ds: dict, work: Path, mt: dict) -> dict:
+    """The full oracle and the image-only / volume-only ones, on the held-out cases."""
+    from dataset_conversion.oracle import oracle_predictions
+    from nnunet_multitask.dataset import held_out_cases
+    paths = {}
+    for name, terms in (("oracle", "all"), ("oracle_image", "image"), ("oracle_volume", "volume")):
+        pred = oracle_predictions(ds["cohort"], ds["raw"], HORIZON, terms=terms)
+        pred = pred[pred.case_id.isin(held_out_cases(mt))]
+        paths[name] = work / f"{name}.csv"
+        pred.to_csv(paths[name], index=False)
+    return paths
+
+
+def _summary_over_seeds(per_seed: dict) -> dict:
+    """mean, sd (ddof 1) and the per-seed values of C, AUC and Dice per model and set."""
+    out = {}
+    for name, seeds in per_seed.items():
+        out[name] = {}
+        sets = sorted({s for m in seeds.values() for s in m})
+        for st in sets:
+            row = {}
+            for key in ("c_index", f"auc_{HORIZON}m", "dice_mean"):
+                vals = [seeds[sd][st].get(key) for sd in sorted(seeds) if st in seeds[sd]]
+                vals = [v for v in vals if v is not None]
+                row[key] = {"mean": float(np.mean(vals)) if vals else None,
+                            "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                            "values": vals}
+            row["c_index_ci_per_seed"] = [seeds[sd][st].get("c_index_ci") for sd in sorted(seeds) if st in seeds[sd]]
+            out[name][st] = row
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--patients", type=int, default=200)
-    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--seed", type=int, default=11, help="the synthetic cohort's seed")
     p.add_argument("--shape", nargs=3, default=["48", "48", "12"], help="T2 voxels x y z (as make demo)")
     p.add_argument("--models", default=",".join(ALL_MODELS), help="comma-separated MultiRec quality trainers")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (MULTIREC_SEED), comma-separated")
     p.add_argument("--no-nnunet", action="store_true", help="skip the plain nnUNetTrainer Dice reference")
+    p.add_argument("--train-only", action="store_true", help="train and predict, no evaluation")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
     root = BENCH_RUN / "quality"
     started, load_start = time.time(), load_average()
     ds = prepare(root / "dataset", a.patients, a.seed, a.shape)
-    ds["results"] = root / "dataset" / "nnUNet_results"
+    seeds = [int(x) for x in a.seeds.split(",") if x != ""]
+    models = [m for m in a.models.split(",") if m]
+
+    runs = {s: [train_and_predict(ds, m, True, s) for m in models] for s in seeds}
+    nnunet = None if a.no_nnunet else train_and_predict(ds, "nnUNetTrainer_quality", False, seeds[0])
+    if a.train_only:
+        log("trainings and predictions done (--train-only)")
+        return 0
+
+    mt = json.loads((ds["raw"] / "dataset.json").read_text())["multitask"]
     work = root / "eval_inputs"
     work.mkdir(parents=True, exist_ok=True)
-
-    models = [m for m in a.models.split(",") if m]
-    runs = [train_and_predict(ds, m, True) for m in models]
-    nnunet = None if a.no_nnunet else train_and_predict(ds, "nnUNetTrainer_quality", False)
-
-    from dataset_conversion.oracle import oracle_predictions
-    from nnunet_multitask.dataset import held_out_cases
-    oracle = oracle_predictions(ds["cohort"], ds["raw"], HORIZON)
-    mt = json.loads((ds["raw"] / "dataset.json").read_text())["multitask"]
-    oracle = oracle[oracle.case_id.isin(held_out_cases(mt))]
-    oracle.to_csv(work / "oracle.csv", index=False)
-    baselines = coxph_baselines(ds, runs[0]["predictions"], work)
-
-    names = [r["trainer"] for r in runs] + ["oracle"] + list(baselines)
-    preds = [r["predictions"] / "predictions.csv" for r in runs] + [work / "oracle.csv"] + list(baselines.values())
-    segs = [r["predictions"] for r in runs] + ["none"] * (1 + len(baselines))
-    report = root / "report"
-    run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *preds, "--names", *names,
-                 "--dataset", DATASET_ID, "--seg-pred", *segs, "--seg-gt", ds["raw"] / "labelsTs",
-                 "--bootstrap", a.bootstrap, "--seed", "0", "-o", report], ds["env"], timeout=3600)
-    metrics = json.loads((report / "metrics.json").read_text())
+    oracles = _oracles(ds, work, mt)
+    per_seed: dict = {}
+    metrics_of_seed = {}
+    for s in seeds:
+        # the radiomics baseline measures volume and ADC on the first model's predicted mask of this seed
+        baselines = coxph_baselines(ds, runs[s][0]["predictions"], work / f"seed{s}")
+        names = [r["trainer"] for r in runs[s]] + list(oracles) + list(baselines)
+        preds = [r["predictions"] / "predictions.csv" for r in runs[s]] + list(oracles.values()) + list(baselines.values())
+        segs = [r["predictions"] for r in runs[s]] + ["none"] * (len(oracles) + len(baselines))
+        report = root / f"report_seed{s}"
+        run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *preds, "--names", *names,
+                     "--dataset", DATASET_ID, "--seg-pred", *segs, "--seg-gt", ds["raw"] / "labelsTs",
+                     "--bootstrap", a.bootstrap, "--seed", "0", "-o", report], ds["env"], timeout=3600)
+        metrics_of_seed[s] = json.loads((report / "metrics.json").read_text())
+        for name, sets in metrics_of_seed[s]["models"].items():
+            per_seed.setdefault(name, {})[s] = {
+                st: {k: v.get(k) for k in ("n", "events", "c_index", "c_index_ci", f"auc_{HORIZON}m",
+                                           f"auc_{HORIZON}m_ci", "dice_mean")} for st, v in sets.items()}
 
     nnunet_dice = None
     if nnunet is not None:
         from evaluation.survival_eval import dice_per_case
         test_ids = list(mt["internal_test"]) + list(mt["external_test"])
         dice, _ = dice_per_case(test_ids, nnunet["predictions"], ds["raw"] / "labelsTs")
-        vals = {s: [dice[c] for c in mt[s] if c in dice and np.isfinite(dice[c])]
-                for s in ("internal_test", "external_test")}
-        nnunet_dice = {s: (float(np.mean(v)) if v else None) for s, v in vals.items()}
+        vals = {st: [dice[c] for c in mt[st] if c in dice and np.isfinite(dice[c])]
+                for st in ("internal_test", "external_test")}
+        nnunet_dice = {st: (float(np.mean(v)) if v else None) for st, v in vals.items()}
 
-    summary = {}
-    for name, sets in metrics["models"].items():
-        summary[name] = {s: {k: sets[s].get(k) for k in ("n", "events", "c_index", "c_index_ci", f"auc_{HORIZON}m",
-                                                           f"auc_{HORIZON}m_ci", "dice_mean")} for s in sets}
+    summary = _summary_over_seeds(per_seed)
     result = {"benchmark": "quality", "command": command_line(), "machine": machine_info("cpu"),
               "load_average_start": load_start, "load_average_end": load_average(),
               "dataset": {"id": DATASET_ID, "patients": a.patients, "seed": a.seed, "shape": a.shape,
                           "internal_test": len(mt["internal_test"]), "external_test": len(mt["external_test"])},
               "budget": "trainers/quality_variants.py: QUALITY_EPOCHS x QUALITY_ITERATIONS iterations, fold 0",
-              "training_seconds": {r["trainer"]: r["train_seconds"] for r in runs + ([nnunet] if nnunet else [])},
-              "models": summary, "nnUNetTrainer_quality_dice": nnunet_dice,
-              "report": str(report / "report.md"), "wall_seconds": round(time.time() - started, 1)}
+              "seeds": seeds,
+              "training_seconds": {f"{r['trainer']}@seed{s}": r["train_seconds"] for s in seeds for r in runs[s]},
+              "per_seed": per_seed, "summary": summary, "nnUNetTrainer_quality_dice": nnunet_dice,
+              "oracle_of": ORACLE_OF, "wall_seconds": round(time.time() - started, 1)}
     out = write_result(a.out, result, "quality")
     log(f"wrote {out}")
     for name, sets in summary.items():
-        log(f"{name}: " + "; ".join(f"{s} C={v['c_index']} AUC={v[f'auc_{HORIZON}m']} Dice={v['dice_mean']}"
-                                    for s, v in sets.items()))
+        log(f"{name}: " + "; ".join(
+            f"{st} C={_fmt(v['c_index'])} AUC={_fmt(v[f'auc_{HORIZON}m'])} Dice={_fmt(v['dice_mean'])}"
+            for st, v in sets.items()))
     if nnunet_dice:
         log(f"nnUNetTrainer_quality Dice: {nnunet_dice}")
     return 0
+
+
+def _fmt(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3f}" + (f"+-{stat['sd']:.3f}" if stat["sd"] is not None else "") + f" (n={len(stat['values'])})"
 
 
 if __name__ == "__main__":

@@ -4,6 +4,17 @@ The oracle's risk is the true linear predictor of the generator's proportional-h
 its recurrence probability and survival curve follow from the known Weibull baseline. It is
 the ceiling any model can reach on that cohort (evaluation only: ``ground_truth.csv`` never
 enters training, model selection or prediction).
+
+Partial oracles say what a model's *inputs* can reach (``terms``):
+
+* ``"image"``: the generator's image-borne terms alone (log tumour volume and tumour mean ADC),
+  the ceiling of an image-only model (``MultiRecTrainer_MRI``);
+* ``"volume"``: the tumour-volume term alone, the ceiling of a model that sees the tumour's shape
+  but no quantitative diffusion (``MultiRecTrainer_T2``).
+
+Their risk score is that part of the linear predictor (ranking is what C-index and AUC read);
+their probabilities use the full oracle's baseline with the part shifted to the full predictor's
+mean, an approximation stated here because it does not marginalise the other terms.
 """
 from __future__ import annotations
 
@@ -13,14 +24,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset_conversion.synthetic_larc import WEIBULL_SCALE_MONTHS, WEIBULL_SHAPE
+from dataset_conversion.synthetic_larc import (ADC_POPULATION_MEAN, ADC_POPULATION_SD, COEFFICIENTS, VOLUME_LOG_SD,
+                                               VOLUME_MEDIAN_ML, WEIBULL_SCALE_MONTHS, WEIBULL_SHAPE)
 
 SURVIVAL_TIMES = (12, 24, 36, 60)
+ORACLE_TERMS = ("all", "image", "volume")
 
 
-def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0) -> pd.DataFrame:
+def image_terms(volume_ml, mean_adc, terms: str = "image") -> np.ndarray:
+    """The generator's image-borne part of the linear predictor (``"image"``: volume + ADC terms;
+    ``"volume"``: the volume term). Volumes in mL as ``ground_truth.csv`` gives them; a constant
+    factor on the volume (the small-field-of-view anatomy scale) shifts every patient alike."""
+    vol = COEFFICIENTS["log_volume_std"] * (np.log(np.asarray(volume_ml, dtype=float)) - np.log(VOLUME_MEDIAN_ML)) \
+        / VOLUME_LOG_SD
+    if terms == "volume":
+        return vol
+    if terms != "image":
+        raise ValueError(f"terms must be 'image' or 'volume', got {terms!r}")
+    return vol + COEFFICIENTS["adc_std"] * (np.asarray(mean_adc, dtype=float) - ADC_POPULATION_MEAN) / ADC_POPULATION_SD
+
+
+def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0, terms: str = "all") -> pd.DataFrame:
     """Predictions CSV rows (``case_id``, ``risk_score``, ``p_recurrence_<H>m``, ``surv_prob_<t>m``)
-    for every converted case, from ``ground_truth.csv`` and the converter's ``patient_mapping.csv``."""
+    for every converted case, from ``ground_truth.csv`` and the converter's ``patient_mapping.csv``;
+    ``terms`` picks the full oracle or a partial one (module docstring)."""
+    if terms not in ORACLE_TERMS:
+        raise ValueError(f"terms must be one of {ORACLE_TERMS}, got {terms!r}")
     truth = pd.read_csv(Path(cohort_dir) / "ground_truth.csv", dtype={"patient_id": str})
     mapping = pd.read_csv(Path(raw_dataset_dir) / "patient_mapping.csv", dtype=str)
     merged = mapping.merge(truth, on="patient_id", how="left", validate="one_to_one")
@@ -28,6 +57,9 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0) -> pd
         missing = list(merged.loc[merged.linear_predictor.isna(), "patient_id"])
         raise ValueError(f"ground_truth.csv has no linear predictor for patient(s) {missing}")
     lp = merged["linear_predictor"].to_numpy(dtype=float)
+    if terms != "all":
+        part = image_terms(merged["tumour_volume_ml"], merged["tumour_mean_adc"], terms)
+        lp = part - part.mean() + lp.mean()
 
     def survival(t):
         return np.exp(-((t / WEIBULL_SCALE_MONTHS) ** WEIBULL_SHAPE) * np.exp(lp))
@@ -52,9 +84,11 @@ def main(argv=None):
     p.add_argument("--raw-dataset", required=True, help="the converted dataset folder ($nnUNet_raw/DatasetXXX_Name)")
     p.add_argument("--horizon", type=float, default=36.0)
     p.add_argument("--test-only", action="store_true", help="only the internal and external test cases")
+    p.add_argument("--terms", choices=ORACLE_TERMS, default="all",
+                   help="all: the full oracle; image: volume + ADC terms; volume: the volume term")
     p.add_argument("-o", required=True, help="output CSV")
     a = p.parse_args(argv)
-    out = oracle_predictions(a.cohort, a.raw_dataset, a.horizon)
+    out = oracle_predictions(a.cohort, a.raw_dataset, a.horizon, a.terms)
     if a.test_only:
         out = out[out.case_id.isin(held_out_test_cases(a.raw_dataset))]
     out.to_csv(a.o, index=False)

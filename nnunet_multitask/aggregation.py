@@ -1,15 +1,22 @@
 """The patient-level prediction, defined once.
 
-nnU-Net trains and predicts on patches, so the heads produce one output per patch (and per
-test-time mirror). A patient's prediction is the mean of its patch outputs weighted by each
-patch's predicted tumour mass (the summed foreground probability of the patch's segmentation):
-patches that see more of the tumour count more, patches without tumour count (almost) nothing.
-Validation during training (random validation patches), the predictor (sliding-window tiles and
-mirrors) and the evaluation all use :func:`patient_prediction` below.
+nnU-Net trains and predicts on patches. The heads, however, describe the whole tumour: a
+patient's prediction is :func:`patient_level_prediction`: nnU-Net's sliding window (tiles and
+test-time mirrors) stitches the whole-image segmentation, the network computes its tumour-level
+image features from that segmentation and the whole image (soft tumour volume, tumour means of
+every channel; pooled bottleneck features gathered over the tiles where the model uses them),
+and the heads run once on those features and the clinical vector. The predictor and the
+trainer's final validation both call it. A patch that shows the whole image (as in training on
+small fields of view) gives exactly the same features.
 
-Fallback: when the segmentation finds (almost) no tumour in any patch (total predicted tumour
-mass below ``min_tumour_voxels``), the unweighted mean over all patches is used and
-``tumour_found`` is False, so the row is flagged in the outputs.
+During training, each epoch's validation monitor averages the heads of nnU-Net's random
+validation patches per case, weighted by each patch's predicted tumour mass
+(:func:`patient_prediction` with several records); with a patch that covers the whole image this
+equals the definition above, otherwise it is an approximation used only for monitoring.
+
+``tumour_found`` is False when the segmentation finds less than ``min_tumour_voxels`` of tumour
+probability in the whole image; the features are then those of an (almost) empty segmentation and
+the row is flagged in the outputs.
 """
 from __future__ import annotations
 
@@ -87,6 +94,37 @@ def patient_prediction(records: List[Mapping[str, np.ndarray]], survival_head: s
     else:
         raise ValueError(f"unknown survival head {survival_head!r}")
     return out
+
+
+def patient_level_prediction(network, seg_logits, image, tile_records, clinical, horizon: float,
+                             min_tumour_voxels: float = MIN_TUMOUR_VOXELS) -> Dict[str, object]:
+    """THE patient-level prediction (module docstring): heads once on whole-tumour features.
+
+    Parameters
+    ----------
+    network : nnunet_multitask.network.MultiTaskUNet
+    seg_logits : Tensor [L, *sp]
+        nnU-Net's stitched sliding-window logits of the whole preprocessed image.
+    image : Tensor [C, *sp]
+        The whole preprocessed image (every channel; the network selects its own).
+    tile_records : list of dict
+        What the network appended to its head sink (``sink_kind = "tiles"``) during the sliding window.
+    clinical : Tensor [F] or None
+        The preprocessed clinical vector (None or empty for an image-only model).
+    horizon : float
+
+    Returns
+    -------
+    dict
+        As :func:`patient_prediction`.
+    """
+    import torch
+    with torch.no_grad():
+        heads, mass = network.patient_heads(seg_logits, image, tile_records, clinical)
+    record = {k: v.float().cpu().numpy() for k, v in heads.items()}
+    record["tumour_mass"] = np.array([mass])
+    edges = network.time_bin_edges.cpu().numpy()
+    return patient_prediction([record], network.survival_head, horizon, edges, min_tumour_voxels)
 
 
 def group_patch_records(keys: Iterable[str], records: Iterable[Mapping[str, np.ndarray]]) -> Dict[str, List[dict]]:

@@ -31,6 +31,7 @@ __all__ = [
     "gather_across_ranks",
     "discrete_time_nll",
     "make_bin_edges",
+    "discrete_time_baseline_logits",
     "discrete_time_survival",
     "survival_at",
     "masked_bce_with_logits",
@@ -516,6 +517,48 @@ def make_bin_edges(times, events, n_bins: int, max_time: Optional[float] = None,
         warnings.warn(f"make_bin_edges: {n_bins} intervals requested, {inner.shape[0] + 1} kept "
                       f"(tied event-time quantiles or quantiles >= max_time={max_time})", stacklevel=2)
     return torch.as_tensor(np.concatenate([[0.0], inner, [max_time]]), dtype=dtype)
+
+
+def discrete_time_baseline_logits(times, events, bin_edges, eps: float = 1e-3) -> np.ndarray:
+    r"""Hazard logits of the covariate-free discrete-time model, fitted in closed form.
+
+    With one hazard :math:`h_k` per interval and no covariates, :func:`discrete_time_nll` is a sum
+    of independent Bernoulli likelihoods, maximised by :math:`h_k = d_k / (d_k + s_k)`, where
+    :math:`d_k` counts the events in interval :math:`k` and :math:`s_k` the samples that survived
+    it (with the same half-interval convention for censored samples). Used to initialise the
+    survival head's output bias, so the head starts at the training fold's baseline hazard.
+
+    Parameters
+    ----------
+    times, events : array-like [N]
+        Training-fold follow-up (> 0) and event indicators.
+    bin_edges : array-like [K + 1]
+    eps : float
+        Hazards are clipped to ``[eps, 1 - eps]`` (an interval without events or without
+        survivors would otherwise give an infinite logit).
+
+    Returns
+    -------
+    ndarray [K]
+        ``logit(h_k)``.
+    """
+    t = np.asarray(times, dtype=float).reshape(-1)
+    e = np.asarray(events).reshape(-1).astype(bool)
+    edges = np.asarray(bin_edges, dtype=float).reshape(-1)
+    if t.shape != e.shape:
+        raise ValueError(f"times and events lengths differ: {t.shape[0]} vs {e.shape[0]}")
+    if edges.ndim != 1 or edges.shape[0] < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"bin_edges must be strictly increasing with >= 2 entries, got {edges}")
+    k = edges.shape[0] - 1
+    interval = np.searchsorted(edges[1:-1], t, side="left")  # the bucketize of discrete_time_nll
+    midpoint = (edges[interval] + edges[interval + 1]) / 2
+    cols = np.arange(k)[None, :]
+    survived = (cols < interval[:, None]) | ((cols == interval[:, None]) & (~e & (t >= midpoint))[:, None])
+    failed = (cols == interval[:, None]) & e[:, None]
+    d, s = failed.sum(0).astype(float), survived.sum(0).astype(float)
+    h = np.where(d + s > 0, d / np.maximum(d + s, 1), eps)
+    h = np.clip(h, eps, 1 - eps)
+    return np.log(h) - np.log1p(-h)
 
 
 def discrete_time_survival(hazard_logits: torch.Tensor) -> torch.Tensor:

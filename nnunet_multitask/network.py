@@ -1,31 +1,91 @@
 """The multitask network: nnU-Net's planned U-Net plus recurrence and survival heads.
 
 The planned network (PlainConvUNet or a ResEnc preset) is wrapped, not copied: its encoder runs
-once per forward, its decoder is unchanged and never sees clinical data, and the heads read the
-pooled bottleneck features fused with an embedding of the clinical vector.
+once per forward, its decoder is unchanged and never sees clinical data, and the heads read
+image features of the tumour fused with an embedding of the clinical vector.
+
+What the heads see (``image_features``, chosen by measurement: BENCHMARKS.md row c):
+
+* ``"tumour_quantities"`` (default): what radiomics measures by hand, computed inside the network
+  from its own soft segmentation ``p`` (foreground probability, detached) and its own input ``x``:
+  the tumour volume ``log(1 + sum(p) * voxel volume in mm^3)`` and, per input channel ``c``, the
+  mean inside the tumour ``sum(p * x_c) / sum(p)``. Standardised with the training fold's
+  statistics (buffers). Because ``p`` is detached, the head losses cannot move the segmentation.
+* ``"tumour_quantities+tumour_pool"``: the same plus the bottleneck features pooled with the
+  predicted tumour probability as weights (gradients reach the encoder through the features).
+* ``"global_pool"``: the first design, average- and max-pooled bottleneck features. Kept for the
+  ablation: the encoder's last InstanceNorm sets every channel's spatial mean per sample, so a
+  global pool carries almost nothing about how much tumour there is (diagnosis, BENCHMARKS.md).
 
 Called as nnU-Net's predictor calls it (``network(x)``), the module returns the segmentation
-only. Head outputs leave the module in one of two ways:
+only. Head outputs leave the module in three ways:
 
 * ``network(x, clinical=c, return_heads=True)`` returns ``(segmentation, heads)``;
-* when ``network.head_sink`` is a list, every plain ``network(x)`` call appends its heads to it
-  (this is how patch-wise sliding-window inference collects them without copying nnU-Net's
-  predictor); the clinical vector then comes from ``network.clinical_input``.
+* with ``network.head_sink`` a list and ``network.sink_kind == "heads"``, every plain call appends
+  the heads of that patch (training and nnU-Net's validation steps);
+* with ``network.sink_kind == "tiles"``, every plain call appends the per-tile partial sums the
+  patient-level definition needs (:func:`nnunet_multitask.aggregation.patient_head_outputs`,
+  used by the predictor after nnU-Net's sliding window has stitched the whole image).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nnunet_multitask.losses import RiskSetMemory
 
 SURVIVAL_HEADS = ("cox", "discrete")
+IMAGE_FEATURES = ("tumour_quantities", "tumour_quantities+tumour_pool", "global_pool")
+SINK_KINDS = ("heads", "tiles")
+_EPS_MASS = 1e-3
+
+
+def foreground_probability(seg_logits: torch.Tensor) -> torch.Tensor:
+    """Tumour (every non-background label) probability from segmentation logits [B, L, *sp] -> [B, *sp]."""
+    return torch.softmax(seg_logits.float(), 1)[:, 1:].sum(1)
+
+
+def tumour_quantities(prob: torch.Tensor, image: torch.Tensor, voxel_volume_mm3: float) -> torch.Tensor:
+    """Soft tumour volume and the mean of every image channel inside the tumour.
+
+    Parameters
+    ----------
+    prob : Tensor [B, *sp]
+        Tumour probability (soft segmentation) or a binary mask.
+    image : Tensor [B, C, *sp]
+        The network's input channels, as preprocessed by nnU-Net.
+    voxel_volume_mm3 : float
+        Volume of one voxel at the configuration's spacing.
+
+    Returns
+    -------
+    Tensor [B, 1 + C]
+        ``log(1 + sum(p) * voxel_volume_mm3)`` then ``sum(p * x_c) / max(sum(p), 1e-3)`` per channel.
+    """
+    if image.ndim != prob.ndim + 1 or image.shape[0] != prob.shape[0] or image.shape[2:] != prob.shape[1:]:
+        raise ValueError(f"prob {tuple(prob.shape)} and image {tuple(image.shape)} do not match ([B,*sp] and [B,C,*sp])")
+    p = prob.float().flatten(1)
+    x = image.float().flatten(2)
+    mass = p.sum(1)
+    volume = torch.log1p(mass * float(voxel_volume_mm3))
+    means = (x * p[:, None]).sum(2) / mass.clamp_min(_EPS_MASS)[:, None]
+    return torch.cat([volume[:, None], means], 1)
+
+
+def weighted_pool_sums(features: torch.Tensor, prob: torch.Tensor):
+    """(sum of w * f over voxels [B, F], sum of w [B]) with ``w`` the tumour probability averaged
+    down to the feature map's resolution (so the weights of a tile add up over tiles)."""
+    w = F.adaptive_avg_pool3d(prob[:, None].float(), features.shape[2:]) if features.ndim == 5 else \
+        F.adaptive_avg_pool2d(prob[:, None].float(), features.shape[2:])
+    w = w.flatten(1)
+    return (features.float().flatten(2) * w[:, None]).sum(2), w.sum(1)
 
 
 class MultiTaskUNet(nn.Module):
-    """Segmentation U-Net with bottleneck classification and survival heads.
+    """Segmentation U-Net with classification and survival heads on tumour-level image features.
 
     Parameters
     ----------
@@ -34,6 +94,8 @@ class MultiTaskUNet(nn.Module):
     input_channels : sequence of int or None
         Channels of the preprocessed image that this model uses (``None``: all). Selecting here
         rather than in the data loader keeps nnU-Net's predictor unchanged for channel subsets.
+    n_input_channels : int, optional
+        Number of channels the model uses (after selection); default: the encoder's input width.
     n_clinical_features : int
         Width of the preprocessed clinical vector (0: image-only model).
     clinical_state_size : int
@@ -49,14 +111,22 @@ class MultiTaskUNet(nn.Module):
         Size of the Cox risk-set memory (a buffer, so ``--c`` resumes it intact).
     dropout : float
         Dropout in the head branch.
+    image_features : str
+        One of :data:`IMAGE_FEATURES` (module docstring).
+    voxel_volume_mm3 : float
+        Voxel volume at the configuration's spacing (for the tumour volume in mm^3).
     """
 
     def __init__(self, base: nn.Module, input_channels: Optional[Sequence[int]], n_clinical_features: int,
                  clinical_state_size: int, survival_head: str = "cox", n_time_bins: int = 10,
-                 hidden: int = 64, risk_memory_size: int = 0, dropout: float = 0.2):
+                 hidden: int = 64, risk_memory_size: int = 0, dropout: float = 0.2,
+                 image_features: str = "tumour_quantities", n_input_channels: Optional[int] = None,
+                 voxel_volume_mm3: float = 1.0):
         super().__init__()
         if survival_head not in SURVIVAL_HEADS:
             raise ValueError(f"survival_head must be one of {SURVIVAL_HEADS}, got {survival_head!r}")
+        if image_features not in IMAGE_FEATURES:
+            raise ValueError(f"image_features must be one of {IMAGE_FEATURES}, got {image_features!r}")
         if not (hasattr(base, "encoder") and hasattr(base, "decoder")):
             raise TypeError(f"{type(base).__name__} has no encoder/decoder pair; the multitask heads need a "
                             f"U-Net whose encoder returns its skips (PlainConvUNet, ResidualEncoderUNet)")
@@ -64,12 +134,24 @@ class MultiTaskUNet(nn.Module):
         self.decoder = base.decoder
         self.input_channels = None if input_channels is None else [int(c) for c in input_channels]
         self.survival_head = survival_head
+        self.image_features = image_features
         self.n_clinical_features = int(n_clinical_features)
         self.n_time_bins = int(n_time_bins)
+        if n_input_channels is None:  # the planned network's first convolution says it
+            n_input_channels = next(m for m in self.encoder.modules()
+                                    if isinstance(m, nn.modules.conv._ConvNd)).in_channels
+        self.n_input_channels = int(n_input_channels)
+        self.voxel_volume_mm3 = float(voxel_volume_mm3)
 
         bottleneck = int(self.encoder.output_channels[-1])
-        # average and max pooling: the mean describes the tumour's texture, the max its strongest response
-        self.image_embedding = nn.Sequential(nn.Linear(2 * bottleneck, hidden), nn.LeakyReLU(0.01))
+        self.n_quantities = 1 + self.n_input_channels
+        if image_features == "global_pool":
+            image_in = 2 * bottleneck
+        elif image_features == "tumour_quantities":
+            image_in = self.n_quantities
+        else:
+            image_in = self.n_quantities + bottleneck
+        self.image_embedding = nn.Sequential(nn.Linear(image_in, hidden), nn.LeakyReLU(0.01))
         if self.n_clinical_features > 0:
             self.clinical_embedding = nn.Sequential(nn.Linear(self.n_clinical_features, hidden), nn.LeakyReLU(0.01),
                                                     nn.Linear(hidden, hidden), nn.LeakyReLU(0.01))
@@ -85,18 +167,65 @@ class MultiTaskUNet(nn.Module):
         # fitted per fold, saved in nnU-Net's checkpoint as buffers
         self.register_buffer("clinical_state", torch.zeros(int(clinical_state_size), dtype=torch.float64))
         self.register_buffer("time_bin_edges", torch.zeros(self.n_time_bins + 1, dtype=torch.float64))
+        self.register_buffer("quantity_mean", torch.zeros(self.n_quantities, dtype=torch.float32))
+        self.register_buffer("quantity_std", torch.ones(self.n_quantities, dtype=torch.float32))
         self.register_buffer("fold_state_fitted", torch.zeros((), dtype=torch.bool))
         self.risk_memory = RiskSetMemory(int(risk_memory_size))
 
         # not part of the state: set by the trainer / predictor around each forward
         self.clinical_input: Optional[torch.Tensor] = None
         self.head_sink: Optional[List[Dict[str, torch.Tensor]]] = None
+        self.sink_kind: str = "heads"
+
+    # ------------------------------------------------------------------ parameter groups
+    def segmentation_parameters(self):
+        """Encoder and decoder, each parameter once (nnU-Net's decoder holds a reference to the
+        encoder): optimised by nnU-Net's SGD."""
+        seen, params = set(), []
+        for p in list(self.encoder.parameters()) + list(self.decoder.parameters()):
+            if id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+        return params
+
+    def head_parameters(self):
+        """Everything else (embeddings, fusion, heads): may get an optimiser of its own."""
+        seg = {id(p) for p in self.segmentation_parameters()}
+        return [p for p in self.parameters() if id(p) not in seg]
+
+    # ------------------------------------------------------------------ image features
+    def select_channels(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.input_channels is None else x[:, self.input_channels]
+
+    def standardised_quantities(self, prob: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        q = tumour_quantities(prob, image, self.voxel_volume_mm3)
+        return (q - self.quantity_mean.to(q.device)) / self.quantity_std.to(q.device)
+
+    def image_feature_vector(self, quantities: Optional[torch.Tensor], pooled: Optional[torch.Tensor]) -> torch.Tensor:
+        """The heads' image input from the standardised quantities and/or pooled features."""
+        if self.image_features == "global_pool":
+            return pooled
+        if self.image_features == "tumour_quantities":
+            return quantities
+        return torch.cat([quantities, pooled], 1)
+
+    def patch_image_features(self, x: torch.Tensor, seg_full: torch.Tensor, bottleneck: torch.Tensor) -> torch.Tensor:
+        """Image features of one patch (a patch that shows the whole image is one patient)."""
+        quantities = pooled = None
+        if self.image_features == "global_pool":
+            dims = tuple(range(2, bottleneck.ndim))
+            pooled = torch.cat([bottleneck.mean(dim=dims), bottleneck.amax(dim=dims)], dim=1)
+        else:
+            prob = foreground_probability(seg_full.detach())
+            quantities = self.standardised_quantities(prob, x)
+            if self.image_features != "tumour_quantities":
+                num, den = weighted_pool_sums(bottleneck, prob)
+                pooled = num / den.clamp_min(_EPS_MASS)[:, None]
+        return self.image_feature_vector(quantities, pooled)
 
     # ------------------------------------------------------------------ heads
-    def heads(self, bottleneck: torch.Tensor, clinical: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
-        pooled = torch.cat([bottleneck.mean(dim=tuple(range(2, bottleneck.ndim))),
-                            bottleneck.amax(dim=tuple(range(2, bottleneck.ndim)))], dim=1)
-        feats = self.image_embedding(pooled)
+    def heads(self, image_features: torch.Tensor, clinical: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        feats = self.image_embedding(image_features)
         if self.clinical_embedding is not None:
             if clinical is None:
                 raise RuntimeError("this model fuses clinical data: pass clinical=... or set network.clinical_input")
@@ -116,24 +245,67 @@ class MultiTaskUNet(nn.Module):
             surv[:, 0] if self.survival_head == "cox" else surv
         return out
 
+    def tile_record(self, seg_full: torch.Tensor, bottleneck: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """What one sliding-window tile contributes to the patient-level features (detached)."""
+        prob = foreground_probability(seg_full)
+        rec = {"tumour_mass": prob.flatten(1).sum(1)}
+        if self.image_features == "global_pool":
+            dims = tuple(range(2, bottleneck.ndim))
+            rec["pooled"] = torch.cat([bottleneck.mean(dim=dims), bottleneck.amax(dim=dims)], dim=1).float()
+        elif self.image_features != "tumour_quantities":
+            rec["pool_num"], rec["pool_den"] = weighted_pool_sums(bottleneck, prob)
+        return {k: v.detach() for k, v in rec.items()}
+
     def forward(self, x: torch.Tensor, clinical: Optional[torch.Tensor] = None, return_heads: bool = False):
-        if self.input_channels is not None:
-            x = x[:, self.input_channels]
+        x = self.select_channels(x)
         skips = self.encoder(x)
         seg = self.decoder(skips)
         if not return_heads and self.head_sink is None:
             return seg
-        heads = self.heads(skips[-1], clinical if clinical is not None else self.clinical_input)
+        seg_full = seg[0] if isinstance(seg, (list, tuple)) else seg
+        if not return_heads and self.sink_kind == "tiles":
+            self.head_sink.append(self.tile_record(seg_full, skips[-1]))
+            return seg
+        heads = self.heads(self.patch_image_features(x, seg_full, skips[-1]),
+                           clinical if clinical is not None else self.clinical_input)
         if return_heads:
             return seg, heads
         if not self.training:
-            seg_full = seg[0] if isinstance(seg, (list, tuple)) else seg
-            # predicted tumour mass of this patch: the weight of its head outputs in the patient-level mean
-            heads["tumour_mass"] = torch.softmax(seg_full.float(), 1)[:, 1:].sum(dim=tuple(range(1, seg_full.ndim)))
+            # predicted tumour mass of this patch: its weight when several patches of a case are averaged
+            heads["tumour_mass"] = foreground_probability(seg_full).flatten(1).sum(1)
             heads = {k: v.detach() for k, v in heads.items()}
         # in training the heads keep their graph: the trainer's loss reads them from the sink
         self.head_sink.append(heads)
         return seg
+
+    # ------------------------------------------------------------------ patient level
+    def patient_heads(self, seg_logits: torch.Tensor, image: torch.Tensor, tile_records: List[Mapping[str, torch.Tensor]],
+                      clinical: Optional[torch.Tensor]) -> tuple:
+        """Head outputs of one patient from the stitched whole-image segmentation logits [L, *sp],
+        the whole preprocessed image [C_all, *sp] and the tiles' records; returns (heads, tumour mass)."""
+        dev = self.quantity_mean.device
+        prob = foreground_probability(seg_logits[None].to(device=dev, dtype=torch.float32))
+        mass = float(prob.sum())
+        quantities = pooled = None
+        if self.image_features != "global_pool":
+            img = self.select_channels(image[None].to(device=dev, dtype=torch.float32))
+            quantities = self.standardised_quantities(prob, img)
+        if self.image_features == "global_pool":
+            m = torch.cat([r["tumour_mass"].reshape(-1) for r in tile_records]).double()
+            feats = torch.cat([r["pooled"].reshape(m.shape[0], -1) for r in tile_records]).double()
+            w = m / m.sum() if float(m.sum()) >= 1.0 else torch.full_like(m, 1.0 / m.shape[0])
+            pooled = (w[:, None] * feats).sum(0, keepdim=True).float()
+        elif self.image_features != "tumour_quantities":
+            num = sum(r["pool_num"].double().sum(0) for r in tile_records)
+            den = sum(r["pool_den"].double().sum() for r in tile_records)
+            pooled = (num / max(float(den), _EPS_MASS))[None].float()
+        if pooled is not None:
+            pooled = pooled.to(dev)
+        feats = self.image_feature_vector(quantities, pooled)
+        if clinical is not None:
+            clinical = None if clinical.numel() == 0 else clinical.to(dev)
+        heads = self.heads(feats, clinical)
+        return {k: v.detach() for k, v in heads.items()}, mass
 
 
 def head_config_from_plans(plans: dict) -> dict:

@@ -12,17 +12,17 @@ and ``--impute-missing-clinical``. Segmentations are written by nnU-Net's own ex
   discrete-time head ``surv_prob_<t>m`` for t in :data:`SURVIVAL_TIMES`;
 * ``<column>_sd``: the spread (sample standard deviation) of each of these over the folds; empty
   (NaN) when a single fold was used, because one fold gives no spread;
-* ``n_folds``; ``tumour_found`` (False when, in at least one fold, the segmentation found no
-  tumour and the documented fallback of :func:`~nnunet_multitask.aggregation.patient_prediction`
-  was used: the unweighted mean over all tiles); ``clinical_imputed`` (the case had no clinical
+* ``n_folds``; ``tumour_found`` (False when, in at least one fold, the segmentation found
+  (almost) no tumour, so the heads saw the features of an empty segmentation; see
+  :mod:`nnunet_multitask.aggregation`); ``clinical_imputed`` (the case had no clinical
   row and ``--impute-missing-clinical`` imputed all of it as in training);
   ``n_clinical_values_imputed`` (how many of the model's clinical columns were empty or absent
   for the case and were imputed with the fold's fitted values).
 
-The patient-level definition is :func:`nnunet_multitask.aggregation.patient_prediction`: every
-sliding-window tile and test-time mirror contributes its head outputs weighted by the tile's
-predicted tumour mass, so one pass yields the segmentation and the heads. Folds are ensembled by
-averaging log-risks (risk scores) and probabilities.
+The patient-level definition is :func:`nnunet_multitask.aggregation.patient_level_prediction`:
+nnU-Net's sliding window (tiles and mirrors) stitches the whole-image segmentation, the heads run
+once on tumour-level features of the whole image, so one pass yields the segmentation and the
+heads. Folds are ensembled by averaging log-risks (risk scores) and probabilities.
 
 Nothing half-written: :func:`predict_folder` checks the model, every input case, the clinical
 table and the output folder before predicting anything, then predicts into a hidden staging
@@ -60,7 +60,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from clinical.preprocessing import ClinicalPreprocessingError, ClinicalPreprocessor
 from clinical.schema import ClinicalSchema, SchemaError
 from clinical.tables import CASE_ID_COLUMN, read_case_table
-from nnunet_multitask.aggregation import patient_prediction, survival_at_times
+from nnunet_multitask.aggregation import patient_level_prediction, survival_at_times
 from nnunet_multitask.dataset import MultitaskDatasetError, dataset_table_path, schema_from_block
 from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
 
@@ -398,20 +398,20 @@ class MultiTaskPredictor(nnUNetPredictor):
 
     # ------------------------------------------------------------------ heads
     def predict_case_with_current_weights(self, data: torch.Tensor, clinical: np.ndarray):
-        """(segmentation logits, patient-level head prediction) with the network's current weights."""
+        """(segmentation logits, patient-level head prediction) with the network's current weights:
+        nnU-Net's sliding window, then :func:`~nnunet_multitask.aggregation.patient_level_prediction`."""
         net = _unwrap(self.network)
-        net.head_sink = []
-        net.clinical_input = torch.as_tensor(clinical, dtype=torch.float32)[None] if len(clinical) else None
+        net.head_sink, net.sink_kind = [], "tiles"
         try:
             logits = self.predict_sliding_window_return_logits(data)
-            sink = net.head_sink
+            tiles = net.head_sink
         finally:
-            net.head_sink, net.clinical_input = None, None
-        records = [{k: v.float().cpu().numpy() for k, v in r.items()} for r in sink]
+            net.head_sink, net.clinical_input, net.sink_kind = None, None, "heads"
+        clinical_t = torch.as_tensor(clinical, dtype=torch.float32) if len(clinical) else None
         cfg = self.head_config
-        edges = net.time_bin_edges.cpu().numpy()
-        pred = patient_prediction(records, net.survival_head, cfg["horizon_months"], edges)
+        pred = patient_level_prediction(net, logits, data, tiles, clinical_t, cfg["horizon_months"])
         if pred["survival_logits"] is not None:
+            edges = net.time_bin_edges.cpu().numpy()
             pred["survival"] = dict(zip(SURVIVAL_TIMES, survival_at_times(pred["survival_logits"], edges,
                                                                           SURVIVAL_TIMES)))
         return logits, pred
@@ -509,9 +509,9 @@ class MultiTaskPredictor(nnUNetPredictor):
                      "clinical_table": self.clinical_table_source,
                      "clinical_columns": self.model_clinical_columns(),
                      "impute_missing_clinical": self.impute_missing_clinical,
-                     "patient_level": "tumour-mass-weighted mean over sliding-window tiles and mirrors "
-                                      "(nnunet_multitask.aggregation.patient_prediction); no tumour found: "
-                                      "unweighted mean, tumour_found=False",
+                     "patient_level": "heads once on tumour-level features of the stitched whole-image "
+                                      "segmentation (nnunet_multitask.aggregation.patient_level_prediction); "
+                                      "image_features=" + str(self.head_config.get("image_features", "global_pool")),
                      "fold_ensemble": "mean of risk scores (log-risks) and of probabilities; *_sd = sample sd "
                                       "over folds (NaN for one fold)",
                      "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,

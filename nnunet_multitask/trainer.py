@@ -13,6 +13,13 @@ Choices stated once:
 * Clinical preprocessing is fitted on the training fold only (``ClinicalPreprocessor``), at the
   start of training; its state is a buffer of the network, so every checkpoint carries its own
   fold's transform and ``--c`` / inference apply exactly it.
+* Head optimisation: the heads (embeddings, fusion, outputs) have their own AdamW optimiser
+  (``head_optimizer = "adamw"``, ``head_lr``); nnU-Net's SGD (lr 0.01, Nesterov momentum 0.99,
+  poly decay) keeps the U-Net. Their output biases start at the training fold's baseline hazard
+  and event rate. Measured in BENCHMARKS.md row c (ablations).
+* Whole tumour: heads are supervised on patches that show at least ``min_tumour_fraction`` of
+  the case's reference tumour voxels, so the tumour-level features they learn from describe the
+  whole tumour, as they do at inference (computed on the stitched whole image).
 * Best checkpoint: the EMA (0.9) of ``(pseudo-Dice + validation C-index + validation AUC) / 3``
   computed each epoch on patient-level predictions over the validation fold; an undefined
   C-index or AUC (too few cases or events) counts as chance (0.5).
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from os.path import join
 from time import time
 from typing import Dict, List, Optional, Sequence
@@ -31,7 +39,9 @@ from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from clinical.outcomes import recurrence_label
@@ -41,7 +51,10 @@ from nnunet_multitask.aggregation import group_patch_records, patient_prediction
 from nnunet_multitask.dataset import (dataset_table_path, held_out_cases, lookup_rows, multitask_block,
                                       read_features, read_outcomes, schema_from_block)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
-from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
+from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans, tumour_quantities
+
+#: environment variable that seeds a training run (torch, numpy, random; see README "Seeds")
+SEED_ENV = "MULTIREC_SEED"
 
 EXTRA_LOG_KEYS = ("train_seg_losses", "train_cls_losses", "train_surv_losses", "val_c_index", "val_auc",
                   "ema_selection_score")
@@ -118,6 +131,32 @@ class MultiTaskLoss(torch.nn.Module):
         return seg + trainer.lambda_cls * cls_loss + trainer.lambda_surv * surv_loss
 
 
+class SGDWithHeadOptimizer(torch.optim.SGD):
+    """nnU-Net's SGD over the U-Net that carries the heads' own optimiser in its state dict.
+
+    nnU-Net's checkpoint stores ``optimizer.state_dict()`` and restores it with
+    ``load_state_dict``; nesting the head optimiser's state there keeps ``--c`` exact without
+    copying nnU-Net's save/load code. ``param_groups`` are the U-Net's only, so nnU-Net's poly
+    schedule and its learning-rate log act on the U-Net as before.
+    """
+
+    def __init__(self, params, head_optimizer: torch.optim.Optimizer, **kwargs):
+        super().__init__(params, **kwargs)
+        self.head_optimizer = head_optimizer
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["head_optimizer"] = self.head_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        head = state_dict.pop("head_optimizer", None)
+        super().load_state_dict(state_dict)
+        if head is not None:
+            self.head_optimizer.load_state_dict(head)
+
+
 class MultiRecTrainerBase(nnUNetTrainer):
     """Segmentation + recurrence-within-horizon + disease-free survival in one nnU-Net trainer.
 
@@ -136,6 +175,16 @@ class MultiRecTrainerBase(nnUNetTrainer):
     n_time_bins : int
         Intervals of the discrete-time head (edges: quantiles of the training fold's event times).
     head_hidden : int
+    image_features : str
+        What the heads see: ``"tumour_quantities"`` (soft tumour volume and tumour means of each
+        channel from the network's own segmentation), ``"tumour_quantities+tumour_pool"``, or
+        ``"global_pool"`` (the first design); see :mod:`nnunet_multitask.network`.
+    head_optimizer : {"adamw", "sgd"}
+        ``"adamw"``: the heads get their own AdamW (``head_lr``, ``head_weight_decay``);
+        ``"sgd"``: the heads share nnU-Net's SGD (the first design).
+    min_tumour_fraction : float
+        Heads are supervised on a patch only when it holds at least this fraction of the case's
+        reference tumour voxels (0: any tumour voxel).
     epochs, iterations_per_epoch, val_iterations_per_epoch, save_every_epochs : int or None
         Training length (``None`` keeps nnU-Net's default).
     max_batch_size : int or None
@@ -153,6 +202,13 @@ class MultiRecTrainerBase(nnUNetTrainer):
     risk_memory_size: int = 128
     n_time_bins: int = 10
     head_hidden: int = 64
+    image_features: str = "tumour_quantities"
+    head_optimizer: str = "adamw"
+    head_lr: float = 2e-3
+    head_weight_decay: float = 1e-4
+    min_tumour_fraction: float = 0.9
+    init_output_biases: bool = True
+    skip_final_validation: bool = False
     max_batch_size: Optional[int] = None
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
@@ -191,6 +247,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
             "survival_head": self.survival_head,
             "n_time_bins": int(self.n_time_bins),
             "head_hidden": int(self.head_hidden),
+            "image_features": self.image_features,
+            "n_input_channels": len(self.input_channels) if self.input_channels is not None else n_channels,
+            "voxel_volume_mm3": float(np.prod(self.configuration_manager.spacing)),
             "risk_memory_size": int(self.risk_memory_size) if self.survival_head == "cox" else 0,
             "horizon_months": self.horizon,
             "time_unit": self.mt.get("time_unit", "months"),
@@ -199,6 +258,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self._step_context: Optional[dict] = None
         self._case_data: Optional[Dict[str, dict]] = None
         self._val_records: List[tuple] = []
+        self._case_tumour_voxels: Dict[str, float] = {}
+        self.head_optimizer_instance: Optional[torch.optim.Optimizer] = None
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
@@ -219,12 +280,32 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                       num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
         return MultiTaskUNet(base, channels, cfg["n_clinical_features"], cfg["clinical_state_size"],
                              survival_head=cfg["survival_head"], n_time_bins=cfg["n_time_bins"],
-                             hidden=cfg["head_hidden"], risk_memory_size=cfg["risk_memory_size"])
+                             hidden=cfg["head_hidden"], risk_memory_size=cfg["risk_memory_size"],
+                             # models trained before image_features existed used the global pool
+                             image_features=cfg.get("image_features", "global_pool"),
+                             n_input_channels=cfg.get("n_input_channels", len(channels) if channels is not None
+                                                      else num_input_channels),
+                             voxel_volume_mm3=cfg.get("voxel_volume_mm3", 1.0))
 
     def mt_network(self) -> MultiTaskUNet:
         """The MultiTaskUNet under DDP and torch.compile wrappers."""
         mod = self.network.module if self.is_ddp else self.network
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD and poly schedule for the U-Net; with ``head_optimizer = "adamw"`` the heads
+        get their own AdamW, carried inside the SGD's state dict (:class:`SGDWithHeadOptimizer`)."""
+        if self.head_optimizer == "sgd":
+            self.head_optimizer_instance = None
+            return super().configure_optimizers()
+        if self.head_optimizer != "adamw":
+            raise ValueError(f"head_optimizer must be 'adamw' or 'sgd', got {self.head_optimizer!r}")
+        net = self.mt_network()
+        heads = torch.optim.AdamW(net.head_parameters(), lr=self.head_lr, weight_decay=self.head_weight_decay)
+        optimizer = SGDWithHeadOptimizer(net.segmentation_parameters(), heads, lr=self.initial_lr,
+                                         weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        self.head_optimizer_instance = heads
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def _build_loss(self):
         return MultiTaskLoss(super()._build_loss(), self)
@@ -254,15 +335,23 @@ class MultiRecTrainerBase(nnUNetTrainer):
         tr_out = lookup_rows(outcomes, tr_keys, "outcomes table", opath)
         tcol, ecol = self.mt["time_column"], self.mt["event_column"]
         groups = tuple(self.clinical_groups)
+        quantities = self._reference_tumour_quantities(tr_keys, val_keys)
         if not bool(net.fold_state_fitted):
             prep = ClinicalPreprocessor(self.schema, groups).fit(tr_feat.reset_index())
+            times, events = tr_out[tcol].values, tr_out[ecol].values
             with torch.no_grad():
                 net.clinical_state.copy_(torch.as_tensor(prep.state_vector(), dtype=torch.float64))
-                net.time_bin_edges.copy_(self._fit_time_bins(tr_out[tcol].values, tr_out[ecol].values))
+                net.time_bin_edges.copy_(self._fit_time_bins(times, events))
+                q = np.stack([quantities[k] for k in tr_keys])
+                net.quantity_mean.copy_(torch.as_tensor(q.mean(0), dtype=torch.float32))
+                net.quantity_std.copy_(torch.as_tensor(np.maximum(q.std(0), 1e-6), dtype=torch.float32))
+                if self.init_output_biases:
+                    self._initialise_output_biases(net, times, events)
                 net.fold_state_fitted.fill_(True)
             self.print_to_log_file(f"Fitted the clinical transform ({prep.n_features} features from groups "
-                                   f"{list(groups)}) and {self.n_time_bins} time bins on the {len(tr_keys)} "
-                                   f"training cases of fold {self.fold}")
+                                   f"{list(groups)}), {self.n_time_bins} time bins, the tumour-quantity "
+                                   f"standardisation (reference masks) and the heads' output biases on the "
+                                   f"{len(tr_keys)} training cases of fold {self.fold}")
         else:
             self.print_to_log_file("Clinical transform and time bins restored from the checkpoint")
         prep = ClinicalPreprocessor.from_state_vector(self.schema, groups, net.clinical_state.cpu().numpy())
@@ -275,6 +364,36 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                "event": float(outs[ecol].values[i]), "label": float(labels[i])}
                            for i, k in enumerate(keys)}
         self._val_keys = list(val_keys)
+
+    def _reference_tumour_quantities(self, tr_keys, val_keys) -> Dict[str, np.ndarray]:
+        """Tumour quantities of every fold case measured on its reference mask (the same function
+        the network applies to its own soft segmentation); also records each case's tumour voxel
+        count for the whole-tumour supervision rule. Training-fold values standardise the heads'
+        input; validation cases only get their voxel count."""
+        net = self.mt_network()
+        keys = list(tr_keys) + [k for k in val_keys if k not in set(tr_keys)]
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
+                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+        out = {}
+        for k in keys:
+            data, seg, _, _ = dataset.load_case(k)
+            mask = torch.from_numpy(np.asarray(seg[:])[0] > 0)
+            self._case_tumour_voxels[k] = float(mask.sum())
+            image = net.select_channels(torch.from_numpy(np.asarray(data[:], dtype=np.float32))[None])
+            out[k] = tumour_quantities(mask[None].float(), image, net.voxel_volume_mm3)[0].numpy()
+        return out
+
+    def _initialise_output_biases(self, net: MultiTaskUNet, times, events):
+        """Start the heads at the training fold's baseline: discrete-time output bias = the
+        covariate-free hazard logits, classification bias = logit of the known-status event rate."""
+        if net.survival_head == "discrete":
+            logits = L.discrete_time_baseline_logits(times, events, net.time_bin_edges.cpu().numpy())
+            net.survival_output.bias.copy_(torch.as_tensor(logits, dtype=net.survival_output.bias.dtype))
+        labels = recurrence_label(times, events, self.horizon)
+        known = labels[~np.isnan(labels)]
+        if known.size:
+            rate = float(np.clip(known.mean(), 1e-3, 1 - 1e-3))
+            net.classification_head.bias.fill_(float(np.log(rate / (1 - rate))))
 
     def _fit_time_bins(self, times, events) -> torch.Tensor:
         """Discrete-time interval edges from the training fold: event-time quantiles (make_bin_edges);
@@ -303,14 +422,21 @@ class MultiRecTrainerBase(nnUNetTrainer):
                 "keys": [str(k) for k in keys]}
 
     # ------------------------------------------------------------------ losses
+    def head_supervision_weights(self, target: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+        """1 for a patch that shows the case's tumour (at least ``min_tumour_fraction`` of its
+        reference voxels; any tumour voxel when that is 0 or the count is unknown), else 0."""
+        voxels = (target > 0).flatten(1).sum(1).float()
+        need = torch.tensor([max(1.0, self.min_tumour_fraction * self._case_tumour_voxels.get(str(k), 0.0))
+                             for k in keys], device=voxels.device)
+        return (voxels >= need).float()
+
     def head_losses(self, target):
         """(classification loss, survival loss) of the heads in the network's sink for this step."""
         ctx = self._step_context
         net = self.mt_network()
         heads = net.head_sink[-1]
         t0 = target[0] if isinstance(target, (list, tuple)) else target
-        # heads are supervised only on patches that contain tumour
-        has_tumour = (t0 > 0).flatten(1).any(1).float()
+        has_tumour = self.head_supervision_weights(t0, ctx["keys"])
         cls_loss = L.masked_bce_with_logits(heads["cls_logit"].float(), ctx["label"], weights=has_tumour)
         time_, event = ctx["time"], ctx["event"]
         if net.survival_head == "cox":
@@ -341,18 +467,53 @@ class MultiRecTrainerBase(nnUNetTrainer):
         return sink
 
     def on_train_start(self):
+        seed = os.environ.get(SEED_ENV)
+        if seed not in (None, ""):
+            seed_everything(int(seed))
+            self.print_to_log_file(f"Seeded torch, numpy and random with {SEED_ENV}={seed}")
         super().on_train_start()
         self.prepare_fold_data()
 
     def train_step(self, batch: dict) -> dict:
         self._enter_step(batch)
         try:
-            out = super().train_step(batch)
+            out = self._optimisation_step(batch)
         finally:
             self._leave_step()
         parts = self.loss.last
         out.update({k: parts[k].cpu().numpy() for k in ("seg", "cls", "surv")})
         return out
+
+    def _optimisation_step(self, batch: dict) -> dict:
+        """nnU-Net's ``train_step`` (autocast on CUDA, GradScaler, clipping at 12), with the heads'
+        own optimiser stepped beside nnU-Net's SGD. Copied because nnU-Net's step knows one
+        optimiser: under AMP both must be unscaled before clipping (PyTorch's multi-optimiser recipe)."""
+        heads = self.head_optimizer_instance
+        if heads is None:
+            return nnUNetTrainer.train_step(self, batch)
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        heads.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+            loss = self.loss(output, target)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            self.grad_scaler.unscale_(heads)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.step(heads)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+            heads.step()
+        return {"loss": loss.detach().cpu().numpy()}
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
@@ -441,6 +602,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
         """nnU-Net's validation (segmentations + summary.json), then the patient-level head predictions
         of the validation cases, written beside it as ``validation/head_predictions.csv`` and
         ``validation/head_summary.json``."""
+        if self.skip_final_validation:
+            self.print_to_log_file("final validation skipped (skip_final_validation: a benchmark variant)")
+            return
         super().perform_actual_validation(save_probabilities)
         if self.local_rank != 0:
             return
@@ -466,3 +630,13 @@ class MultiRecTrainerBase(nnUNetTrainer):
         with open(join(out_dir, "head_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         self.print_to_log_file(f"Head validation: C-index {summary['c_index']}, AUC {summary[f'auc_{int(self.horizon)}m']}")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy's global generator (nnU-Net's data loader samples cases and patches with
+    it) and ``random``. A run is then repeatable with ``nnUNet_n_proc_DA=0`` on the CPU; with
+    augmentation worker processes the workers' own generators are not seeded (nnU-Net passes no
+    seeds to them), so runs differ in augmentation."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)

@@ -6,7 +6,9 @@ fold 0) -> nnUNetv2_predict_multitask (internal + external test) -> evaluation/s
 
 Everything lands in $DEMO_DIR (default demo_run/); the report is $DEMO_DIR/report/metrics.json.
 Sizes: DEMO_PATIENTS (default 120), DEMO_SHAPE (T2 voxels x y z, default "48 48 12": a small field of view
-keeps a 3D U-Net iteration around a second on 2 CPU cores), DEMO_SEED (0), DEMO_TRAINER (MultiRecTrainer_demo).
+keeps a 3D U-Net iteration around a second on 2 CPU cores), DEMO_SEED (0: the cohort's seed), DEMO_TRAIN_SEED
+(0: MULTIREC_SEED of the training), DEMO_TRAINER (MultiRecTrainer_demo; MultiRecTrainer_Pre_demo,
+MultiRecTrainer_MRI_demo and MultiRecTrainer_T2_demo train the other combinations at the same budget).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ PATIENTS = os.environ.get("DEMO_PATIENTS", "120")
 SEED = os.environ.get("DEMO_SEED", "0")
 SHAPE = os.environ.get("DEMO_SHAPE", "48 48 12").split()
 TRAINER = os.environ.get("DEMO_TRAINER", "MultiRecTrainer_demo")
+TRAIN_SEED = os.environ.get("DEMO_TRAIN_SEED", "0")
 DATASET = "Dataset501_LARC"
 BIN = Path(sys.executable).parent
 
@@ -60,9 +63,9 @@ def main() -> int:
     step("3/6 nnUNetv2_plan_and_preprocess")
     run([BIN / "nnUNetv2_plan_and_preprocess", "-d", "501", "-c", "3d_fullres", "-np", "2",
          "--verify_dataset_integrity"], env)
-    step(f"4/6 nnUNetv2_train 501 3d_fullres 0 -tr {TRAINER} -device cpu")
+    step(f"4/6 nnUNetv2_train 501 3d_fullres 0 -tr {TRAINER} -device cpu (MULTIREC_SEED={TRAIN_SEED})")
     run([BIN / "nnUNetv2_train", "501", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
-        dict(env, nnUNet_n_proc_DA=env.get("DEMO_N_PROC_DA", "1")))
+        dict(env, nnUNet_n_proc_DA=env.get("DEMO_N_PROC_DA", "1"), MULTIREC_SEED=TRAIN_SEED))
     step("5/6 nnUNetv2_predict_multitask on the internal and external test sets (imagesTs)")
     pred = DEMO_DIR / "predictions"
     # test-time mirroring off: 8x fewer forward passes, which the CPU budget spends on training instead

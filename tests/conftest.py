@@ -15,6 +15,7 @@ TINY_SHAPE = ("40", "40", "10")
 TINY_PATIENTS = "14"
 DATASET_ID = "501"
 DATASET_NAME = "Dataset501_LARC"
+SMOKE_SEED = "5"  # MULTIREC_SEED of the shared smoke training (tests/test_trainer_e2e.py reruns it)
 
 
 def nnunet_env(root: Path) -> dict:
@@ -69,7 +70,7 @@ def preprocessed_dataset(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_model(preprocessed_dataset):
     """MultiRecTrainer_smoke trained on fold 0 with the real nnUNetv2_train on the CPU."""
-    env = train_env(preprocessed_dataset["env"])
+    env = dict(train_env(preprocessed_dataset["env"]), MULTIREC_SEED=SMOKE_SEED)
     proc = run([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", "MultiRecTrainer_smoke",
                 "-device", "cpu"], env, cwd=REPO)
     folder = (preprocessed_dataset["root"] / "nnUNet_results" / DATASET_NAME /

@@ -450,3 +450,26 @@ def test_masked_bce_all_unknown_is_finite_zero_with_grad():
     assert loss.item() == 0.0 and torch.equal(logit.grad, torch.zeros(2))
     with pytest.raises(ValueError, match=r"label must be in \[0, 1\] or NaN"):
         masked_bce_with_logits(logit, torch.tensor([2.0, 0.0]))
+
+
+def test_discrete_time_baseline_logits_maximise_the_covariate_free_likelihood():
+    """The closed-form bias start is the optimum of discrete_time_nll with one logit per interval."""
+    from nnunet_multitask.losses import discrete_time_baseline_logits, discrete_time_nll, make_bin_edges
+    rng = np.random.default_rng(3)
+    t = rng.exponential(40.0, 200) + 0.5
+    e = rng.random(200) < 0.6
+    edges = make_bin_edges(t, e, 6, dtype=torch.float64)
+    closed = torch.as_tensor(discrete_time_baseline_logits(t, e, edges.numpy()))
+    logits = torch.zeros(6, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([logits], max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def nll():
+        opt.zero_grad()
+        loss = discrete_time_nll(logits.expand(200, 6), torch.as_tensor(t), torch.as_tensor(e), edges)
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    torch.testing.assert_close(closed, logits.detach(), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="strictly increasing"):
+        discrete_time_baseline_logits(t, e, np.array([0.0, 5.0, 5.0]))

@@ -1,6 +1,7 @@
 """MultiTaskUNet around real dynamic_network_architectures U-Nets (PlainConvUNet and ResEnc)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
@@ -80,3 +81,58 @@ def test_tumour_mass_weighting_and_fallback():
     none = [{"cls_logit": [0.0, 4.0], "log_risk": [1.0, 3.0], "tumour_mass": [0.0, 0.1]}]
     q = patient_prediction(none, "cox", 36)
     assert not q["tumour_found"] and q["risk_score"] == pytest.approx(2.0)
+
+
+def test_tumour_quantities_on_a_known_mask():
+    from nnunet_multitask.network import tumour_quantities
+    mask = torch.zeros(1, 4, 6, 6)
+    mask[0, 1:3, 2:5, 2:4] = 1  # 12 voxels
+    image = torch.stack([torch.full((4, 6, 6), 2.0), torch.arange(4 * 6 * 6, dtype=torch.float32).reshape(4, 6, 6)])[None]
+    q = tumour_quantities(mask, image, voxel_volume_mm3=1.5)
+    assert q.shape == (1, 3)
+    assert q[0, 0].item() == pytest.approx(np.log1p(12 * 1.5))
+    assert q[0, 1].item() == pytest.approx(2.0)
+    assert q[0, 2].item() == pytest.approx(image[0, 1][mask[0] > 0].mean().item())
+    with pytest.raises(ValueError, match="do not match"):
+        tumour_quantities(mask, image[:, :, :3], 1.0)
+
+
+@pytest.mark.parametrize("features", ["tumour_quantities", "tumour_quantities+tumour_pool", "global_pool"])
+def test_patient_level_definition_equals_the_whole_image_patch(features):
+    """One tile that shows the whole image: the patient-level features (stitched segmentation and
+    tile records) are exactly those the heads see on that patch in training."""
+    torch.manual_seed(0)
+    net = MultiTaskUNet(_plain(2, ds=False), None, n_clinical_features=3, clinical_state_size=1,
+                        survival_head="discrete", n_time_bins=4, image_features=features,
+                        voxel_volume_mm3=2.0).eval()
+    net.quantity_mean.copy_(torch.tensor([3.0, 0.1, -0.1]))
+    net.quantity_std.copy_(torch.tensor([2.0, 1.5, 0.5]))
+    x, c = torch.randn(1, 2, 8, 32, 32), torch.randn(1, 3)
+    with torch.no_grad():
+        seg, patch_heads = net(x, clinical=c, return_heads=True)
+        net.head_sink, net.sink_kind = [], "tiles"
+        seg2 = net(x)
+        tiles, net.head_sink, net.sink_kind = net.head_sink, None, "heads"
+        heads, mass = net.patient_heads(seg2[0], x[0], tiles, c[0])
+    torch.testing.assert_close(seg, seg2)
+    for k in ("cls_logit", "hazard_logits"):
+        torch.testing.assert_close(heads[k], patch_heads[k], rtol=1e-5, atol=1e-5)
+    assert mass == pytest.approx(float(torch.softmax(seg, 1)[:, 1:].sum()), rel=1e-5)
+
+
+def test_head_and_segmentation_parameters_partition_the_network():
+    net = MultiTaskUNet(_plain(4), None, n_clinical_features=3, clinical_state_size=1)
+    seg, heads = net.segmentation_parameters(), net.head_parameters()
+    ids = [id(p) for p in seg + heads]
+    assert len(ids) == len(set(ids)) == len(list(net.parameters()))
+    head_names = {n.split(".")[0] for n, p in net.named_parameters() if id(p) in {id(h) for h in heads}}
+    assert head_names == {"image_embedding", "clinical_embedding", "fusion", "classification_head", "survival_output"}
+
+
+def test_quantity_features_do_not_send_gradients_into_the_unet():
+    """With tumour quantities alone the head losses cannot move the segmentation network."""
+    net = MultiTaskUNet(_plain(2), None, n_clinical_features=0, clinical_state_size=1, survival_head="cox")
+    _, heads = net(torch.randn(2, 2, 8, 32, 32), return_heads=True)
+    (heads["log_risk"].sum() + heads["cls_logit"].sum()).backward()
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in net.segmentation_parameters())
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in net.head_parameters())

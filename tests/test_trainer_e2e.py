@@ -13,10 +13,11 @@ import torch
 
 from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask.dataset import read_features, schema_from_block
-from conftest import DATASET_ID, bin_of, run, train_env
+from conftest import DATASET_ID, SMOKE_SEED, bin_of, run, train_env
 
 HEAD_KEYS = ("classification_head.weight", "survival_output.weight", "clinical_embedding.0.weight",
-             "image_embedding.0.weight", "clinical_state", "time_bin_edges", "fold_state_fitted")
+             "image_embedding.0.weight", "clinical_state", "time_bin_edges", "fold_state_fitted",
+             "quantity_mean", "quantity_std")
 
 
 def _ckpt(path):
@@ -50,6 +51,31 @@ def test_smoke_training_has_heads_metrics_and_fold_fitted_transform(smoke_model)
     leaky = ClinicalPreprocessor(schema, ("pretreatment", "postoperative")).fit(feats.reset_index())
     assert not np.allclose(leaky.state_vector(), w["clinical_state"].numpy())
 
+    # the tumour-quantity standardisation: reference masks of the TRAINING cases only, recomputed here
+    # with numpy (log1p of volume in mm^3, mean of every channel inside the mask)
+    plans = json.loads((smoke_model["model_folder"] / "plans.json").read_text())
+    spacing = plans["configurations"]["3d_fullres"]["spacing"]
+    assert plans["multitask_model"]["image_features"] == "tumour_quantities"
+    assert plans["multitask_model"]["voxel_volume_mm3"] == pytest.approx(float(np.prod(spacing)))
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    pre = smoke_model["preprocessed"] / "nnUNetPlans_3d_fullres"
+    ds = infer_dataset_class(str(pre))(str(pre), splits[0]["train"])
+    q = []
+    for k in splits[0]["train"]:
+        data, seg, _, _ = ds.load_case(k)
+        m = np.asarray(seg[:])[0] > 0
+        d = np.asarray(data[:])
+        q.append([np.log1p(m.sum() * np.prod(spacing))] + [d[c][m].mean() for c in range(d.shape[0])])
+    np.testing.assert_allclose(w["quantity_mean"].numpy(), np.mean(q, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(w["quantity_std"].numpy(), np.std(q, 0), rtol=1e-3, atol=1e-4)
+
+    # the heads' own optimiser travels inside nnU-Net's optimizer state (for --c)
+    head_state = ckpt["optimizer_state"]["head_optimizer"]
+    assert head_state["state"], "the head optimiser never stepped"
+    assert head_state["param_groups"][0]["lr"] == pytest.approx(2e-3)
+    assert ckpt["optimizer_state"]["param_groups"][0]["momentum"] == pytest.approx(0.99)
+    assert f"MULTIREC_SEED={SMOKE_SEED}" in text
+
     # final validation wrote per-case head predictions beside nnU-Net's summary
     val = fold / "validation"
     assert (val / "summary.json").is_file()
@@ -63,6 +89,18 @@ def test_smoke_training_has_heads_metrics_and_fold_fitted_transform(smoke_model)
     for p in smoke_model["model_folder"].rglob("*"):
         if p.is_file() and p.suffix in (".json", ".csv", ".txt"):
             assert "P00" not in p.read_text(errors="ignore"), f"patient id in {p}"
+
+
+def test_seeded_training_is_repeatable(smoke_model, tmp_path):
+    """MULTIREC_SEED with the single-threaded augmenter: a second run gives the same weights."""
+    env = dict(train_env(smoke_model["env"]), MULTIREC_SEED=SMOKE_SEED, nnUNet_results=str(tmp_path))
+    run([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", "MultiRecTrainer_smoke", "-device", "cpu"],
+        env)
+    first = _ckpt(smoke_model["model_folder"] / "fold_0" / "checkpoint_final.pth")["network_weights"]
+    second = _ckpt(next(tmp_path.rglob("checkpoint_final.pth")))["network_weights"]
+    assert first.keys() == second.keys()
+    for k in first:
+        torch.testing.assert_close(first[k], second[k], msg=lambda m: f"{k}: {m}")
 
 
 def test_continue_after_final_keeps_heads(smoke_model):
@@ -109,3 +147,6 @@ def test_training_killed_mid_run_resumes_with_heads_transform_and_memory(preproc
     assert int(w["risk_memory.valid"].sum()) > n
     for k in ("classification_head.weight", "survival_output.weight"):
         assert k in w
+    # the heads' AdamW resumed with its moments: more steps recorded after --c than at the kill
+    steps = lambda c: max(float(s["step"]) for s in c["optimizer_state"]["head_optimizer"]["state"].values())
+    assert steps(final) > steps(killed) > 0

@@ -68,9 +68,25 @@ class MultiRecTrainer_Cox_smoke(MultiRecTrainer_Cox):
     save_every_epochs = 1
 
 
-class MultiRecTrainer_demo(MultiRecTrainer):
+class _DemoLength:
     """What `make demo` trains on the CPU: 30 epochs of 12 iterations at batch size 2."""
     epochs = 30
     iterations_per_epoch = 12
     val_iterations_per_epoch = 4
     max_batch_size = 2
+
+
+class MultiRecTrainer_demo(_DemoLength, MultiRecTrainer):
+    """"All" at the demo's budget (what `make demo` trains)."""
+
+
+class MultiRecTrainer_Pre_demo(_DemoLength, MultiRecTrainer_Pre):
+    """Four MRI series + pretreatment data at the demo's budget."""
+
+
+class MultiRecTrainer_MRI_demo(_DemoLength, MultiRecTrainer_MRI):
+    """Four MRI series, no clinical data, at the demo's budget."""
+
+
+class MultiRecTrainer_T2_demo(_DemoLength, MultiRecTrainer_T2):
+    """T2 only, no clinical data, at the demo's budget."""

@@ -1,8 +1,9 @@
 """Equal-budget trainers for the quality benchmark (``benchmarks/bench_quality.py``): every model
-combination, both survival losses and plain nnU-Net train for the same number of iterations, so
-their C-index, AUC and Dice compare at the same budget.
+combination, both survival losses, the ablations of the image pathway and plain nnU-Net train for
+the same number of iterations, so their C-index, AUC and Dice compare at the same budget.
 
-The budget is sized for a 2-core CPU; on a GPU use the full-length trainers instead.
+The budget is sized for a 2-core CPU; on a GPU use the full-length trainers instead. The final
+sliding-window validation is skipped (the benchmark predicts the test sets itself).
 Inside the ``nnUNet_extTrainer`` folder modules are imported as top-level names, so the bases come
 from the installed packages.
 """
@@ -22,6 +23,7 @@ class _QualityLength:
     iterations_per_epoch = QUALITY_ITERATIONS
     val_iterations_per_epoch = QUALITY_VAL_ITERATIONS
     max_batch_size = QUALITY_BATCH
+    skip_final_validation = True
 
 
 class MultiRecTrainer_quality(_QualityLength, MultiRecTrainerBase):
@@ -46,6 +48,33 @@ class MultiRecTrainer_Cox_quality(_QualityLength, MultiRecTrainerBase):
     survival_head = "cox"
 
 
+# ---------------------------------------------------------------------------------------------
+# ablations of the image pathway (image-only, so nothing but the images can carry the risk)
+
+class MultiRecTrainer_MRI_quality_firstdesign(MultiRecTrainer_MRI_quality):
+    """The first design: globally pooled bottleneck, heads on nnU-Net's SGD, no bias start,
+    heads supervised on any patch with tumour."""
+    image_features = "global_pool"
+    head_optimizer = "sgd"
+    init_output_biases = False
+    min_tumour_fraction = 0.0
+
+
+class MultiRecTrainer_MRI_quality_globalpool(MultiRecTrainer_MRI_quality):
+    """Only the optimisation changed: globally pooled bottleneck with the heads' own AdamW."""
+    image_features = "global_pool"
+
+
+class MultiRecTrainer_MRI_quality_quantities_sgd(MultiRecTrainer_MRI_quality):
+    """Only the features changed: tumour quantities, heads on nnU-Net's SGD."""
+    head_optimizer = "sgd"
+
+
+class MultiRecTrainer_MRI_quality_quantities_pool(MultiRecTrainer_MRI_quality):
+    """Tumour quantities plus tumour-weighted pooled bottleneck features, own AdamW."""
+    image_features = "tumour_quantities+tumour_pool"
+
+
 class nnUNetTrainer_quality(nnUNetTrainer):
     """Plain nnU-Net (segmentation only) at the same budget: the Dice reference."""
 
@@ -59,3 +88,6 @@ class nnUNetTrainer_quality(nnUNetTrainer):
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
         self.batch_size = min(self.batch_size, QUALITY_BATCH)  # the same cap as the MultiRec variants
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("quality benchmark trainer: final validation skipped")
