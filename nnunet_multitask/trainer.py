@@ -634,7 +634,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
 
 def seed_everything(seed: int) -> None:
     """Seed torch, numpy's global generator (nnU-Net's data loader samples cases and patches with
-    it) and ``random``. A run is then repeatable with ``nnUNet_n_proc_DA=0`` on the CPU; with
+    it) and ``random``. A run is then repeatable with ``nnUNet_n_proc_DA=0`` on the CPU (up to the
+    float rounding of multi-threaded kernels, about 1e-4 on the weights after a few steps); with
     augmentation worker processes the workers' own generators are not seeded (nnU-Net passes no
     seeds to them), so runs differ in augmentation."""
     random.seed(seed)

@@ -92,7 +92,9 @@ def test_smoke_training_has_heads_metrics_and_fold_fitted_transform(smoke_model)
 
 
 def test_seeded_training_is_repeatable(smoke_model, tmp_path):
-    """MULTIREC_SEED with the single-threaded augmenter: a second run gives the same weights."""
+    """MULTIREC_SEED with the single-threaded augmenter: a second run gives the same weights, up to
+    the float rounding of multi-threaded CPU kernels (seen: < 1e-4 after nine steps). Unseeded runs
+    differ from the first step on (different initialisations, O(0.1) per weight)."""
     env = dict(train_env(smoke_model["env"]), MULTIREC_SEED=SMOKE_SEED, nnUNet_results=str(tmp_path))
     run([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", "MultiRecTrainer_smoke", "-device", "cpu"],
         env)
@@ -100,7 +102,10 @@ def test_seeded_training_is_repeatable(smoke_model, tmp_path):
     second = _ckpt(next(tmp_path.rglob("checkpoint_final.pth")))["network_weights"]
     assert first.keys() == second.keys()
     for k in first:
-        torch.testing.assert_close(first[k], second[k], msg=lambda m: f"{k}: {m}")
+        if first[k].is_floating_point():
+            torch.testing.assert_close(first[k], second[k], rtol=0, atol=2e-3, msg=lambda m: f"{k}: {m}")
+        else:
+            assert torch.equal(first[k], second[k]), k
 
 
 def test_continue_after_final_keeps_heads(smoke_model):
