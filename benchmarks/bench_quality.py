@@ -9,7 +9,8 @@ them with ``evaluation/survival_eval.py`` beside:
   postoperative, the same ClinicalPreprocessor), fitted on the development cohort;
 * ``coxph_radiomics``: CoxPH on the clinical variables plus log tumour volume and mean tumour ADC,
   measured on the reference masks of the development cohort and on the *predicted* segmentation
-  (of the first MultiRec model) of the test cases;
+  (of the first MultiRec model of the same seed) of the test cases; ``coxph_image_radiomics``:
+  the same without the clinical variables (the comparator of the image-only models);
 * ``nnUNetTrainer_quality``: plain nnU-Net at the same budget, for the Dice reference.
 
 * ``oracle_image`` / ``oracle_volume``: the generator's image terms alone (log volume and tumour
@@ -138,6 +139,8 @@ def coxph_baselines(ds: dict, seg_dir_for_test: Path, work: Path) -> dict:
     radiomics_test = _tumour_measures(ds["raw"] / "imagesTs", seg_dir_for_test, test_ids)
     fill = radiomics_dev.median()
     designs = {"coxph_clinical": (x.loc[dev.index], x.loc[test_ids]),
+               # the image-only counterpart: what hand-made radiomics reaches from the same images
+               "coxph_image_radiomics": (radiomics_dev.fillna(fill), radiomics_test.fillna(fill)),
                "coxph_radiomics": (pd.concat([x.loc[dev.index], radiomics_dev.fillna(fill)], axis=1),
                                    pd.concat([x.loc[test_ids], radiomics_test.fillna(fill)], axis=1))}
     for name, (x_dev, x_test) in designs.items():

@@ -292,7 +292,7 @@ class MultiTaskUNet(nn.Module):
             quantities = self.standardised_quantities(prob, img)
         if self.image_features == "global_pool":
             m = torch.cat([r["tumour_mass"].reshape(-1) for r in tile_records]).double()
-            feats = torch.cat([r["pooled"].reshape(m.shape[0], -1) for r in tile_records]).double()
+            feats = torch.cat([r["pooled"].reshape(r["tumour_mass"].numel(), -1) for r in tile_records]).double()
             w = m / m.sum() if float(m.sum()) >= 1.0 else torch.full_like(m, 1.0 / m.shape[0])
             pooled = (w[:, None] * feats).sum(0, keepdim=True).float()
         elif self.image_features != "tumour_quantities":

@@ -136,3 +136,29 @@ def test_quantity_features_do_not_send_gradients_into_the_unet():
     (heads["log_risk"].sum() + heads["cls_logit"].sum()).backward()
     assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in net.segmentation_parameters())
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in net.head_parameters())
+
+
+@pytest.mark.parametrize("features", ["global_pool", "tumour_quantities+tumour_pool"])
+def test_patient_level_pooling_over_several_tiles(features):
+    """Several tiles (records of different batch sizes): pooled features combine by tumour mass."""
+    torch.manual_seed(1)
+    net = MultiTaskUNet(_plain(2, ds=False), None, n_clinical_features=0, clinical_state_size=1,
+                        survival_head="cox", image_features=features).eval()
+    width = 2 * 32 if features == "global_pool" else 32
+    f = torch.randn(3, width)
+    if features == "global_pool":
+        recs = [{"tumour_mass": torch.tensor([1.0]), "pooled": f[:1]},
+                {"tumour_mass": torch.tensor([3.0, 0.0]), "pooled": f[1:]}]
+        expected_pool = (1.0 * f[0] + 3.0 * f[1]) / 4.0
+    else:
+        recs = [{"tumour_mass": torch.tensor([1.0]), "pool_num": f[:1], "pool_den": torch.tensor([2.0])},
+                {"tumour_mass": torch.tensor([3.0, 0.0]), "pool_num": f[1:], "pool_den": torch.tensor([6.0, 0.0])}]
+        expected_pool = f.sum(0) / 8.0
+    logits = torch.randn(2, 8, 32, 32)
+    image = torch.randn(2, 8, 32, 32)
+    with torch.no_grad():
+        heads, _ = net.patient_heads(logits, image, recs, None)
+        from nnunet_multitask.network import foreground_probability
+        q = net.standardised_quantities(foreground_probability(logits[None]), image[None])
+        expected = net.heads(net.image_feature_vector(q, expected_pool[None]), None)
+    torch.testing.assert_close(heads["log_risk"], expected["log_risk"], rtol=1e-5, atol=1e-5)
