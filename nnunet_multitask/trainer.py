@@ -625,7 +625,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
         c, auc = self.validation_metrics(preds)
         summary = {"n_cases": len(table), "c_index": None if np.isnan(c) else c,
                    f"auc_{int(self.horizon)}m": None if np.isnan(auc) else auc,
-                   "note": "patient-level, tumour-mass-weighted sliding-window predictions with mirroring; "
+                   "note": "patient-level predictions (aggregation.patient_level_prediction: heads once on the "
+                           "tumour-level features of the stitched sliding-window segmentation, with mirroring); "
                            "validation fold only"}
         with open(join(out_dir, "head_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
