@@ -130,15 +130,10 @@ def main(argv=None) -> int:
     ds = prepare(root / "dataset", a.patients, a.seed)
     log(f"{CONFIG}: patch {ds['patch']} (3d_fullres plans the whole image: {ds['image_patch']})")
     mt = json.loads((ds["raw"] / "dataset.json").read_text())["multitask"]
-    from dataset_conversion.oracle import oracle_predictions
-    from nnunet_multitask.dataset import held_out_cases
+    from benchmarks.bench_quality import _oracles
     work = root / "eval_inputs"
     work.mkdir(parents=True, exist_ok=True)
-    oracle_paths = {}
-    for name, terms in (("oracle", "all"), ("oracle_image", "image"), ("oracle_volume", "volume")):
-        o = oracle_predictions(ds["cohort"], ds["raw"], HORIZON, terms=terms)
-        o[o.case_id.isin(held_out_cases(mt))].to_csv(work / f"{name}.csv", index=False)
-        oracle_paths[name] = work / f"{name}.csv"
+    oracle_paths = _oracles(ds, work, mt)
     per_seed = {}
     for s in [int(x) for x in a.seeds.split(",") if x != ""]:
         r = train_and_predict(ds, s)

@@ -75,6 +75,12 @@ def tumour_quantities(prob: torch.Tensor, image: torch.Tensor, voxel_volume_mm3:
     return torch.cat([volume[:, None], means], 1)
 
 
+def global_pool(features: torch.Tensor) -> torch.Tensor:
+    """Average- and max-pooled features over all voxels, [B, F, *sp] -> [B, 2F] (the first design)."""
+    dims = tuple(range(2, features.ndim))
+    return torch.cat([features.mean(dim=dims), features.amax(dim=dims)], dim=1)
+
+
 def weighted_pool_sums(features: torch.Tensor, prob: torch.Tensor):
     """(sum of w * f over voxels [B, F], sum of w [B]) with ``w`` the tumour probability averaged
     down to the feature map's resolution (so the weights of a tile add up over tiles)."""
@@ -213,8 +219,7 @@ class MultiTaskUNet(nn.Module):
         """Image features of one patch (a patch that shows the whole image is one patient)."""
         quantities = pooled = None
         if self.image_features == "global_pool":
-            dims = tuple(range(2, bottleneck.ndim))
-            pooled = torch.cat([bottleneck.mean(dim=dims), bottleneck.amax(dim=dims)], dim=1)
+            pooled = global_pool(bottleneck)
         else:
             prob = foreground_probability(seg_full.detach())
             quantities = self.standardised_quantities(prob, x)
@@ -250,8 +255,7 @@ class MultiTaskUNet(nn.Module):
         prob = foreground_probability(seg_full)
         rec = {"tumour_mass": prob.flatten(1).sum(1)}
         if self.image_features == "global_pool":
-            dims = tuple(range(2, bottleneck.ndim))
-            rec["pooled"] = torch.cat([bottleneck.mean(dim=dims), bottleneck.amax(dim=dims)], dim=1).float()
+            rec["pooled"] = global_pool(bottleneck).float()
         elif self.image_features != "tumour_quantities":
             rec["pool_num"], rec["pool_den"] = weighted_pool_sums(bottleneck, prob)
         return {k: v.detach() for k, v in rec.items()}
