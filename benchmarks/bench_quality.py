@@ -76,7 +76,7 @@ def prepare(root: Path, patients: int, seed: int, shape) -> dict:
     return {"env": env, "raw": raw, "pre": pre, "cohort": root / "cohort", "root": root}
 
 
-def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int) -> dict:
+def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int, device: str = "cpu") -> dict:
     results = ds["root"] / f"nnUNet_results_seed{seed}"
     folder = results / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
     out = ds["root"] / f"predictions_seed{seed}" / trainer
@@ -85,8 +85,8 @@ def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int) -> dic
     if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
         log(f"training {trainer} (fold 0, seed {seed})")
         t0 = time.perf_counter()
-        run_command([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
-                    training_env(env, 1), timeout=4 * 3600)
+        run_command([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", device],
+                    training_env(env, 1 if device == "cpu" else 2), timeout=4 * 3600)
         timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
     # a reused training reports the time measured when it ran (None if it predates this record)
     train_s = float(timing.read_text()) if timing.is_file() else None
@@ -95,7 +95,7 @@ def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int) -> dic
         log(f"predicting the test sets with {trainer} (seed {seed})")
         # mirroring off for every model alike: 8x fewer forward passes on the CPU
         run_command([bin_of(tool), "-i", ds["raw"] / "imagesTs", "-o", out, "-d", DATASET_ID, "-c", "3d_fullres",
-                     "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"],
+                     "-tr", trainer, "-f", "0", "-device", device, "-npp", "1", "-nps", "1", "--disable_tta"],
                     env, timeout=3600)
     return {"trainer": trainer, "seed": seed, "train_seconds": train_s, "predictions": out}
 
@@ -196,6 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(ALL_MODELS), help="comma-separated MultiRec quality trainers")
     p.add_argument("--seeds", default="0,1,2", help="training seeds (MULTIREC_SEED), comma-separated")
     p.add_argument("--no-nnunet", action="store_true", help="skip the plain nnUNetTrainer Dice reference")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="nnUNetv2_train / predict -device")
     p.add_argument("--train-only", action="store_true", help="train and predict, no evaluation")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--out", default=None)
@@ -206,8 +207,8 @@ def main(argv=None) -> int:
     seeds = [int(x) for x in a.seeds.split(",") if x != ""]
     models = [m for m in a.models.split(",") if m]
 
-    runs = {s: [train_and_predict(ds, m, True, s) for m in models] for s in seeds}
-    nnunet = None if a.no_nnunet else train_and_predict(ds, "nnUNetTrainer_quality", False, seeds[0])
+    runs = {s: [train_and_predict(ds, m, True, s, a.device) for m in models] for s in seeds}
+    nnunet = None if a.no_nnunet else train_and_predict(ds, "nnUNetTrainer_quality", False, seeds[0], a.device)
     if a.train_only:
         log("trainings and predictions done (--train-only)")
         return 0
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
         nnunet_dice = {st: (float(np.mean(v)) if v else None) for st, v in vals.items()}
 
     summary = _summary_over_seeds(per_seed)
-    result = {"benchmark": "quality", "command": command_line(), "machine": machine_info("cpu"),
+    result = {"benchmark": "quality", "command": command_line(), "machine": machine_info(a.device),
               "load_average_start": load_start, "load_average_end": load_average(),
               "dataset": {"id": DATASET_ID, "patients": a.patients, "seed": a.seed, "shape": a.shape,
                           "internal_test": len(mt["internal_test"]), "external_test": len(mt["external_test"])},

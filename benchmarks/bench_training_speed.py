@@ -46,13 +46,13 @@ TARGET_RATIO = 1.05
 
 
 # ------------------------------------------------------------------------------------ worker side
-def _build_trainer(name: str, device_name: str):
+def _build_trainer(name: str, device_name: str, size: str = "bench"):
     """A trainer as ``nnUNetv2_train`` builds it, started up to its first training step."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
     device = torch.device(device_name)
-    trainer = get_trainer_from_args(str(common.BENCH_DATASET_ID), common.CONFIGURATION, 0, name, "nnUNetPlans",
-                                    device=device)
+    trainer = get_trainer_from_args(str(common.bench_dataset(size)["id"]), common.CONFIGURATION, 0, name,
+                                    "nnUNetPlans", device=device)
     trainer.on_train_start()
     trainer.on_train_epoch_start()
     return trainer
@@ -85,7 +85,7 @@ def worker_timing(args) -> dict:
     import torch
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count())  # as nnUNetv2_train does for -device cpu
-    trainers = {name: _build_trainer(name, args.device) for name in TRAINERS}
+    trainers = {name: _build_trainer(name, args.device, args.size) for name in TRAINERS}
     n_params = {name: sum(p.numel() for p in t.network.parameters()) for name, t in trainers.items()}
     for t in trainers.values():
         _timed_steps(t, args.warmup, args.device)
@@ -111,11 +111,65 @@ def worker_timing(args) -> dict:
             "fixed_step_cpu_s": {k: [round(x[2], 4) for x in v] for k, v in fixed.items()}}
 
 
+#: the epoch phases of nnU-Net's ``run_training`` loop, timed separately by :func:`worker_epochs`
+PHASES = ("epoch_start", "train_load", "train_step", "train_epoch_end", "val_epoch_start", "val_load", "val_step",
+          "val_epoch_end", "epoch_end")
+
+
+def _timed_epoch(trainer, device_name: str) -> dict:
+    """One epoch of nnU-Net's ``run_training`` loop (same calls, same order) with each phase timed."""
+    import torch
+    t = dict.fromkeys(PHASES, 0.0)
+
+    def clock(phase, fn, *a):
+        _sync(device_name)
+        t0 = time.perf_counter()
+        out = fn(*a)
+        _sync(device_name)
+        t[phase] += time.perf_counter() - t0
+        return out
+
+    clock("epoch_start", lambda: (trainer.on_epoch_start(), trainer.on_train_epoch_start()))
+    outs = []
+    for _ in range(trainer.num_iterations_per_epoch):
+        batch = clock("train_load", next, trainer.dataloader_train)
+        outs.append(clock("train_step", trainer.train_step, batch))
+    clock("train_epoch_end", trainer.on_train_epoch_end, outs)
+    with torch.no_grad():
+        clock("val_epoch_start", trainer.on_validation_epoch_start)
+        vals = []
+        for _ in range(trainer.num_val_iterations_per_epoch):
+            batch = clock("val_load", next, trainer.dataloader_val)
+            vals.append(clock("val_step", trainer.validation_step, batch))
+        clock("val_epoch_end", trainer.on_validation_epoch_end, vals)
+    clock("epoch_end", trainer.on_epoch_end)
+    t["epoch"] = sum(t[p] for p in PHASES)
+    return t
+
+
+def worker_epochs(args) -> dict:
+    """Whole epochs of both trainers, alternating (A B, B A, ...), each phase timed: where an epoch's
+    time goes beyond the training step (validation, the epoch-end bookkeeping, checkpoints, plots)."""
+    import torch
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count())
+    trainers = {name: _build_trainer(name, args.device, args.size) for name in TRAINERS}
+    for tr in trainers.values():
+        tr.num_iterations_per_epoch = args.epoch_iterations
+        tr.num_val_iterations_per_epoch = args.epoch_val_iterations
+        _timed_epoch(tr, args.device)  # warm-up epoch
+    out = {name: [] for name in TRAINERS}
+    for e in range(args.epochs):
+        for name in (TRAINERS if e % 2 == 0 else TRAINERS[::-1]):
+            out[name].append({k: round(v, 4) for k, v in _timed_epoch(trainers[name], args.device).items()})
+    return out
+
+
 def worker_memory(args) -> dict:
     import torch
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count())
-    trainer = _build_trainer(args.trainer, args.device)
+    trainer = _build_trainer(args.trainer, args.device, args.size)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
@@ -133,10 +187,13 @@ def worker_memory(args) -> dict:
 
 # ------------------------------------------------------------------------------------ driver side
 def _run_worker(kind: str, args, env, extra=()):
-    out = common.BENCH_RUN / "training_speed" / f"worker_{kind}{'_' + extra[1] if extra else ''}.json"
+    out = common.BENCH_RUN / "training_speed" / f"worker_{args.size}_{kind}{'_' + extra[1] if extra else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--worker-out", str(out),
-           "--device", args.device, "--warmup", str(args.warmup), "--blocks", str(args.blocks),
-           "--iters-per-block", str(args.iters_per_block), "--memory-iters", str(args.memory_iters), *extra]
+           "--device", args.device, "--size", args.size, "--warmup", str(args.warmup), "--blocks", str(args.blocks),
+           "--iters-per-block", str(args.iters_per_block), "--memory-iters", str(args.memory_iters),
+           "--epochs", str(args.epochs), "--epoch-iterations", str(args.epoch_iterations),
+           "--epoch-val-iterations", str(args.epoch_val_iterations), *extra]
     common.run_command(cmd, env, timeout=3600)
     return json.loads(out.read_text())
 
@@ -151,28 +208,40 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=None, help="result JSON (default bench_run/training_speed.json)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--size", default="bench", choices=sorted(common.BENCH_SIZES),
+                        help="bench: 80x80x16 images (patch 16x80x80); demo: make demo's 48x48x12 images")
+    parser.add_argument("--compile", action="store_true",
+                        help="nnUNet_compile=t (torch.compile; nnU-Net only compiles on CUDA); raise --warmup")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations per trainer first")
     parser.add_argument("--blocks", type=int, default=4, help="alternating timing blocks")
     parser.add_argument("--iters-per-block", type=int, default=1)
     parser.add_argument("--memory-iters", type=int, default=2, help="steps in each memory process")
-    parser.add_argument("--worker", choices=["timing", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--epochs", type=int, default=0,
+                        help="also time this many whole epochs per trainer, phase by phase (0: skip)")
+    parser.add_argument("--epoch-iterations", type=int, default=12, help="training iterations per timed epoch "
+                        "(make demo's 12)")
+    parser.add_argument("--epoch-val-iterations", type=int, default=4, help="validation iterations per timed "
+                        "epoch (make demo's 4)")
+    parser.add_argument("--worker", choices=["timing", "memory", "epochs"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     parser.add_argument("--trainer", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        result = worker_timing(args) if args.worker == "timing" else worker_memory(args)
+        result = {"timing": worker_timing, "memory": worker_memory, "epochs": worker_epochs}[args.worker](args)
         Path(args.worker_out).write_text(json.dumps(result, indent=2))
         return 0
 
     started = time.perf_counter()
     load_start = common.load_average()
-    data = common.prepare_bench_dataset()
+    data = common.prepare_bench_dataset(size=args.size)
     # own results root: the trainers' output folders must not mix with the inference benchmark's models
     env = common.training_env(common.nnunet_env(data["root"], results=common.BENCH_RUN / "training_speed" /
-                                                "nnUNet_results"), n_proc_da=0)
+                                                f"nnUNet_results_{args.size}"), n_proc_da=0)
+    env["nnUNet_compile"] = "t" if args.compile else "f"
     timing = _run_worker("timing", args, env)
     memory = {name: _run_worker("memory", args, env, extra=("--trainer", name)) for name in TRAINERS}
+    epochs = _run_worker("epochs", args, env) if args.epochs > 0 else None
     load_end = common.load_average()
 
     iteration = {n: [a + b for a, b in zip(timing["loader_load_s"][n], timing["loader_step_s"][n])] for n in TRAINERS}
@@ -185,6 +254,9 @@ def main(argv=None) -> int:
     mr, nn = "MultiRecTrainer", "nnUNetTrainer"
     ratios = {k: round(common.ratio(v[mr]["median"], v[nn]["median"]), 4) for k, v in stats.items()}
     mem_key = "cuda_max_allocated_mib" if args.device == "cuda" else "peak_rss_mib"
+    if epochs is not None:
+        ratios["epoch_s"] = round(common.ratio(common.median([e["epoch"] for e in epochs[mr]]),
+                                               common.median([e["epoch"] for e in epochs[nn]])), 4)
     ratios["peak_memory"] = round(common.ratio(memory[mr][mem_key], memory[nn][mem_key]), 4)
     if args.device == "cpu":
         ratios["peak_rss_delta"] = round(common.ratio(memory[mr]["peak_rss_delta_mib"],
@@ -195,9 +267,9 @@ def main(argv=None) -> int:
         "command": common.command_line(),
         "machine": common.machine_info(args.device),
         "load_average_start": load_start, "load_average_end": load_end,
-        "dataset": {"name": common.BENCH_DATASET_NAME, "patients": data["patients"], "seed": data["seed"],
+        "dataset": {"name": data["dataset_name"], "size": args.size, "patients": data["patients"], "seed": data["seed"],
                     "fold": 0, **common.plan_summary(data["preprocessed"])},
-        "settings": {"warmup": args.warmup, "blocks": args.blocks, "iters_per_block": args.iters_per_block,
+        "settings": {"compile": args.compile, "amp": args.device == "cuda", "warmup": args.warmup, "blocks": args.blocks, "iters_per_block": args.iters_per_block,
                      "memory_iters": args.memory_iters, "nnUNet_n_proc_DA": 0,
                      "torch_threads": timing["torch_threads"]},
         "n_parameters": timing["n_parameters"],
@@ -205,18 +277,23 @@ def main(argv=None) -> int:
         "timing_raw": {k: timing[k] for k in ("loader_load_s", "loader_step_s", "loader_step_cpu_s", "fixed_step_s",
                                               "fixed_step_cpu_s")},
         "memory": memory,
+        "epoch_phases_s": None if epochs is None else {
+            n: {k: _summary([e[k] for e in epochs[n]]) for k in (*PHASES, "epoch")} for n in TRAINERS},
+        "epoch_phases_raw": epochs,
         "ratios_multirec_over_nnunet": ratios,
         "target_ratio": TARGET_RATIO,
         "target_met": {k: ratios[k] <= TARGET_RATIO for k in checked},
         "bench_seconds": round(time.perf_counter() - started, 1),
     }
-    path = common.write_result(args.out, result, "training_speed")
+    path = common.write_result(args.out, result, "training_speed" + ("" if args.size == "bench" else f"_{args.size}")
+                               + ("_compile" if args.compile else ""))
     it = stats["iteration_with_loader_s"]
     fx = stats["fixed_batch_step_s"]
     print(f"[a] training s/iter (median, with loader): nnU-Net {it[nn]['median']:.3f}, MultiRec {it[mr]['median']:.3f} "
           f"(x{ratios['iteration_with_loader_s']:.3f}); fixed batch x{ratios['fixed_batch_step_s']:.3f} wall, "
           f"x{ratios['fixed_batch_step_cpu_s']:.3f} CPU; "
-          f"peak memory x{ratios['peak_memory']:.3f}; target <= {TARGET_RATIO}: "
+          f"peak memory x{ratios['peak_memory']:.3f}; "
+          + (f"epoch x{ratios['epoch_s']:.3f}; " if "epoch_s" in ratios else "") + f"target <= {TARGET_RATIO}: "
           f"{'met' if all(result['target_met'].values()) else 'MISSED'}; load {load_start[0]}->{load_end[0]}; {path}")
     return 0
 

@@ -28,6 +28,20 @@ BENCH_DATASET_NAME = f"Dataset{BENCH_DATASET_ID}_{BENCH_DATASET_LABEL}"
 BENCH_PATIENTS = 36
 BENCH_SEED = 7
 CONFIGURATION = "3d_fullres"
+#: bench dataset sizes: ``bench`` (rows a and b, default shape 80 x 80 x 16) and ``demo`` (the
+#: 48 x 48 x 12 images of ``make demo``, where the patch is the whole image)
+BENCH_SIZES = {"bench": {"id": BENCH_DATASET_ID, "label": BENCH_DATASET_LABEL, "shape": None, "folder": "dataset"},
+               "demo": {"id": 506, "label": "LARCBENCHDEMO", "shape": [48, 48, 12], "folder": "dataset_demo"}}
+
+
+def bench_dataset(size: str = "bench") -> dict:
+    """Id, label, nnU-Net name, image shape and root folder of a bench dataset size."""
+    if size not in BENCH_SIZES:
+        raise ValueError(f"unknown bench size {size!r}; choose one of {sorted(BENCH_SIZES)}")
+    d = dict(BENCH_SIZES[size])
+    d["name"] = f"Dataset{d['id']}_{d['label']}"
+    d["root"] = BENCH_RUN / d.pop("folder")
+    return d
 
 
 # ------------------------------------------------------------------------------------ machine
@@ -94,7 +108,7 @@ def nnunet_env(root: Path, results: Optional[Path] = None) -> Dict[str, str]:
         "nnUNet_results": str(results if results is not None else root / "nnUNet_results"),
         "nnUNet_extTrainer": str(REPO / "trainers"),
         "nnUNet_compile": "f",
-        "nnUNet_def_n_proc": "2",
+        "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc", "2"),
         "PYTHONPATH": os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
     })
     return env
@@ -145,23 +159,28 @@ def bench_root() -> Path:
 
 
 def prepare_bench_dataset(root: Optional[Path] = None, patients: int = BENCH_PATIENTS, seed: int = BENCH_SEED,
-                          log=print) -> dict:
-    """Synthetic cohort (default image shape 80 x 80 x 16) -> ``convert_larc`` -> nnU-Net planning and
-    preprocessing of 3d_fullres, once: a later call with the same size and seed reuses it.
+                          log=print, size: str = "bench") -> dict:
+    """Synthetic cohort (image shape of ``size``: 80 x 80 x 16 for ``bench``, 48 x 48 x 12 for
+    ``demo``) -> ``convert_larc`` -> nnU-Net planning and preprocessing of 3d_fullres, once: a later
+    call with the same size and seed reuses it.
 
     Returns
     -------
     dict
         ``root``, ``env`` (planning env), ``raw`` (raw dataset folder), ``preprocessed`` (folder),
-        ``patients``, ``seed`` and ``prepare_seconds`` (0.0 when reused).
+        ``patients``, ``seed``, ``dataset_id``, ``dataset_name`` and ``prepare_seconds`` (0.0 when reused).
     """
-    root = Path(root) if root is not None else bench_root()
+    ds = bench_dataset(size)
+    root = Path(root) if root is not None else ds["root"]
     env = nnunet_env(root)
     stamp = root / "prepared.json"
-    wanted = {"patients": patients, "seed": seed, "dataset": BENCH_DATASET_NAME}
-    raw = root / "nnUNet_raw" / BENCH_DATASET_NAME
-    pre = root / "nnUNet_preprocessed" / BENCH_DATASET_NAME
-    info = {"root": root, "env": env, "raw": raw, "preprocessed": pre, "patients": patients, "seed": seed}
+    wanted = {"patients": patients, "seed": seed, "dataset": ds["name"], "shape": ds["shape"]}
+    if ds["shape"] is None:
+        wanted.pop("shape")  # the stamp of a bench dataset prepared before sizes existed stays valid
+    raw = root / "nnUNet_raw" / ds["name"]
+    pre = root / "nnUNet_preprocessed" / ds["name"]
+    info = {"root": root, "env": env, "raw": raw, "preprocessed": pre, "patients": patients, "seed": seed,
+            "dataset_id": ds["id"], "dataset_name": ds["name"]}
     if stamp.is_file() and json.loads(stamp.read_text()).get("key") == wanted and (pre / "nnUNetPlans.json").is_file():
         return dict(info, prepare_seconds=0.0)
     if root.exists():
@@ -169,14 +188,15 @@ def prepare_bench_dataset(root: Optional[Path] = None, patients: int = BENCH_PAT
         shutil.rmtree(root)  # a half-made or differently sized dataset: start again
     root.mkdir(parents=True)
     start = time.perf_counter()
-    log(f"[bench] preparing {BENCH_DATASET_NAME}: {patients} synthetic patients (seed {seed}) under {root}")
+    log(f"[bench] preparing {ds['name']}: {patients} synthetic patients (seed {seed}) under {root}")
     cohort = root / "cohort"
+    shape = ["--shape", *ds["shape"]] if ds["shape"] else []
     run_command([sys.executable, "-m", "dataset_conversion.synthetic_larc", "--out", cohort, "--patients", patients,
-                 "--seed", seed, "--no-progress"], env)
+                 "--seed", seed, *shape, "--no-progress"], env)
     run_command([sys.executable, "-m", "dataset_conversion.convert_larc", "--cohort", cohort, "--dataset-id",
-                 BENCH_DATASET_ID, "--name", BENCH_DATASET_LABEL], env)
-    run_command([bin_of("nnUNetv2_plan_and_preprocess"), "-d", BENCH_DATASET_ID, "-c", CONFIGURATION, "-np", "2",
-                 "--verify_dataset_integrity"], env)
+                 ds["id"], "--name", ds["label"]], env)
+    run_command([bin_of("nnUNetv2_plan_and_preprocess"), "-d", ds["id"], "-c", CONFIGURATION, "-np",
+                 os.environ.get("nnUNet_def_n_proc", "2"), "--verify_dataset_integrity"], env)
     seconds = time.perf_counter() - start
     stamp.write_text(json.dumps({"key": wanted, "prepare_seconds": seconds}, indent=2))
     log(f"[bench] dataset ready in {seconds:.0f} s")

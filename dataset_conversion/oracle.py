@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataset_conversion.synthetic_larc import (ADC_POPULATION_MEAN, ADC_POPULATION_SD, COEFFICIENTS, VOLUME_LOG_SD,
-                                               VOLUME_MEDIAN_ML, WEIBULL_SCALE_MONTHS, WEIBULL_SHAPE)
+from dataset_conversion.synthetic_larc import (ADC_POPULATION_MEAN, ADC_POPULATION_SD, BASELINE_LP_OFFSET,
+                                               COEFFICIENTS, VOLUME_LOG_SD, VOLUME_MEDIAN_ML, WEIBULL_SCALE_MONTHS,
+                                               WEIBULL_SHAPE)
 
 SURVIVAL_TIMES = (12, 24, 36, 60)
 ORACLE_TERMS = ("all", "image", "volume")
@@ -42,6 +43,17 @@ def image_terms(volume_ml, mean_adc, terms: str = "image") -> np.ndarray:
     if terms != "image":
         raise ValueError(f"terms must be 'image' or 'volume', got {terms!r}")
     return vol + COEFFICIENTS["adc_std"] * (np.asarray(mean_adc, dtype=float) - ADC_POPULATION_MEAN) / ADC_POPULATION_SD
+
+
+def oracle_survival(linear_predictor, t) -> np.ndarray:
+    """The generator's survival function ``S(t | lp) = exp(-(t/lam)^k * exp(lp - offset))``.
+
+    The same Weibull baseline and the same centring offset (``BASELINE_LP_OFFSET``) as
+    ``synthetic_larc.sample_outcome`` draws event times with, so the oracle's probabilities are the
+    truth, not only its ranking.
+    """
+    lp = np.asarray(linear_predictor, dtype=float)
+    return np.exp(-((float(t) / WEIBULL_SCALE_MONTHS) ** WEIBULL_SHAPE) * np.exp(lp - BASELINE_LP_OFFSET))
 
 
 def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0, terms: str = "all") -> pd.DataFrame:
@@ -62,7 +74,7 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0, terms
         lp = part - part.mean() + lp.mean()
 
     def survival(t):
-        return np.exp(-((t / WEIBULL_SCALE_MONTHS) ** WEIBULL_SHAPE) * np.exp(lp))
+        return oracle_survival(lp, t)
 
     out = pd.DataFrame({"case_id": merged["case_id"], "risk_score": lp,
                         f"p_recurrence_{int(horizon)}m": 1.0 - survival(horizon)})

@@ -414,20 +414,27 @@ class MultiRecTrainerBase(nnUNetTrainer):
 
     def _batch_context(self, keys) -> dict:
         rows = [self._case_data[str(k)] for k in keys]
-        dev = self.device
-        return {"clinical": torch.as_tensor(np.stack([r["clinical"] for r in rows]), device=dev),
-                "time": torch.tensor([r["time"] for r in rows], dtype=torch.float32, device=dev),
-                "event": torch.tensor([r["event"] for r in rows], dtype=torch.float32, device=dev),
-                "label": torch.tensor([r["label"] for r in rows], dtype=torch.float32, device=dev),
-                "keys": [str(k) for k in keys]}
+        # one host-to-device copy per step (on a GPU, every small copy is a synchronisation)
+        table = np.concatenate([np.stack([r["clinical"] for r in rows]).reshape(len(rows), -1),
+                                np.array([[r["time"], r["event"], r["label"],
+                                           self._case_tumour_voxels.get(str(k), 0.0)]
+                                          for r, k in zip(rows, keys)], dtype=np.float32)], axis=1)
+        table = torch.from_numpy(table.astype(np.float32)).to(self.device, non_blocking=True)
+        n = table.shape[1] - 4
+        return {"clinical": table[:, :n], "time": table[:, n], "event": table[:, n + 1], "label": table[:, n + 2],
+                "tumour_voxels": table[:, n + 3], "keys": [str(k) for k in keys]}
 
     # ------------------------------------------------------------------ losses
-    def head_supervision_weights(self, target: torch.Tensor, keys: Sequence[str]) -> torch.Tensor:
+    def head_supervision_weights(self, target: torch.Tensor, keys: Sequence[str],
+                                 tumour_voxels: Optional[torch.Tensor] = None) -> torch.Tensor:
         """1 for a patch that shows the case's tumour (at least ``min_tumour_fraction`` of its
-        reference voxels; any tumour voxel when that is 0 or the count is unknown), else 0."""
+        reference voxels; any tumour voxel when that is 0 or the count is unknown), else 0.
+        ``tumour_voxels``: the cases' reference voxel counts, already on the device (else looked up)."""
         voxels = (target > 0).flatten(1).sum(1).float()
-        need = torch.tensor([max(1.0, self.min_tumour_fraction * self._case_tumour_voxels.get(str(k), 0.0))
-                             for k in keys], device=voxels.device)
+        if tumour_voxels is None:
+            tumour_voxels = torch.tensor([self._case_tumour_voxels.get(str(k), 0.0) for k in keys],
+                                         device=voxels.device)
+        need = torch.clamp(self.min_tumour_fraction * tumour_voxels.to(voxels.device, torch.float32), min=1.0)
         return (voxels >= need).float()
 
     def head_losses(self, target):
@@ -436,7 +443,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         net = self.mt_network()
         heads = net.head_sink[-1]
         t0 = target[0] if isinstance(target, (list, tuple)) else target
-        has_tumour = self.head_supervision_weights(t0, ctx["keys"])
+        has_tumour = self.head_supervision_weights(t0, ctx["keys"], ctx.get("tumour_voxels"))
         cls_loss = L.masked_bce_with_logits(heads["cls_logit"].float(), ctx["label"], weights=has_tumour)
         time_, event = ctx["time"], ctx["event"]
         if net.survival_head == "cox":
@@ -480,8 +487,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
             out = self._optimisation_step(batch)
         finally:
             self._leave_step()
-        parts = self.loss.last
-        out.update({k: parts[k].cpu().numpy() for k in ("seg", "cls", "surv")})
         return out
 
     def _optimisation_step(self, batch: dict) -> dict:
@@ -490,7 +495,10 @@ class MultiRecTrainerBase(nnUNetTrainer):
         optimiser: under AMP both must be unscaled before clipping (PyTorch's multi-optimiser recipe)."""
         heads = self.head_optimizer_instance
         if heads is None:
-            return nnUNetTrainer.train_step(self, batch)
+            out = nnUNetTrainer.train_step(self, batch)
+            parts = self.loss.last
+            out.update({k: parts[k].cpu().numpy() for k in ("seg", "cls", "surv")})
+            return out
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
@@ -513,7 +521,10 @@ class MultiRecTrainerBase(nnUNetTrainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
             heads.step()
-        return {"loss": loss.detach().cpu().numpy()}
+        parts = self.loss.last
+        # one device-to-host copy for the four logged numbers (each .cpu() is a synchronisation)
+        values = torch.stack([loss.detach().float()] + [parts[k].float() for k in ("seg", "cls", "surv")]).cpu().numpy()
+        return {"loss": values[0], "seg": values[1], "cls": values[2], "surv": values[3]}
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)

@@ -44,3 +44,36 @@ def test_partial_oracles_rank_by_the_image_terms(preprocessed_dataset):
     assert d[0] == pytest.approx(COEFFICIENTS["log_volume_std"] * np.log(2) / 0.6)
     with pytest.raises(ValueError, match="terms"):
         oracle_predictions(cohort, raw, terms="clinical")
+
+
+def test_oracle_survival_is_calibrated_against_the_generator():
+    """Issue 10.1: the oracle's S(36) is the generator's. Over a 2,000-patient cohort drawn by the
+    generator itself, the mean oracle S(36) lies inside the Kaplan-Meier S(36)'s 95 % interval, and a
+    Cox model of the drawn outcomes on the oracle's log relative hazard has slope near 1."""
+    from sksurv.linear_model import CoxPHSurvivalAnalysis
+    from sksurv.nonparametric import kaplan_meier_estimator
+    from sksurv.util import Surv
+    from dataset_conversion.oracle import oracle_survival
+    from dataset_conversion.synthetic_larc import BASELINE_LP_OFFSET, sample_outcome_model
+
+    cohort = sample_outcome_model(2000, seed=123)
+    event = cohort["dfs_event"].to_numpy().astype(bool)
+    time = cohort["dfs_months"].to_numpy(dtype=float)
+    lp = cohort["linear_predictor"].to_numpy(dtype=float)
+    t, s, (lo, hi) = kaplan_meier_estimator(event, time, conf_type="log-log")
+    i = np.searchsorted(t, 36.0, side="right") - 1
+    km, km_lo, km_hi = s[i], lo[i], hi[i]
+    mean_oracle = float(oracle_survival(lp, 36.0).mean())
+    assert km_lo <= mean_oracle <= km_hi, (mean_oracle, km, km_lo, km_hi)
+    # the uncentred exp(lp) (the fault this test guards against) lands far outside
+    uncentred = float(oracle_survival(lp + BASELINE_LP_OFFSET, 36.0).mean())
+    assert not km_lo <= uncentred <= km_hi
+    slope = CoxPHSurvivalAnalysis().fit((lp - BASELINE_LP_OFFSET)[:, None], Surv.from_arrays(event, time)).coef_[0]
+    assert abs(slope - 1.0) < 0.15, slope
+
+
+def test_oracle_file_uses_the_generator_survival(preprocessed_dataset):
+    from dataset_conversion.oracle import oracle_survival
+    pred = oracle_predictions(preprocessed_dataset["cohort"], preprocessed_dataset["raw"])
+    np.testing.assert_allclose(pred["surv_prob_36m"], oracle_survival(pred["risk_score"], 36.0))
+    np.testing.assert_allclose(pred["surv_prob_12m"], oracle_survival(pred["risk_score"], 12.0))

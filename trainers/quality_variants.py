@@ -75,6 +75,19 @@ class MultiRecTrainer_MRI_quality_quantities_pool(MultiRecTrainer_MRI_quality):
     image_features = "tumour_quantities+tumour_pool"
 
 
+# ---------------------------------------------------------------------------------------------
+# budget: is the image-only model's gap to its oracle a matter of training length? (GPU check)
+
+class MultiRecTrainer_MRI_quality_x4(MultiRecTrainer_MRI_quality):
+    """Four times the quality budget (100 epochs), everything else as ``MultiRecTrainer_MRI_quality``."""
+    epochs = 4 * QUALITY_EPOCHS
+
+
+class MultiRecTrainer_quality_x4(MultiRecTrainer_quality):
+    """Four times the quality budget (100 epochs), everything else as ``MultiRecTrainer_quality``."""
+    epochs = 4 * QUALITY_EPOCHS
+
+
 class nnUNetTrainer_quality(nnUNetTrainer):
     """Plain nnU-Net (segmentation only) at the same budget: the Dice reference."""
 
