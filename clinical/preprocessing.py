@@ -2,9 +2,10 @@
 
 What each declared column type becomes
 --------------------------------------
-* ``numeric``     -> median imputation, then standardisation with the training fold's mean and
-  standard deviation (``StandardScaler``: a column with zero spread gets scale 1, so it maps to 0,
-  never to inf/NaN). One feature, named after the column.
+* ``numeric``     -> the column's declared ``transform`` if any (see below), then median
+  imputation, then standardisation with the training fold's mean and standard deviation
+  (``StandardScaler``: a column with zero spread gets scale 1, so it maps to 0, never to inf/NaN).
+  One feature, named after the column.
 * ``binary``      -> most-frequent imputation, kept as 0/1 (not standardised: a 0/1 input is already
   on a unit scale, and keeping it readable makes the fitted state easy to audit). One feature.
 * ``categorical`` -> most-frequent imputation, then one-hot over the categories DECLARED in the
@@ -13,6 +14,23 @@ What each declared column type becomes
   not declared is an error naming the case, the column and the value. Features ``"col=cat"``.
 
 Features follow schema order, column by column (``age, sex=F, sex=M, cea, ct=T2, ...``).
+
+Declared transforms of numeric columns
+--------------------------------------
+A skewed value whose effect is on a log scale (CEA in the LARC schema) declares
+``"transform": "log"`` or ``"log1p"`` in the schema. With ``x`` the observed value::
+
+    log   : x -> ln(x)        (numpy.log,   needs x > 0)
+    log1p : x -> ln(1 + x)    (numpy.log1p, needs x > -1)
+
+and the feature is then ``(t - mean) / scale`` with ``t = transform(x)``, or ``t = median`` where
+``x`` is missing; median, mean and scale are those of the transformed training values. The
+transform is applied while the table is validated, before imputation and scaling, so fitting and
+every transform path see the same transformed values; a missing value (NaN) stays missing and is
+imputed; a value outside the domain is an error naming the column, the case and the value. The
+transform is part of the schema (which travels with the ``dataset.json`` multitask block and the
+plans' ``clinical_columns``), so the state vector keeps its length; it is part of the layout
+fingerprint, so a vector fitted with a transform is refused by a schema without it and vice versa.
 
 Why one numpy transform
 -----------------------
@@ -33,10 +51,10 @@ nnU-Net's checkpoint and a strict state-dict load works at inference. Its length
 (:attr:`state_size`) depends only on the schema columns of the chosen groups. Layout::
 
     [0]  1.0 when fitted (a freshly created zero buffer that was never filled is refused)
-    [1]  CRC32 fingerprint of the column layout (names, types, declared categories), so a vector
-         is never applied to a schema it was not fitted for
+    [1]  CRC32 fingerprint of the column layout (names, types, declared categories, declared
+         transforms), so a vector is never applied to a schema it was not fitted for
     then, per column in schema order:
-         numeric     -> median, mean, scale          (3 values)
+         numeric     -> median, mean, scale          (3 values, of the transformed values)
          binary      -> most frequent value (0 or 1)  (1 value)
          categorical -> index of the most frequent category among the declared ones (1 value)
 """
@@ -56,7 +74,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from clinical.schema import ClinicalSchema, ColumnSpec
+from clinical.schema import NUMERIC_TRANSFORMS, ClinicalSchema, ColumnSpec
 
 __all__ = ["ClinicalPreprocessor", "ClinicalPreprocessingError"]
 
@@ -65,6 +83,10 @@ _FORMAT_VERSION = 1
 _HEADER_SIZE = 2  # fitted marker, layout fingerprint
 _STATE_WIDTH = {"numeric": 3, "binary": 1, "categorical": 1}
 _MAX_LISTED_BAD_VALUES = 20  # how many offending cells one error message lists
+# Declared numeric transforms: name -> (numpy function, smallest value excluded from the domain,
+# domain in words). The value must be strictly greater than the bound.
+_TRANSFORMS = {"log": (np.log, 0.0, "values > 0"), "log1p": (np.log1p, -1.0, "values > -1")}
+assert set(_TRANSFORMS) == set(NUMERIC_TRANSFORMS)
 
 
 class ClinicalPreprocessingError(ValueError):
@@ -85,7 +107,8 @@ class ClinicalPreprocessor:
     Parameters
     ----------
     schema : ClinicalSchema
-        Declares each column's group, type and (for categorical columns) categories.
+        Declares each column's group, type, (for categorical columns) categories and (for numeric
+        columns, optionally) a ``transform`` applied before imputation and scaling.
     groups : sequence of str
         Which clinical groups feed the model: ``("pretreatment", "postoperative")`` (All),
         ``("pretreatment",)`` (_Pre) or ``()`` (MRI-only: zero features).
@@ -140,7 +163,12 @@ class ClinicalPreprocessor:
         return self._numeric_stats is not None
 
     def _layout_fingerprint(self) -> int:
-        layout = [[s.name, s.type, list(s.categories) if s.categories else None] for s in self._specs]
+        layout = []
+        for s in self._specs:
+            entry = [s.name, s.type, list(s.categories) if s.categories else None]
+            if s.transform is not None:  # only when declared: untransformed layouts keep their old CRC
+                entry.append(s.transform)
+            layout.append(entry)
         # CRC32 < 2**32, so it is exact in float64.
         return zlib.crc32(json.dumps(layout, sort_keys=True).encode("utf-8"))
 
@@ -163,8 +191,9 @@ class ClinicalPreprocessor:
         raise ClinicalPreprocessingError(f"clinical column '{column}': {what}: {listed}{more}")
 
     def _validated_frame(self, df: pd.DataFrame, id_column: str) -> pd.DataFrame:
-        """Return the used columns, typed for fitting: numeric/binary as float64, categorical as
-        object (declared category strings) with ``np.nan`` for missing. Raises on anything else."""
+        """Return the used columns, typed for fitting: numeric/binary as float64 (numeric after the
+        column's declared transform), categorical as object (declared category strings) with
+        ``np.nan`` for missing. Raises on anything else."""
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
         missing = [c for c in self.columns if c not in df.columns]
@@ -200,7 +229,36 @@ class ClinicalPreprocessor:
             parsed[i] = x
         if bad:
             self._raise_bad_values(spec.name, bad, "not a finite number")
+        if spec.transform is not None:
+            parsed = self._transformed(spec, parsed, values, cases)
         return parsed
+
+    def _transformed(self, spec: ColumnSpec, parsed: np.ndarray, values: list, cases: List[str]) -> np.ndarray:
+        """Apply the column's declared transform to its parsed values.
+
+        ``log``: ``t = ln(x)`` (needs ``x > 0``); ``log1p``: ``t = ln(1 + x)`` (needs ``x > -1``).
+        NaN (missing) stays NaN and is imputed later, in the transformed space.
+
+        Raises
+        ------
+        ClinicalPreprocessingError
+            When an observed value is outside the domain; the message names the column, the
+            transform, and each offending case with its value.
+        """
+        try:
+            function, bound, domain = _TRANSFORMS[spec.transform]
+        except KeyError:  # ClinicalSchema.from_dict refuses these; guard a hand-built ColumnSpec
+            raise ClinicalPreprocessingError(
+                f"clinical column '{spec.name}': unknown transform {spec.transform!r}, "
+                f"expected one of {NUMERIC_TRANSFORMS}") from None
+        observed = ~np.isnan(parsed)
+        outside = observed & ~(parsed > bound)
+        if outside.any():
+            self._raise_bad_values(spec.name, [(cases[i], values[i]) for i in np.flatnonzero(outside)],
+                                   f"transform '{spec.transform}' needs {domain}")
+        out = np.full_like(parsed, np.nan)
+        out[observed] = function(parsed[observed])
+        return out
 
     def _binary_values(self, spec: ColumnSpec, values: list, cases: List[str]) -> np.ndarray:
         parsed = np.full(len(values), np.nan)
@@ -261,6 +319,9 @@ class ClinicalPreprocessor:
 
     def fit(self, df: pd.DataFrame, id_column: str = "case_id") -> "ClinicalPreprocessor":
         """Fit imputation and scaling on ``df``, which must hold the training-fold rows only.
+
+        Numeric columns with a declared ``transform`` are transformed first, so their median,
+        mean and scale are those of the transformed values.
 
         Parameters
         ----------
@@ -327,7 +388,7 @@ class ClinicalPreprocessor:
             if spec.type == "numeric":
                 median, mean, scale = self._numeric_stats[spec.name]
                 x = frame[spec.name].to_numpy(dtype=np.float64)
-                x = np.where(np.isnan(x), median, x)
+                x = np.where(np.isnan(x), median, x)  # x is already transformed (_validated_frame)
                 blocks.append(((x - mean) / scale)[:, None])  # same operations as StandardScaler
             elif spec.type == "binary":
                 x = frame[spec.name].to_numpy(dtype=np.float64)

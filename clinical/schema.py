@@ -3,6 +3,17 @@
 Nothing about a column is guessed from the data: a column the schema does not name is an
 error where a table is validated, and a categorical column lists its categories up front so
 the encoded width is fixed before any patient is seen (it then does not depend on the fold).
+
+Keys of a column entry (``"columns": {"<name>": {...}}``)
+--------------------------------------------------------
+``group``      ``"pretreatment"`` or ``"postoperative"`` (required)
+``type``       ``"numeric"``, ``"binary"`` or ``"categorical"`` (required)
+``categories`` the declared categories, required for (and only allowed on) ``categorical``
+``unit``       free text, documentation only
+``transform``  optional, ``numeric`` only: ``"log"`` (``x -> ln(x)``, needs ``x > 0``) or
+               ``"log1p"`` (``x -> ln(1 + x)``, needs ``x > -1``) for a skewed value whose effect
+               is on a log scale (CEA); :class:`clinical.preprocessing.ClinicalPreprocessor`
+               applies it before imputation and standardisation.
 """
 from __future__ import annotations
 
@@ -13,6 +24,8 @@ from typing import Dict, List, Optional, Sequence
 
 DEFAULT_SCHEMA_PATH = Path(__file__).with_name("larc_schema.json")
 COLUMN_TYPES = ("numeric", "categorical", "binary")
+#: Transforms a ``numeric`` column may declare (``"transform"``): ``log`` = ln(x), ``log1p`` = ln(1 + x).
+NUMERIC_TRANSFORMS = ("log", "log1p")
 GROUPS = ("pretreatment", "postoperative")
 
 
@@ -27,6 +40,7 @@ class ColumnSpec:
     type: str
     categories: Optional[tuple] = None
     unit: Optional[str] = None
+    transform: Optional[str] = None  # one of NUMERIC_TRANSFORMS, numeric columns only
 
     def to_dict(self) -> dict:
         d = {"group": self.group, "type": self.type}
@@ -34,6 +48,8 @@ class ColumnSpec:
             d["categories"] = list(self.categories)
         if self.unit is not None:
             d["unit"] = self.unit
+        if self.transform is not None:
+            d["transform"] = self.transform
         return d
 
 
@@ -68,10 +84,18 @@ class ClinicalSchema:
                 cats = tuple(str(c) for c in cats)
             elif cats is not None:
                 raise SchemaError(f"{source}: column '{name}' of type {typ} cannot declare categories")
-            unknown = set(spec) - {"group", "type", "categories", "unit"}
+            unknown = set(spec) - {"group", "type", "categories", "unit", "transform"}
             if unknown:
                 raise SchemaError(f"{source}: column '{name}': unknown keys {sorted(unknown)}")
-            cols[name] = ColumnSpec(name, group, typ, cats, spec.get("unit"))
+            transform = spec.get("transform")
+            if transform is not None:
+                if transform not in NUMERIC_TRANSFORMS:
+                    raise SchemaError(f"{source}: column '{name}': transform must be one of "
+                                      f"{NUMERIC_TRANSFORMS}, got {transform!r}")
+                if typ != "numeric":
+                    raise SchemaError(f"{source}: column '{name}' of type {typ} cannot declare a transform "
+                                      f"({transform!r}): only numeric columns can")
+            cols[name] = ColumnSpec(name, group, typ, cats, spec.get("unit"), transform)
         kw = {k: d[k] for k in ("id_column", "centre_column", "time_column", "event_column", "time_unit") if k in d}
         reserved = {kw.get("id_column", "patient_id"), kw.get("centre_column", "centre"),
                     kw.get("time_column", "dfs_months"), kw.get("event_column", "dfs_event"), "case_id"}

@@ -6,6 +6,16 @@ risk), ``p_recurrence_<H>m``, optional ``surv_prob_<t>m``; other columns are ign
 outcomes either from a converted nnU-Net dataset (``--dataset 501``: the ``"multitask"`` block of
 ``$nnUNet_raw/Dataset501_*/dataset.json``) or from a CSV (``--outcomes``).
 
+The multitask model gives two risks at the horizon H from two different heads, and nothing ties
+them together: ``p_recurrence_<H>m`` is the classification head (sigmoid of its logit), while
+``risk_score`` and ``surv_prob_<t>m`` come from the survival head. The C-index and Uno's C score
+``risk_score`` (survival head); ``auc_<H>m`` scores ``p_recurrence_<H>m`` (classification head;
+``risk_score`` when a file has none, see ``auc_<H>m_score`` / ``auc_<H>m_head``);
+``auc_<H>m_survival_head`` scores ``1 - surv_prob_<H>m`` on the same known-status cases; and
+``heads_agreement_<H>m`` gives the Pearson and Spearman correlation and the mean absolute
+difference of the two risks. metrics.json's top-level ``columns`` names the head of each column and
+metric.
+
 Examples
 --------
 ::
@@ -103,7 +113,8 @@ def load_predictions(path, horizon: float) -> pd.DataFrame:
     """Read and validate a prediction CSV.
 
     Returns a frame sorted by case_id with ``case_id``, ``risk_score``, ``p_recurrence`` (NaN
-    column when the file has no ``p_recurrence_<H>m``) and every ``surv_prob_<t>m`` present. Any
+    column when the file has no ``p_recurrence_<H>m``) and every ``surv_prob_<t>m`` present (t in
+    :data:`SURV_PROB_TIMES`, and t = H for the survival-head AUC at the horizon). Any
     NaN / non-numeric value in those columns, or a duplicate case, is an error naming case and file.
     """
     path = Path(path)
@@ -116,10 +127,11 @@ def load_predictions(path, horizon: float) -> pd.DataFrame:
     out["p_recurrence"] = (_numeric_column(frame, p_column, path, 0.0, 1.0)
                            if p_column in frame.columns else np.nan)
     out.attrs["p_recurrence_column"] = p_column if p_column in frame.columns else None
-    for t in SURV_PROB_TIMES:
-        column = f"surv_prob_{t}m"
+    horizon_column = f"surv_prob_{horizon_tag(horizon)}m"  # for the survival-head AUC at any horizon
+    for column in dict.fromkeys([f"surv_prob_{t}m" for t in SURV_PROB_TIMES] + [horizon_column]):
         if column in frame.columns:
             out[column] = _numeric_column(frame, column, path, 0.0, 1.0)
+    out.attrs["surv_prob_horizon_column"] = horizon_column if horizon_column in frame.columns else None
     out.attrs["path"] = str(path)
     return out.sort_values("case_id", kind="stable").reset_index(drop=True)
 
@@ -239,13 +251,14 @@ def _dropped_record(model, set_name, metric, reason, case_ids) -> dict:
             "count": len(case_ids), "case_ids": case_ids}
 
 
-def _horizon_auc(result, frame, horizon, tag, score, score_column):
-    """AUC at the horizon on cases with known status, DeLong CI; fills ``result``."""
+def _horizon_auc(result, frame, horizon, tag, score, score_column, key=None):
+    """AUC at the horizon on cases with known status, DeLong CI; fills ``result`` under ``key``
+    (default ``auc_<H>m``). Every score is judged on the same known-status cases."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     labels = recurrence_label(frame["time"], frame["event"], horizon)
     known = ~np.isnan(labels)
-    key = f"auc_{tag}m"
+    key = key or f"auc_{tag}m"
     result.update({"n_known_status": int(known.sum()), "n_unknown_status": int((~known).sum()),
                    f"events_by_{tag}m": int(np.nansum(labels)), f"{key}_score": score_column,
                    key: None, f"{key}_ci": None})
@@ -267,6 +280,50 @@ def _horizon_auc(result, frame, horizon, tag, score, score_column):
     result.update({key: auc, f"{key}_ci": list(ci), f"{key}_se": se})
     fpr, tpr, _ = roc_curve(y, s)
     return fpr, tpr
+
+
+def _survival_head_auc(result, frame, horizon, tag):
+    """``auc_<H>m_survival_head``: AUC of ``1 - surv_prob_<H>m`` (the survival head's risk by the
+    horizon) on the known-status cases, DeLong CI; None with a reason when the column is absent."""
+    key, column = f"auc_{tag}m_survival_head", f"surv_prob_{tag}m"
+    if column not in frame.columns:
+        result.update({key: None, f"{key}_ci": None, f"{key}_score": None,
+                       f"{key}_reason": f"no {column} column in the predictions (no survival probability at the "
+                                        "horizon, e.g. a Cox survival head or a baseline with risk_score only)"})
+        return None
+    risk = 1.0 - frame[column].to_numpy(dtype=float)
+    return _horizon_auc(result, frame, horizon, tag, risk, f"1 - {column}", key=key)
+
+
+def _heads_agreement(frame, tag) -> tuple[dict | None, str | None]:
+    """Agreement of the two risks at the horizon over all cases of the set: classification head
+    ``p_recurrence_<H>m`` vs survival head ``1 - surv_prob_<H>m`` (both are predictions, so
+    censoring does not matter). Pearson and Spearman correlation (scipy), mean absolute difference
+    and mean difference (classification - survival).
+
+    Returns (agreement, None) or (None, reason).
+    """
+    from scipy import stats
+
+    column = f"surv_prob_{tag}m"
+    if not frame["p_recurrence"].notna().all():
+        return None, f"no p_recurrence_{tag}m column in the predictions (no classification-head risk)"
+    if column not in frame.columns:
+        return None, f"no {column} column in the predictions (no survival-head probability at the horizon)"
+    p_classification = frame["p_recurrence"].to_numpy(dtype=float)
+    p_survival = 1.0 - frame[column].to_numpy(dtype=float)
+    difference = p_classification - p_survival
+    out = {"n": int(len(frame)), "classification_head": f"p_recurrence_{tag}m",
+           "survival_head": f"1 - {column}", "pearson": None, "spearman": None,
+           "mean_abs_diff": float(np.mean(np.abs(difference))), "mean_diff": float(np.mean(difference))}
+    if len(frame) < 2:
+        out["correlation_reason"] = "needs at least 2 cases"
+    elif np.ptp(p_classification) == 0 or np.ptp(p_survival) == 0:
+        out["correlation_reason"] = "one of the two risks is constant over the set (correlation undefined)"
+    else:
+        out["pearson"] = _finite_or_none(stats.pearsonr(p_classification, p_survival)[0])
+        out["spearman"] = _finite_or_none(stats.spearmanr(p_classification, p_survival)[0])
+    return out, None
 
 
 def _calibration(frame, horizon, p):
@@ -370,8 +427,30 @@ def evaluate_set(frame: pd.DataFrame, horizon: float, n_bootstrap: int, seed: in
     else:
         score, score_column = risk, "risk_score"
     roc = _horizon_auc(result, frame, horizon, tag, score, score_column)
+    result[f"auc_{tag}m_head"] = ("classification head" if score_column != "risk_score" else
+                                  f"survival head (risk_score; no p_recurrence_{tag}m column)")
     if roc is not None:
         plots["roc"] = roc
+
+    # The same AUC from the survival head (1 - surv_prob_<H>m), the two heads' AUCs compared
+    # (DeLong, same known-status cases) and the agreement of their two risks over the set.
+    _survival_head_auc(result, frame, horizon, tag)
+    both_key = f"auc_{tag}m_heads_delong_p"
+    result.update({f"auc_{tag}m_heads_difference": None, both_key: None})
+    if score_column == "risk_score" or result[f"auc_{tag}m_survival_head"] is None:
+        result[f"{both_key}_reason"] = ("needs the AUC of both heads (p_recurrence_"
+                                        f"{tag}m and surv_prob_{tag}m)")
+    else:
+        labels = recurrence_label(frame["time"], frame["event"], horizon)
+        known = ~np.isnan(labels)
+        test = M.delong_test(labels[known].astype(int), score[known],
+                             1.0 - frame[f"surv_prob_{tag}m"].to_numpy(dtype=float)[known])
+        result[f"auc_{tag}m_heads_difference"] = test["difference"]
+        result[both_key] = _finite_or_none(test["p_value"])
+    agreement, reason = _heads_agreement(frame, tag)
+    result[f"heads_agreement_{tag}m"] = agreement
+    if reason:
+        result[f"heads_agreement_{tag}m_reason"] = reason
 
     # Censoring-aware time-dependent AUC, each time separately so one bad time leaves the others.
     td_auc, td_reason = {}, {}
@@ -597,7 +676,8 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
     set_order = [s for s in ("internal_test", "external_test", "development", "all")
                  if s in set(outcomes["set"])] + sorted(set(outcomes["set"]) - {"internal_test", "external_test",
                                                                                   "development", "all"})
-    report = {"settings": {}, "models": {}, "comparisons": {}, "counts": {}, "dropped": [], "figures": []}
+    report = {"settings": {}, "columns": {}, "models": {}, "comparisons": {}, "counts": {}, "dropped": [],
+              "figures": []}
     counts = report["counts"]
     counts["outcomes"] = {"source": outcomes_source, "rows": int(len(outcomes)),
                           "per_set": {s: int((outcomes["set"] == s).sum()) for s in set_order}}
@@ -616,6 +696,7 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
         merged = predictions.merge(outcomes, on="case_id", how="inner").sort_values("case_id")
         merged_frames[name] = merged
         model_counts = {"predictions_file": str(path), "p_recurrence_column": predictions.attrs["p_recurrence_column"],
+                        "surv_prob_horizon_column": predictions.attrs["surv_prob_horizon_column"],
                         "prediction_rows": int(len(predictions)), "matched_to_outcomes": int(len(merged)),
                         "unmatched_excluded": len(unmatched), "per_set": {},
                         "outcome_cases_without_prediction": {}}
@@ -668,6 +749,7 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
         report["comparisons"][f"{name_a} vs {name_b}"] = {"model_a": name_a, "model_b": name_b, "sets": pair}
 
     report["settings"] = _settings(horizon, n_bootstrap, seed, uno_tau, outcomes_source)
+    report["columns"] = column_sources(tag)
     counts["dropped_by_reason"] = {}
     for record in report["dropped"]:
         key = f"{record['metric']}: {record['reason']}"
@@ -701,6 +783,37 @@ def _add_dice(result, report, name, set_name, case_ids, dice, dice_missing, has_
         result["dice_sd"] = float(finite.std(ddof=1)) if finite.size > 1 else None
 
 
+def column_sources(tag: str) -> dict:
+    """Which head each prediction column, and so each metric, comes from (metrics.json ``columns``)."""
+    return {
+        "prediction_columns": {
+            f"p_recurrence_{tag}m": "classification head: sigmoid of its logit, P(recurrence by "
+                                    f"{tag} months); not derived from the survival head",
+            "risk_score": "survival head (Cox: log-risk; discrete-time: -log S(horizon)); higher = higher risk",
+            "surv_prob_<t>m": "survival head: predicted recurrence-free survival S(t) at t months "
+                              "(discrete-time head only)",
+        },
+        "metrics": {
+            "c_index, c_index_ci, uno_c, td_auc, risk groups / logrank_p": "risk_score (survival head)",
+            "ibs, brier": "surv_prob_<t>m (survival head)",
+            f"auc_{tag}m, auc_{tag}m_ci": f"p_recurrence_{tag}m (classification head); risk_score when a "
+                                          f"file has no p_recurrence_{tag}m (per model/set: auc_{tag}m_score, "
+                                          f"auc_{tag}m_head)",
+            f"auc_{tag}m_survival_head, auc_{tag}m_survival_head_ci": f"1 - surv_prob_{tag}m (survival head), "
+                                                                      "same known-status cases as "
+                                                                      f"auc_{tag}m; null without that column",
+            f"auc_{tag}m_heads_difference, auc_{tag}m_heads_delong_p": f"auc_{tag}m - auc_{tag}m_survival_head "
+                                                                       "and the DeLong test of equal AUCs "
+                                                                       "(paired, same cases)",
+            f"heads_agreement_{tag}m": f"p_recurrence_{tag}m vs 1 - surv_prob_{tag}m over all cases of the set: "
+                                       "pearson, spearman (scipy), mean_abs_diff, mean_diff "
+                                       "(classification - survival), n",
+            "calibration": f"p_recurrence_{tag}m (classification head)",
+            "comparisons delong_p": f"p_recurrence_{tag}m of both models (risk_score when either lacks it)",
+        },
+    }
+
+
 def _settings(horizon, n_bootstrap, seed, uno_tau, outcomes_source) -> dict:
     import sklearn
     import sksurv
@@ -715,7 +828,10 @@ def _settings(horizon, n_bootstrap, seed, uno_tau, outcomes_source) -> dict:
         "auc_ci_method": "DeLong variance (fast midrank algorithm, Sun & Xu 2014), normal approximation, "
                          "clipped to [0, 1]",
         "auc_population": "cases with known status at the horizon: event at or before it (1) or followed "
-                          "beyond it without event (0); censored earlier = excluded and counted",
+                          "beyond it without event (0); censored earlier = excluded and counted; the same "
+                          "cases for the classification-head and the survival-head AUC",
+        "heads_agreement": "scipy.stats pearsonr / spearmanr and the mean absolute difference of "
+                           "p_recurrence_<H>m and 1 - surv_prob_<H>m over every case of the set",
         "uno_c": ("sksurv concordance_index_ipcw; censoring distribution estimated from the evaluated set "
                   f"itself; truncation tau = {horizon if uno_tau is None else uno_tau:g} months"),
         "td_auc": f"sksurv cumulative_dynamic_auc of risk_score at {list(TD_AUC_TIMES)} months, "
@@ -825,11 +941,30 @@ def render_report(report: dict, tag: str) -> str:
                     reasons.append(f"- {name} / {set_name}: `{key[:-7]}` n/a: {value}")
             reasons += [f"- {name} / {set_name}: `td_auc` at {t} months n/a: {why}"
                         for t, why in r["td_auc_reason"].items()]
-    lines += ["", "C-index: Harrell's (sksurv), percentile bootstrap CI. AUC: cases with known status at the "
-              "horizon, DeLong CI. Uno's C: IPCW with the censoring distribution estimated from the evaluated set "
+    lines += ["", "C-index: Harrell's (sksurv), percentile bootstrap CI, of risk_score (survival head). AUC: "
+              f"p_recurrence_{tag}m (classification head; risk_score when a file has none), cases with known "
+              "status at the horizon, DeLong CI; the survival head's AUC is in the next section. Uno's C: IPCW with the censoring distribution estimated from the evaluated set "
               "itself, truncated at tau (see metrics.json `uno_c_tau`). IBS: integrated Brier score over the "
               "given survival-probability times. Dice: mean over cases. Log-rank: high vs low risk "
               "(threshold and its source in metrics.json).", ""]
+    lines += [f"## The two {tag}-month risks", "",
+              f"`p_recurrence_{tag}m` comes from the classification head (sigmoid of its logit), "
+              f"`1 - surv_prob_{tag}m` from the survival head (which also gives `risk_score`); nothing ties the "
+              "two together. Both AUCs on the same cases with known status (DeLong CIs; DeLong p: equal AUCs); "
+              "agreement over every case of the set.", "",
+              f"| Model | Set | Known status | AUC classification head, p_recurrence_{tag}m (95% CI) | "
+              f"AUC survival head, 1 - surv_prob_{tag}m (95% CI) | DeLong p (heads) | Pearson r | Spearman rho | "
+              "Mean abs. difference |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, sets in report["models"].items():
+        for set_name, r in sets.items():
+            from_classification = r.get(f"auc_{tag}m_head") == "classification head"
+            classification = (_fmt_ci(r[f"auc_{tag}m"], r[f"auc_{tag}m_ci"]) if from_classification else "n/a")
+            agreement = r.get(f"heads_agreement_{tag}m") or {}
+            lines.append(f"| {name} | {set_name} | {r['n_known_status']} | {classification} | "
+                         f"{_fmt_ci(r.get(f'auc_{tag}m_survival_head'), r.get(f'auc_{tag}m_survival_head_ci'))} | "
+                         f"{_fmt_p(r.get(f'auc_{tag}m_heads_delong_p'))} | {_fmt(agreement.get('pearson'), 2)} | "
+                         f"{_fmt(agreement.get('spearman'), 2)} | {_fmt(agreement.get('mean_abs_diff'), 3)} |")
+    lines.append("")
     td_rows = [(name, s, r["td_auc"]) for name, sets in report["models"].items() for s, r in sets.items()]
     if td_rows:
         times = list(td_rows[0][2])

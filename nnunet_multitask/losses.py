@@ -115,6 +115,7 @@ def cox_partial_likelihood(
     extra_log_risk: Optional[torch.Tensor] = None,
     extra_time: Optional[torch.Tensor] = None,
     extra_event: Optional[torch.Tensor] = None,
+    normalise: str = "all",
 ) -> torch.Tensor:
     r"""Negative log Cox partial likelihood, averaged over the number of events.
 
@@ -157,8 +158,16 @@ def cox_partial_likelihood(
         the partial likelihood of the union of batch and memory: memory entries enlarge every risk
         set *and* memory events contribute their own terms, so the batch's predictions are also
         ranked against memory events (they get gradient through those events' denominators).
-        The average is over all events of the union. This equals calling the function on the
-        concatenation ``[batch, memory]`` with the memory part detached.
+        With ``normalise="all"`` the average is over all events of the union: this equals calling the
+        function on the concatenation ``[batch, memory]`` with the memory part detached.
+    normalise : {"all", "batch"}
+        What the summed log-likelihood is divided by. ``"all"``: every event in the risk sets (batch
+        and memory), the textbook per-event average. ``"batch"``: the weighted batch's own events
+        (at least 1), so a batch sample's gradient has the size it has without a memory, whatever the
+        memory holds: with ``"all"`` a memory of ~37 events against 1-2 in the batch shrinks the
+        batch's gradient 20-40 fold below what the loss weight says. Without a memory both are
+        equal. With ``"batch"`` and a memory, the value also carries the memory events' constant
+        numerator terms, so its level is not comparable with the memory-free loss (its gradient is).
 
     Returns
     -------
@@ -176,6 +185,8 @@ def cox_partial_likelihood(
     """
     if ties not in _TIE_METHODS:
         raise ValueError(f"ties must be one of {_TIE_METHODS}, got {ties!r}")
+    if normalise not in ("all", "batch"):
+        raise ValueError(f"normalise must be 'all' or 'batch', got {normalise!r}")
     log_risk = _as_vector(log_risk, "log_risk")
     if not torch.is_floating_point(log_risk):
         raise ValueError(f"log_risk must be a floating tensor, got {log_risk.dtype}")
@@ -192,6 +203,7 @@ def cox_partial_likelihood(
     eta = log_risk[active]
     t = time[active]
     e = event[active]
+    n_batch_events = int(e.sum())
 
     extras = (extra_log_risk, extra_time, extra_event)
     if any(x is not None for x in extras):
@@ -240,25 +252,31 @@ def cox_partial_likelihood(
         ratio = torch.exp(torch.log(tie_sum[sorted_group]) + shift[sorted_group] - risk_lse[sorted_group])
         efron_log_denominator = risk_lse[sorted_group] + torch.log1p(-(l_rank / d_k[sorted_group]) * ratio)
         log_lik = all_ev_eta.sum() - efron_log_denominator.sum()
-    return -log_lik / n_events + graph_anchor
+    denominator = n_events if normalise == "all" else max(n_batch_events, 1)
+    return -log_lik / denominator + graph_anchor
 
 
 # --------------------------------------------------------------------------------------------
 # risk-set memory
 # --------------------------------------------------------------------------------------------
 class RiskSetMemory(torch.nn.Module):
-    """FIFO memory bank of detached (log_risk, time, event) predictions that enlarges Cox risk sets.
+    """Memory bank of detached (log_risk, time, event) predictions that enlarges Cox risk sets.
 
-    All state lives in registered buffers (``log_risk``, ``time``, ``event``, ``valid``, ``ptr``), so
-    it is saved in the network's ``state_dict`` and nnU-Net checkpoints and moves with ``.to()``.
+    All state lives in registered buffers (``log_risk``, ``time``, ``event``, ``valid``, ``case_id``,
+    ``ptr``), so it is saved in the network's ``state_dict`` and nnU-Net checkpoints and moves with
+    ``.to()``.
 
-    Use per training step: ``mem = memory.get()`` -> loss with ``extra_*=mem`` -> ``memory.update(batch)``
-    (read before writing, so the current batch is not counted twice). Under DDP, update with the
-    gathered batch (:func:`gather_across_ranks`) so every rank holds the same memory; DDP also
-    broadcasts buffers from rank 0 at each forward, which is then harmless. The memory is not
-    cleared between epochs; entries come from older weights, which is what bounds ``size`` in practice.
-    Entries are stored as float32 (times included): pass batch times as float32 too, so a batch
-    time and an equal memory time compare equal (ties) in the Cox loss.
+    Use per training step: ``mem = memory.get(exclude_case_ids=batch_ids)`` -> loss with
+    ``extra_*=mem`` -> ``memory.update(batch, case_ids=batch_ids)`` (read before writing, so the
+    current batch is not counted twice). With case ids the memory keeps **one entry per case, the
+    newest** (a case's new prediction replaces its old one in place), and ``get`` leaves out the cases
+    of the current batch, so no patient meets its own stale prediction in its risk set. Without case
+    ids it is a plain FIFO. Under DDP, update with the gathered batch (:func:`gather_across_ranks`)
+    so every rank holds the same memory; DDP also broadcasts buffers from rank 0 at each forward,
+    which is then harmless. The memory is not cleared between epochs; entries come from older
+    weights, which is what bounds ``size`` in practice. Entries are stored as float32 (times
+    included): pass batch times as float32 too, so a batch time and an equal memory time compare
+    equal (ties) in the Cox loss.
 
     Parameters
     ----------
@@ -275,17 +293,29 @@ class RiskSetMemory(torch.nn.Module):
         self.register_buffer("time", torch.ones(self.size, dtype=torch.float32))
         self.register_buffer("event", torch.zeros(self.size, dtype=torch.bool))
         self.register_buffer("valid", torch.zeros(self.size, dtype=torch.bool))
+        self.register_buffer("case_id", torch.full((self.size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     def extra_repr(self) -> str:
         return f"size={self.size}"
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before case ids existed: their entries carry no case (-1)
+        key = prefix + "case_id"
+        if key not in state_dict and prefix + "log_risk" in state_dict:
+            state_dict[key] = torch.full((self.size,), -1, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @torch.no_grad()
     def update(self, log_risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
-               weights: Optional[torch.Tensor] = None) -> None:
-        """Push detached entries with weight > 0, overwriting the oldest when full.
+               weights: Optional[torch.Tensor] = None, case_ids: Optional[torch.Tensor] = None) -> None:
+        """Push detached entries with weight > 0.
 
-        If more entries than ``size`` arrive at once, only the last ``size`` are kept.
+        Without ``case_ids``: FIFO, overwriting the oldest when full; if more entries than ``size``
+        arrive at once, only the last ``size`` are kept. With ``case_ids`` (integers >= 0): an entry
+        whose case is already held replaces that case's entry in place; a new case takes the next
+        slot in insertion order (when full, the case inserted longest ago leaves); a case twice in the
+        batch keeps its last entry; of more than ``size`` cases at once, the last ``size`` are kept.
         """
         log_risk = _as_vector(log_risk, "log_risk").detach()
         n = log_risk.shape[0]
@@ -293,27 +323,70 @@ class RiskSetMemory(torch.nn.Module):
         weights = _prepare_weights(weights, n, log_risk.float(), binary=False)
         active = weights > 0
         time, event = _check_time_event(time, event, n, active)
+        if case_ids is not None:
+            case_ids = _as_vector(case_ids, "case_ids")
+            if case_ids.shape[0] != n:
+                raise ValueError(f"case_ids has {case_ids.shape[0]} entries for a batch of {n}")
+            if torch.is_floating_point(case_ids) or bool((case_ids < 0).any()):
+                raise ValueError(f"case_ids must be non-negative integers, got {case_ids.tolist()}")
         if self.size == 0:
             return
         dev = self.log_risk.device
         active = active.to(dev)
-        new_risk = log_risk.to(dev)[active][-self.size:]
-        new_time = time.to(dev)[active][-self.size:]
-        new_event = event.to(dev)[active][-self.size:]
-        k = new_risk.shape[0]
-        if k == 0:
-            return
-        slots = (self.ptr + torch.arange(k, device=dev)) % self.size
+        new_risk = log_risk.to(dev)[active]
+        new_time = time.to(dev)[active]
+        new_event = event.to(dev)[active]
+        if case_ids is None:
+            new_risk, new_time, new_event = new_risk[-self.size:], new_time[-self.size:], new_event[-self.size:]
+            k = new_risk.shape[0]
+            if k == 0:
+                return
+            slots = (self.ptr + torch.arange(k, device=dev)) % self.size
+            self.ptr.copy_((self.ptr + k) % self.size)
+            self.case_id[slots] = -1
+        else:
+            ids = case_ids.to(dev)[active].long().tolist()
+            if not ids:
+                return
+            # slot assignment on the host: at most one global batch of entries per step
+            held = {c: i for i, c in enumerate(self.case_id.tolist()) if c >= 0 and bool(self.valid[i])}
+            ptr = int(self.ptr)
+            slot_of, keep = {}, {}
+            for j, c in enumerate(ids):
+                keep.pop(c, None)
+                keep[c] = j  # the last entry of a case in this batch wins
+            keep = dict(list(keep.items())[-self.size:])
+            for c, j in keep.items():
+                if c in held:
+                    slot_of[j] = held[c]
+                    continue
+                # a fresh case takes the oldest slot that no entry of this batch has claimed
+                for _ in range(self.size):
+                    slot, ptr = ptr, (ptr + 1) % self.size
+                    if slot not in slot_of.values():
+                        break
+                old_case = int(self.case_id[slot])
+                held.pop(old_case, None)
+                slot_of[j] = slot
+            self.ptr.fill_(ptr)
+            rows = torch.tensor(sorted(slot_of), device=dev)
+            slots = torch.tensor([slot_of[j] for j in sorted(slot_of)], device=dev)
+            new_risk, new_time, new_event = new_risk[rows], new_time[rows], new_event[rows]
+            self.case_id[slots] = torch.tensor([ids[j] for j in sorted(slot_of)], device=dev)
         self.log_risk[slots] = new_risk.to(self.log_risk.dtype)
         self.time[slots] = new_time.to(self.time.dtype)
         self.event[slots] = new_event
         self.valid[slots] = True
-        self.ptr.copy_((self.ptr + k) % self.size)
 
-    def get(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(log_risk, time, event)`` of the valid entries, oldest first (copies, no grad)."""
+    def get(self, exclude_case_ids: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(log_risk, time, event)`` of the valid entries, oldest first (copies, no grad), leaving
+        out the entries of ``exclude_case_ids`` (the current batch's cases)."""
         order = (self.ptr + torch.arange(self.size, device=self.ptr.device)) % max(self.size, 1)
-        order = order[self.valid[order]]
+        keep = self.valid[order]
+        if exclude_case_ids is not None and self.size > 0:
+            ex = _as_vector(exclude_case_ids, "exclude_case_ids").to(self.case_id.device).long()
+            keep = keep & ~torch.isin(self.case_id[order], ex)
+        order = order[keep]
         return self.log_risk[order].clone(), self.time[order].clone(), self.event[order].clone()
 
     def __len__(self) -> int:
@@ -328,7 +401,8 @@ def gather_across_ranks(
     time: torch.Tensor,
     event: torch.Tensor,
     weights: Optional[torch.Tensor] = None,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    case_ids: Optional[torch.Tensor] = None,
+):
     """Concatenate every rank's batch (rank order) so the Cox risk sets span the global batch.
 
     Gradient flows back to the local slice of ``log_risk`` through nnU-Net's ``AllGatherGrad``
@@ -343,7 +417,9 @@ def gather_across_ranks(
 
     Returns
     -------
-    (log_risk [N_total], time [N_total], event bool [N_total], weights [N_total])
+    (log_risk [N_total], time [N_total], event bool [N_total], weights [N_total]), and
+    ``case_ids [N_total]`` (long) as a fifth element when ``case_ids`` is given (the risk-set memory's
+    one-entry-per-case bookkeeping).
     """
     log_risk = _as_vector(log_risk, "log_risk")
     n = log_risk.shape[0]
@@ -353,8 +429,13 @@ def gather_across_ranks(
         raise ValueError(f"log_risk, time and event lengths differ: {n}, {time.shape[0]}, {event.shape[0]}")
     weights = _prepare_weights(weights, n, log_risk.detach(), binary=False)
     event = event if event.dtype == torch.bool else event != 0
+    ids = None
+    if case_ids is not None:
+        ids = _as_vector(case_ids, "case_ids").to(log_risk.device).long()
+        if ids.shape[0] != n:
+            raise ValueError(f"case_ids has {ids.shape[0]} entries for a batch of {n}")
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return log_risk, time, event, weights
+        return (log_risk, time, event, weights) if ids is None else (log_risk, time, event, weights, ids)
 
     from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 
@@ -373,17 +454,22 @@ def gather_across_ranks(
     all_risk = AllGatherGrad.apply(padded(log_risk, 0.0))  # [world, max_n], grad to local slice
     # time/event/weights need no gradient: plain all_gather, in float64 so times keep their
     # precision (ties must stay ties); event as float because gloo lacks bool
+    # (case ids ride along as float64: exact for integers below 2**53)
     side = torch.stack([padded(time.to(torch.float64), 1.0), padded(event.to(torch.float64), 0.0),
-                        padded(weights.to(torch.float64), 0.0)])
+                        padded(weights.to(torch.float64), 0.0),
+                        padded((ids if ids is not None else torch.zeros(n, dtype=torch.long,
+                                                                        device=log_risk.device)).to(torch.float64), 0.0)])
     side_all = [torch.zeros_like(side) for _ in range(world)]
     dist.all_gather(side_all, side.detach().contiguous())
-    side_all = torch.stack(side_all)  # [world, 3, max_n]
+    side_all = torch.stack(side_all)  # [world, 4, max_n]
     real = torch.arange(max_n, device=log_risk.device)[None, :] < sizes[:, None]  # [world, max_n]
     out_risk = all_risk[real]
     out_time = side_all[:, 0][real].to(time.dtype if torch.is_floating_point(time) else torch.float64)
     out_event = side_all[:, 1][real] != 0
     out_weights = side_all[:, 2][real].to(weights.dtype)
-    return out_risk, out_time, out_event, out_weights
+    if ids is None:
+        return out_risk, out_time, out_event, out_weights
+    return out_risk, out_time, out_event, out_weights, side_all[:, 3][real].long()
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,11 +5,17 @@ survival curve, with fold ensembling.
 and ``--impute-missing-clinical``. Segmentations are written by nnU-Net's own export;
 ``predictions.csv`` and ``predictions.json`` hold the patient-level outputs.
 
-``predictions.csv``, one row per case (sorted by ``case_id``):
+``predictions.csv``, one row per case (sorted by ``case_id``). The two heads give two separate
+risks at the horizon, and nothing ties them together (``evaluation/survival_eval.py`` reports the
+horizon AUC of each and their agreement):
 
-* ``risk_score`` (higher = higher risk; Cox head: the log-risk, discrete-time head: the cumulative
-  hazard ``-log S(horizon)``), ``p_recurrence_<H>m`` (H = the model's horizon), and for the
-  discrete-time head ``surv_prob_<t>m`` for t in :data:`SURVIVAL_TIMES`;
+* ``p_recurrence_<H>m`` (H = the model's horizon): **classification head**, the sigmoid of its
+  logit, P(recurrence by H months);
+* ``risk_score``: **survival head** (higher = higher risk; Cox head: the log-risk, discrete-time
+  head: the cumulative hazard ``-log S(horizon)``);
+* ``surv_prob_<t>m`` for t in :data:`SURVIVAL_TIMES`: **survival head**, discrete-time head only,
+  the predicted recurrence-free survival S(t); ``1 - surv_prob_<H>m`` is the survival head's risk
+  by the horizon, not ``p_recurrence_<H>m``;
 * ``<column>_sd``: the spread (sample standard deviation) of each of these over the folds; empty
   (NaN) when a single fold was used, because one fold gives no spread;
 * ``n_folds``; ``tumour_found`` (False when, in at least one fold, the segmentation found
@@ -18,6 +24,8 @@ and ``--impute-missing-clinical``. Segmentations are written by nnU-Net's own ex
   row and ``--impute-missing-clinical`` imputed all of it as in training);
   ``n_clinical_values_imputed`` (how many of the model's clinical columns were empty or absent
   for the case and were imputed with the fold's fitted values).
+
+``predictions.json`` repeats this as ``column_sources`` (column -> head) for the columns written.
 
 The patient-level definition is :func:`nnunet_multitask.aggregation.patient_level_prediction`:
 nnU-Net's sliding window (tiles and mirrors) stitches the whole-image segmentation, the heads run
@@ -515,7 +523,8 @@ class MultiTaskPredictor(nnUNetPredictor):
                      "fold_ensemble": "mean of risk scores (log-risks) and of probabilities; *_sd = sample sd "
                                       "over folds (NaN for one fold)",
                      "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
-                     "columns": list(table.columns)})
+                     "columns": list(table.columns),
+                     "column_sources": column_sources(table.columns)})
         return meta
 
     def write_predictions(self, output_folder: str) -> pd.DataFrame:
@@ -524,6 +533,24 @@ class MultiTaskPredictor(nnUNetPredictor):
         _atomic_write(join(output_folder, PREDICTIONS_JSON), json.dumps(self.provenance_record(table), indent=2))
         _atomic_write(join(output_folder, PREDICTIONS_CSV), table.to_csv(index=False))
         return table
+
+
+def column_sources(columns: Sequence[str]) -> dict:
+    """Which head each head-output column of ``predictions.csv`` comes from (``predictions.json``
+    ``column_sources``); a ``<column>_sd`` is that column's spread over folds."""
+    sources = {}
+    for column in columns:
+        base = column[:-3] if column.endswith("_sd") else column
+        if base.startswith("p_recurrence_"):
+            source = "classification head: sigmoid of its logit (P(recurrence by the horizon))"
+        elif base == "risk_score":
+            source = "survival head: log-risk (Cox) or -log S(horizon) (discrete-time); higher = higher risk"
+        elif base.startswith("surv_prob_"):
+            source = "survival head (discrete-time): predicted recurrence-free survival S(t)"
+        else:
+            continue
+        sources[column] = source + ("; sample sd over folds" if base != column else "")
+    return sources
 
 
 def _atomic_write(path: str, text: str):
@@ -539,21 +566,35 @@ def _atomic_write(path: str, text: str):
         raise
 
 
-def predict_heads_for_preprocessed_cases(trainer, case_ids: Sequence[str]) -> pd.DataFrame:
-    """Patient-level head predictions of preprocessed cases with a trainer's current network
-    (used by the trainer's final validation)."""
-    predictor = MultiTaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+def predict_heads_for_preprocessed_cases(trainer, case_ids: Sequence[str], use_mirroring: bool = True,
+                                         cache: Optional[dict] = None, cache_limit_bytes: int = 2 ** 30) -> pd.DataFrame:
+    """Patient-level head predictions of preprocessed cases with a trainer's current network, by the
+    predictor's definition (nnU-Net's sliding window, then ``patient_level_prediction``).
+
+    Used by the trainer's final validation (with test-time mirroring, as the predictor) and by its
+    per-epoch whole-fold validation (``use_mirroring=False``, 8x fewer forward passes in 3-D).
+    ``cache``: a dict kept by the caller; preprocessed images are read into it (as float32 tensors,
+    up to ``cache_limit_bytes`` in all; the rest is read again at every call) and reused by later calls.
+    """
+    predictor = MultiTaskPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=use_mirroring,
                                    perform_everything_on_device=True, device=trainer.device, verbose=False,
                                    verbose_preprocessing=False, allow_tqdm=False)
     predictor.manual_initialization(trainer.mt_network(), trainer.plans_manager, trainer.configuration_manager,
                                     None, trainer.dataset_json, type(trainer).__name__,
                                     trainer.inference_allowed_mirroring_axes)
-    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, list(case_ids),
-                                    folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage)
-    for k in dataset.identifiers:
-        data, _, _, _ = dataset.load_case(k)
+    cache = {} if cache is None else cache
+    missing = [k for k in case_ids if k not in cache]
+    dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, missing,
+                                    folder_with_segs_from_previous_stage=trainer.folder_with_segs_from_previous_stage) \
+        if missing else None
+    for k in case_ids:
+        data = cache.get(k)
+        if data is None:
+            data = torch.from_numpy(np.asarray(dataset.load_case(k)[0][:], dtype=np.float32))
+            if sum(v.numel() * v.element_size() for v in cache.values()) + data.numel() * 4 <= cache_limit_bytes:
+                cache[k] = data
         clinical = trainer._case_data[k]["clinical"]
-        _, pred = predictor.predict_case_with_current_weights(torch.from_numpy(np.asarray(data[:])), clinical)
+        _, pred = predictor.predict_case_with_current_weights(data, clinical)
         predictor.head_results[k] = {"folds": [pred], "clinical_imputed": False}
     # the trainer's lookup requires every row (nothing imputed per row); it does not count empty cells
     return predictor.predictions_table().drop(columns=["n_clinical_values_imputed"])
@@ -711,7 +752,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nnUNetv2_predict_multitask",
         description="nnU-Net prediction with patient-level heads: writes nnU-Net's segmentations plus "
-                    "predictions.csv (risk_score, p_recurrence_<H>m, survival probabilities, spread over folds) "
+                    "predictions.csv (p_recurrence_<H>m from the classification head; risk_score and "
+                    "surv_prob_<t>m from the survival head; spread over folds) "
                     "and predictions.json (provenance). Everything is checked before prediction starts, and "
                     "the output folder receives the results only when every case succeeded.")
     parser.add_argument("-i", required=True, help="input folder (<case>_<XXXX>.nii.gz, as nnUNetv2_predict)")

@@ -57,7 +57,7 @@ from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans, tumo
 SEED_ENV = "MULTIREC_SEED"
 
 EXTRA_LOG_KEYS = ("train_seg_losses", "train_cls_losses", "train_surv_losses", "val_c_index", "val_auc",
-                  "ema_selection_score")
+                  "val_head_cases", "ema_selection_score")
 
 
 class MultiTaskLocalLogger(LocalLogger):
@@ -67,6 +67,13 @@ class MultiTaskLocalLogger(LocalLogger):
         super().__init__(verbose)
         for k in EXTRA_LOG_KEYS:
             self.my_fantastic_logging[k] = []
+
+    def load_checkpoint(self, checkpoint: dict):
+        super().load_checkpoint(checkpoint)
+        # a checkpoint from before a key existed: fill that key's epochs with NaN so logging goes on
+        n = len(self.my_fantastic_logging.get("epoch_end_timestamps", []))
+        for k in EXTRA_LOG_KEYS:
+            self.my_fantastic_logging.setdefault(k, [float("nan")] * n)
 
     def plot_progress_png(self, output_folder):
         import matplotlib
@@ -88,8 +95,9 @@ class MultiTaskLocalLogger(LocalLogger):
         ax2.plot(x, log["ema_fg_dice"][:epoch + 1], "g-", label="pseudo dice (mov. avg.)")
         ax2.set_ylabel("pseudo dice"), ax2.legend(loc="upper right")
         ax = axs[1]
-        ax.plot(x, log["val_c_index"][:epoch + 1], "m-o", label="val C-index (patient level)")
-        ax.plot(x, log["val_auc"][:epoch + 1], "c-o", label="val AUC at horizon (patient level)")
+        ax.plot(x, log["val_c_index"][:epoch + 1], "m-o",
+                label="val C-index (patient level, every validation case; repeated between whole-fold runs)")
+        ax.plot(x, log["val_auc"][:epoch + 1], "c-o", label="val AUC at horizon (idem)")
         ax.plot(x, log["ema_selection_score"][:epoch + 1], "k-", label="checkpoint selection score (EMA)")
         ax.axhline(0.5, color="grey", lw=0.8)
         ax.set_ylim(0, 1), ax.set_xlabel("epoch"), ax.legend(loc="lower right")
@@ -172,6 +180,13 @@ class MultiRecTrainerBase(nnUNetTrainer):
     cox_ties : {"efron", "breslow"}
     risk_memory_size : int
         Cox risk-set memory of recent detached predictions (0 disables it).
+    cox_normalise : {"batch", "all"}
+        Cox loss divided by the batch's events (``"batch"``: the memory enlarges risk sets without
+        diluting the batch's gradient) or by every event of batch + memory (``"all"``, the earlier
+        behaviour); see :func:`nnunet_multitask.losses.cox_partial_likelihood`.
+    cox_memory_one_entry_per_case : bool
+        The memory keeps each training case's newest prediction only, and a batch's cases are left
+        out of the memory while the batch's own loss is computed (``False``: plain FIFO).
     n_time_bins : int
         Intervals of the discrete-time head (edges: quantiles of the training fold's event times).
     head_hidden : int
@@ -185,6 +200,14 @@ class MultiRecTrainerBase(nnUNetTrainer):
     min_tumour_fraction : float
         Heads are supervised on a patch only when it holds at least this fraction of the case's
         reference tumour voxels (0: any tumour voxel).
+    whole_fold_validation : bool
+        Per-epoch head metrics (val C-index and AUC, part of the best-checkpoint score) from one
+        patient-level prediction of every validation case, by the predictor's definition (sliding
+        window without mirroring, then ``patient_level_prediction``). ``False``: from nnU-Net's
+        random validation patches (cheaper, noisier, covers part of the fold).
+    whole_fold_validation_budget : float
+        The whole-fold validation costs at most this fraction of an epoch's training time on
+        average: when one run costs more, the next runs are spaced out (values carried forward).
     epochs, iterations_per_epoch, val_iterations_per_epoch, save_every_epochs : int or None
         Training length (``None`` keeps nnU-Net's default).
     max_batch_size : int or None
@@ -200,6 +223,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
     lambda_surv: float = 0.5
     cox_ties: str = "efron"
     risk_memory_size: int = 128
+    cox_normalise: str = "batch"
+    cox_memory_one_entry_per_case: bool = True
     n_time_bins: int = 10
     head_hidden: int = 64
     image_features: str = "tumour_quantities"
@@ -209,6 +234,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
     min_tumour_fraction: float = 0.9
     init_output_biases: bool = True
     skip_final_validation: bool = False
+    whole_fold_validation: bool = True
+    whole_fold_validation_budget: float = 0.25
     max_batch_size: Optional[int] = None
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
@@ -257,6 +284,12 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self.logger.local_logger = MultiTaskLocalLogger()
         self._step_context: Optional[dict] = None
         self._case_data: Optional[Dict[str, dict]] = None
+        self._case_index: Dict[str, int] = {}
+        self._val_image_cache: Dict[str, torch.Tensor] = {}
+        self._next_whole_fold_epoch: Optional[int] = None
+        self._last_whole_fold = (float("nan"), float("nan"), 0, -1)
+        self._val_patch_seconds = 0.0
+        self._val_head_note = ""
         self._val_records: List[tuple] = []
         self._case_tumour_voxels: Dict[str, float] = {}
         self.head_optimizer_instance: Optional[torch.optim.Optimizer] = None
@@ -360,6 +393,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         vectors = prep.transform(feats.reset_index(), id_column="case_id")
         outs = lookup_rows(outcomes, keys, "outcomes table", opath)
         labels = recurrence_label(outs[tcol].values, outs[ecol].values, self.horizon)
+        self._case_index = {k: i for i, k in enumerate(keys)}
         self._case_data = {k: {"clinical": vectors[i].astype(np.float32), "time": float(outs[tcol].values[i]),
                                "event": float(outs[ecol].values[i]), "label": float(labels[i])}
                            for i, k in enumerate(keys)}
@@ -422,7 +456,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
         table = torch.from_numpy(table.astype(np.float32)).to(self.device, non_blocking=True)
         n = table.shape[1] - 4
         return {"clinical": table[:, :n], "time": table[:, n], "event": table[:, n + 1], "label": table[:, n + 2],
-                "tumour_voxels": table[:, n + 3], "keys": [str(k) for k in keys]}
+                "tumour_voxels": table[:, n + 3], "keys": [str(k) for k in keys],
+                # integer identity of each case inside this fold, for the Cox memory's one entry per case
+                "case_index": torch.tensor([self._case_index[str(k)] for k in keys], dtype=torch.long)}
 
     # ------------------------------------------------------------------ losses
     def head_supervision_weights(self, target: torch.Tensor, keys: Sequence[str],
@@ -447,14 +483,19 @@ class MultiRecTrainerBase(nnUNetTrainer):
         cls_loss = L.masked_bce_with_logits(heads["cls_logit"].float(), ctx["label"], weights=has_tumour)
         time_, event = ctx["time"], ctx["event"]
         if net.survival_head == "cox":
-            log_risk, w = heads["log_risk"].float(), has_tumour
+            log_risk, w, ids = heads["log_risk"].float(), has_tumour, ctx["case_index"]
             if self.is_ddp:
-                log_risk, time_, event, w = L.gather_across_ranks(log_risk, time_, event, w)
-            mem = net.risk_memory.get() if net.risk_memory.size > 0 else (None, None, None)
+                log_risk, time_, event, w, ids = L.gather_across_ranks(log_risk, time_, event, w, case_ids=ids)
+            use_memory = net.risk_memory.size > 0
+            one_per_case = self.cox_memory_one_entry_per_case
+            mem = net.risk_memory.get(exclude_case_ids=ids if one_per_case else None) if use_memory \
+                else (None, None, None)
             surv_loss = L.cox_partial_likelihood(log_risk, time_, event, weights=w, ties=self.cox_ties,
-                                                 extra_log_risk=mem[0], extra_time=mem[1], extra_event=mem[2])
-            if self.network.training and net.risk_memory.size > 0:
-                net.risk_memory.update(log_risk.detach(), time_, event, weights=w)
+                                                 extra_log_risk=mem[0], extra_time=mem[1], extra_event=mem[2],
+                                                 normalise=self.cox_normalise)
+            if self.network.training and use_memory:
+                net.risk_memory.update(log_risk.detach(), time_, event, weights=w,
+                                       case_ids=ids if one_per_case else None)
         else:
             surv_loss = L.discrete_time_nll(heads["hazard_logits"].float(), time_, event,
                                             net.time_bin_edges.to(time_.device, torch.float32), weights=has_tumour)
@@ -536,20 +577,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
                 vals = np.concatenate(gathered)
             self.logger.log(key, float(np.mean(vals)), self.current_epoch)
 
-    def on_validation_epoch_start(self):
-        super().on_validation_epoch_start()
-        self._val_records = []
-
-    def validation_step(self, batch: dict) -> dict:
-        self._enter_step(batch)
-        try:
-            out = super().validation_step(batch)
-        finally:
-            sink = self._leave_step()
-        self._val_records.append(([str(k) for k in batch["keys"]],
-                                  {k: v.float().cpu().numpy() for k, v in sink[-1].items()}))
-        return out
-
     def patient_level_validation(self, records) -> Dict[str, dict]:
         """Patient-level predictions of the validation cases from patch records (see aggregation)."""
         net = self.mt_network()
@@ -570,19 +597,89 @@ class MultiRecTrainerBase(nnUNetTrainer):
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
         super().on_validation_epoch_end(val_outputs)
-        records = self._val_records
-        if self.is_ddp:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, records)
-            records = [r for g in gathered for r in g]
-        c, auc = self.validation_metrics(self.patient_level_validation(records))
+        if self.whole_fold_validation:
+            c, auc, n_cases, note = self._whole_fold_head_metrics()
+        else:
+            records = self._val_records
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, records)
+                records = [r for g in gathered for r in g]
+            preds = self.patient_level_validation(records)
+            c, auc = self.validation_metrics(preds)
+            n_cases, note = len(preds), "averaged over nnU-Net's random validation patches"
         self.logger.log("val_c_index", c, self.current_epoch)
         self.logger.log("val_auc", auc, self.current_epoch)
+        self.logger.log("val_head_cases", n_cases, self.current_epoch)
+        self._val_head_note = note
         score = (self.logger.get_value("mean_fg_dice", step=-1)
                  + (0.5 if np.isnan(c) else c) + (0.5 if np.isnan(auc) else auc)) / 3
         prev = self.logger.get_value("ema_selection_score", step=None)
         ema = score if len(prev) == 0 else 0.9 * prev[-1] + 0.1 * score
         self.logger.log("ema_selection_score", ema, self.current_epoch)
+
+    def _whole_fold_head_metrics(self):
+        """(C-index, AUC, number of cases, note) of the heads' patient-level predictions of *every*
+        validation case of the fold, by the predictor's definition without test-time mirroring.
+
+        It runs when due: its cost is kept to ``whole_fold_validation_budget`` x the epoch's
+        training time on average by spacing the runs (the interval follows the last run's measured
+        cost); on the epochs between, the last values are carried forward and the log says from
+        which epoch they are. Under DDP each rank predicts a share of the cases.
+        """
+        due = self._next_whole_fold_epoch is None or self.current_epoch >= self._next_whole_fold_epoch \
+            or self.current_epoch == self.num_epochs - 1
+        if not due:
+            c, auc, n, epoch = self._last_whole_fold
+            return c, auc, n, f"whole fold, from epoch {epoch}"
+        from nnunet_multitask.predictor import predict_heads_for_preprocessed_cases
+        keys = list(self._val_keys)
+        if self.is_ddp:
+            keys = keys[dist.get_rank()::dist.get_world_size()]
+        t0 = time()
+        self.set_deep_supervision_enabled(False)
+        try:
+            with torch.no_grad():
+                table = predict_heads_for_preprocessed_cases(self, keys, use_mirroring=False,
+                                                             cache=self._val_image_cache) if keys else None
+        finally:
+            self.set_deep_supervision_enabled(True)
+        col = f"p_recurrence_{int(self.horizon)}m"
+        preds = {} if table is None else {r["case_id"]: {"risk_score": float(r["risk_score"]),
+                                                          "p_recurrence": float(r[col])}
+                                          for _, r in table.iterrows()}
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, preds)
+            preds = {k: v for g in gathered for k, v in g.items()}
+        seconds = time() - t0
+        c, auc = self.validation_metrics(preds)
+        train_seconds = max(t0 - self.logger.get_value("epoch_start_timestamps", step=-1) - self._val_patch_seconds,
+                            1e-3)
+        every = max(1, int(np.ceil(seconds / (self.whole_fold_validation_budget * train_seconds))))
+        if self.is_ddp:  # every rank must take the same decision
+            every_all = [None] * dist.get_world_size()
+            dist.all_gather_object(every_all, every)
+            every = max(every_all)
+        self._next_whole_fold_epoch = self.current_epoch + every
+        self._last_whole_fold = (c, auc, len(preds), self.current_epoch)
+        return c, auc, len(preds), f"whole fold, this epoch, {seconds:.1f} s; next in {every} epoch(s)"
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._val_records = []
+        self._val_patch_t0 = time()
+
+    def validation_step(self, batch: dict) -> dict:
+        self._enter_step(batch)
+        try:
+            out = super().validation_step(batch)
+        finally:
+            sink = self._leave_step()
+        self._val_records.append(([str(k) for k in batch["keys"]],
+                                  {k: v.float().cpu().numpy() for k, v in sink[-1].items()}))
+        self._val_patch_seconds = time() - self._val_patch_t0
+        return out
 
     def on_epoch_end(self):
         # nnU-Net's on_epoch_end with the best checkpoint chosen on the selection score (module docstring)
@@ -595,7 +692,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self.print_to_log_file("val_loss", np.round(lg("val_losses", step=-1), 4))
         self.print_to_log_file("Pseudo dice", [np.round(i, 4) for i in lg("dice_per_class_or_region", step=-1)])
         self.print_to_log_file(f"val C-index {np.round(lg('val_c_index', step=-1), 4)}, "
-                               f"val AUC@{self.horizon:g}m {np.round(lg('val_auc', step=-1), 4)} (patient level)")
+                               f"val AUC@{self.horizon:g}m {np.round(lg('val_auc', step=-1), 4)} (patient level, "
+                               f"{lg('val_head_cases', step=-1)} of {len(self._val_keys)} validation cases; "
+                               f"{self._val_head_note})")
         self.print_to_log_file(f"Epoch time: {np.round(lg('epoch_end_timestamps', -1) - lg('epoch_start_timestamps', -1), 2)} s")
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))

@@ -9,7 +9,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from clinical.preprocessing import ClinicalPreprocessingError, ClinicalPreprocessor
-from clinical.schema import ClinicalSchema
+from clinical.schema import ClinicalSchema, SchemaError
 
 ALL = ("pretreatment", "postoperative")
 
@@ -29,7 +29,10 @@ def make_table(schema: ClinicalSchema, n: int, seed: int, missing_rate: float = 
             "dfs_event": rng.integers(0, 2, n)}
     for name, spec in schema.columns.items():
         if spec.type == "numeric":
-            col = rng.normal(60 if name == "age" else 5, 10, n).astype(object)
+            col = rng.normal(60 if name == "age" else 5, 10, n)
+            if spec.transform is not None:  # inside the log's domain (CEA is declared "log")
+                col = np.abs(col) + 0.1
+            col = col.astype(object)
         elif spec.type == "binary":
             col = rng.choice(["0", "1"], n).astype(object)
         else:
@@ -342,3 +345,136 @@ def test_other_bad_arguments(schema):
         ClinicalPreprocessor(schema, ("radiology",))
     with pytest.raises(TypeError):
         ClinicalPreprocessor(schema, "pretreatment")
+
+
+# ---------------------------------------------------------------------- declared numeric transforms
+def _without_transforms(schema: ClinicalSchema) -> ClinicalSchema:
+    d = schema.to_dict()
+    for spec in d["columns"].values():
+        spec.pop("transform", None)
+    return ClinicalSchema.from_dict(d)
+
+
+def _with_transform(schema: ClinicalSchema, column: str, transform) -> dict:
+    d = schema.to_dict()
+    d["columns"][column]["transform"] = transform
+    return d
+
+
+def test_larc_schema_declares_log_cea(schema):
+    assert schema.columns["cea"].transform == "log"
+    assert [n for n, c in schema.columns.items() if c.transform is not None] == ["cea"]
+    # the key survives the dataset.json multitask block (schema.to_dict()["columns"]) and JSON
+    assert schema.to_dict()["columns"]["cea"]["transform"] == "log"
+    assert ClinicalSchema.from_dict(json.loads(json.dumps(schema.to_dict()))) == schema
+    assert "transform" not in schema.to_dict()["columns"]["age"]
+
+
+def test_log_transform_carried_by_state_vector_to_prediction(schema):
+    """Fit on a training fold, keep only the state vector (the checkpoint buffer), rebuild at
+    prediction from the schema as dataset.json carries it: the log is applied there too."""
+    from nnunet_multitask.dataset import schema_from_block
+
+    train = make_table(schema, 40, 30, missing_rate=0.2)
+    new = make_table(schema, 12, 31, missing_rate=0.3, prefix="new")
+    fitted = ClinicalPreprocessor(schema, ALL).fit(train)
+    vec = fitted.state_vector()
+
+    block = json.loads(json.dumps({"clinical_columns": schema.to_dict()["columns"],
+                                   "time_column": schema.time_column, "event_column": schema.event_column}))
+    at_prediction = schema_from_block(block)
+    assert at_prediction.columns["cea"].transform == "log"
+    loaded = ClinicalPreprocessor.from_state_vector(at_prediction, ALL, vec.copy())
+    x_new = loaded.transform(new)
+    np.testing.assert_array_equal(x_new, fitted.transform(new))
+
+    # by hand: log first, then the median / mean / population std of the transformed training fold
+    t_train = np.log(train["cea"].to_numpy(dtype=float))
+    median = np.nanmedian(t_train)
+    imputed = np.where(np.isnan(t_train), median, t_train)
+    mean, std = imputed.mean(), imputed.std()
+    t_new = np.log(new["cea"].to_numpy(dtype=float))
+    expected = (np.where(np.isnan(t_new), median, t_new) - mean) / std
+    assert np.isnan(t_new).any()  # missing CEA is imputed in the log space
+    cea = fitted.feature_names.index("cea")
+    np.testing.assert_allclose(x_new[:, cea], expected, rtol=1e-5, atol=1e-6)
+    # state layout: header 2, age 3, sex 1, then cea's median, mean, scale (of the logs)
+    np.testing.assert_allclose(vec[6:9], [median, mean, std], rtol=1e-12)
+    # the sklearn fit (on the transformed frame) agrees with the numpy transform
+    np.testing.assert_allclose(fitted.transform(train),
+                               fitted.sklearn_transformer_.transform(fitted._validated_frame(train, "case_id")),
+                               rtol=1e-6, atol=1e-6)
+
+    # without the declared transform the encoding differs (only in the cea feature) ...
+    plain_schema = _without_transforms(schema)
+    plain = ClinicalPreprocessor(plain_schema, ALL).fit(train)
+    x_plain = plain.transform(new)
+    assert not np.allclose(x_plain[:, cea], x_new[:, cea])
+    other = [i for i in range(x_new.shape[1]) if i != cea]
+    np.testing.assert_array_equal(x_plain[:, other], x_new[:, other])
+    raw = new["cea"].to_numpy(dtype=float)
+    raw_train = train["cea"].to_numpy(dtype=float)
+    raw_imputed = np.where(np.isnan(raw_train), np.nanmedian(raw_train), raw_train)
+    np.testing.assert_allclose(x_plain[:, cea], (np.where(np.isnan(raw), np.nanmedian(raw_train), raw)
+                                                 - raw_imputed.mean()) / raw_imputed.std(), rtol=1e-5, atol=1e-6)
+    # ... and a vector fitted with the transform is refused by a schema without it, and vice versa
+    with pytest.raises(ClinicalPreprocessingError, match="different column layout"):
+        ClinicalPreprocessor.from_state_vector(plain_schema, ALL, vec)
+    with pytest.raises(ClinicalPreprocessingError, match="different column layout"):
+        ClinicalPreprocessor.from_state_vector(schema, ALL, plain.state_vector())
+    # the JSON form carries it as well
+    np.testing.assert_array_equal(
+        ClinicalPreprocessor.from_dict(json.loads(json.dumps(fitted.to_dict()))).transform(new), x_new)
+
+
+def test_log1p_transform_by_hand(schema):
+    log1p_schema = ClinicalSchema.from_dict(_with_transform(schema, "distance_av_cm", "log1p"))
+    df = make_table(schema, 5, 32, missing_rate=0.0)
+    df["distance_av_cm"] = [0.0, 3.0, np.nan, 7.0, -0.5]  # 0 and -0.5 are inside log1p's domain
+    pre = ClinicalPreprocessor(log1p_schema, ("pretreatment",))
+    x = pre.fit_transform(df)[:, pre.feature_names.index("distance_av_cm")]
+    t = np.log1p([0.0, 3.0, 7.0, -0.5])
+    median = np.median(t)
+    t = np.array([t[0], t[1], median, t[2], t[3]])
+    np.testing.assert_allclose(x, (t - t.mean()) / t.std(), rtol=1e-5, atol=1e-6)
+
+
+def test_transform_domain_errors_name_column_case_and_value(schema):
+    pre = ClinicalPreprocessor(schema, ALL).fit(make_table(schema, 20, 33))
+    val = make_table(schema, 5, 34, prefix="val")
+    val.loc[2, "cea"] = 0.0
+    with pytest.raises(ValueError, match=r"'cea'.*transform 'log' needs values > 0.*val_002.*0\.0"):
+        pre.transform(val)
+    val.loc[2, "cea"] = -1.5
+    val.loc[4, "cea"] = np.nan  # missing is not an error: it is imputed
+    with pytest.raises(ValueError, match=r"'cea'.*val_002.*-1\.5") as info:
+        pre.transform(val)
+    assert "val_004" not in str(info.value)
+    # at fit time too, and the row index is named without an id column
+    train = make_table(schema, 8, 35).drop(columns="case_id")
+    train.loc[6, "cea"] = -2.0
+    with pytest.raises(ValueError, match=r"'cea'.*row index 6.*-2\.0"):
+        ClinicalPreprocessor(schema, ALL).fit(train)
+    # log1p: -1 is outside, anything above is inside
+    log1p_schema = ClinicalSchema.from_dict(_with_transform(schema, "age", "log1p"))
+    train = make_table(schema, 8, 36)
+    train.loc[3, "age"] = -1.0
+    with pytest.raises(ValueError, match=r"'age'.*transform 'log1p' needs values > -1.*case_003.*-1\.0"):
+        ClinicalPreprocessor(log1p_schema, ALL).fit(train)
+
+
+def test_schema_rejects_bad_transforms(schema):
+    with pytest.raises(SchemaError, match=r"column 'cea'.*transform must be one of.*'sqrt'"):
+        ClinicalSchema.from_dict(_with_transform(schema, "cea", "sqrt"))
+    with pytest.raises(SchemaError, match=r"column 'cea'.*transform must be one of.*\['log'\]"):
+        ClinicalSchema.from_dict(_with_transform(schema, "cea", ["log"]))
+    with pytest.raises(ValueError, match=r"column 'trg' of type categorical cannot declare a transform"):
+        ClinicalSchema.from_dict(_with_transform(schema, "trg", "log"))
+    with pytest.raises(ValueError, match=r"column 'mrf' of type binary cannot declare a transform"):
+        ClinicalSchema.from_dict(_with_transform(schema, "mrf", "log1p"))
+    # the multitask block of dataset.json is validated by the same code
+    from nnunet_multitask.dataset import schema_from_block
+    block = {"clinical_columns": _with_transform(schema, "age", "exp")["columns"],
+             "time_column": "dfs_months", "event_column": "dfs_event"}
+    with pytest.raises(ValueError, match=r"column 'age'.*'exp'"):
+        schema_from_block(block)

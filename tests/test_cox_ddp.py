@@ -41,6 +41,12 @@ def global_batch():
     return x, time, event, weights, eta, memory
 
 
+#: case ids of the global batch (case 11 also sits in the memory) and of the memory's entries,
+#: as the trainer passes them: the memory keeps one entry per case and leaves the batch's cases out
+BATCH_IDS = torch.tensor([0, 11, 2, 3, 4])
+MEMORY_IDS = torch.tensor([10, 11, 12])
+
+
 def make_model():
     torch.manual_seed(0)
     return torch.nn.Linear(3, 1, dtype=DT)
@@ -67,15 +73,16 @@ def run_rank(rank, out_dir, ties):
     # (b) a real DDP model with a risk-set memory, one training step's loss
     model = torch.nn.parallel.DistributedDataParallel(make_model())
     mem = RiskSetMemory(8)
-    mem.update(*memory)
+    mem.update(*memory, case_ids=MEMORY_IDS)
     log_risk = model(x[shard])
-    r, t, e, w = gather_across_ranks(log_risk, time[shard], event[shard], weights[shard])
-    extra = mem.get()
+    r, t, e, w, ids = gather_across_ranks(log_risk, time[shard], event[shard], weights[shard],
+                                          case_ids=BATCH_IDS[shard])
+    extra = mem.get(exclude_case_ids=ids)
     ddp_loss = cox_partial_likelihood(r, t, e, weights=w, ties=ties, extra_log_risk=extra[0],
-                                      extra_time=extra[1], extra_event=extra[2])
+                                      extra_time=extra[1], extra_event=extra[2], normalise="batch")
     ddp_loss.backward()
-    mem.update(r.detach(), t, e, weights=w)
-    torch.save({"loss": loss.detach(), "local_grad": local_eta.grad, "gathered_time": g_time,
+    mem.update(r.detach(), t, e, weights=w, case_ids=ids)
+    torch.save({"loss": loss.detach(), "local_grad": local_eta.grad, "gathered_time": g_time, "gathered_ids": ids,
                 "gathered_event": g_event, "gathered_weights": g_w, "ddp_loss": ddp_loss.detach(),
                 "weight_grad": model.module.weight.grad, "bias_grad": model.module.bias.grad,
                 "memory": mem.get()}, f"{out_dir}/{ties}_rank{rank}.pt")
@@ -105,15 +112,19 @@ def test_distributed_cox_equals_single_process(distributed_results, ties):
     loss_single.backward()
     model = make_model()
     mem = RiskSetMemory(8)
-    mem.update(*memory)
-    extra = mem.get()
+    mem.update(*memory, case_ids=MEMORY_IDS)
+    extra = mem.get(exclude_case_ids=BATCH_IDS)
+    assert len(extra[0]) == 2  # case 11's stale entry is not in the batch's risk sets
     ddp_loss_single = cox_partial_likelihood(model(x), time, event, weights=weights, ties=ties,
-                                             extra_log_risk=extra[0], extra_time=extra[1], extra_event=extra[2])
+                                             extra_log_risk=extra[0], extra_time=extra[1], extra_event=extra[2],
+                                             normalise="batch")
     ddp_loss_single.backward()
-    mem.update(model(x).detach(), time, event, weights=weights)
+    mem.update(model(x).detach(), time, event, weights=weights, case_ids=BATCH_IDS)
+    assert len(mem) == 6  # 3 memory cases + 4 weighted batch cases, case 11 once
 
     for rank, res in enumerate(results):
         assert res["gathered_time"].tolist() == time.tolist()  # rank order, padding removed
+        assert res["gathered_ids"].tolist() == BATCH_IDS.tolist()
         assert res["gathered_event"].tolist() == event.bool().tolist()
         assert res["gathered_weights"].tolist() == weights.tolist()
         torch.testing.assert_close(res["loss"], loss_single.detach())

@@ -216,6 +216,40 @@ def test_cox_memory_equals_concatenation_with_memory_detached(ties):
     assert with_memory.item() != pytest.approx(cox_partial_likelihood(eta, t, e, ties=ties).item())
 
 
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_cox_batch_normalisation_divides_by_the_batch_events(ties):
+    """Issue 10.3: with ``normalise="batch"`` the union's summed log-likelihood is divided by the
+    batch's own (weighted) events, so a memory of many events does not dilute the batch's gradient."""
+    rng = np.random.default_rng(3)
+    eta = torch.tensor(rng.normal(size=4), requires_grad=True)
+    t = torch.tensor([2.0, 4.0, 4.0, 7.0], dtype=DT)
+    e = torch.tensor([1, 0, 1, 0])  # 2 batch events
+    w = torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=DT)
+    m_eta, m_t = torch.tensor(rng.normal(size=6)), torch.tensor([1.0, 3.0, 4.0, 5.0, 6.0, 9.0], dtype=DT)
+    m_e = torch.tensor([1, 1, 1, 1, 1, 0])  # 5 memory events
+    kw = dict(ties=ties, weights=w, extra_log_risk=m_eta, extra_time=m_t, extra_event=m_e)
+    union = cox_partial_likelihood(eta, t, e, normalise="all", **kw)
+    batch = cox_partial_likelihood(eta, t, e, normalise="batch", **kw)
+    assert batch.item() == pytest.approx(union.item() * 7 / 2, rel=1e-12)
+    g_union, = torch.autograd.grad(union, eta)
+    g_batch, = torch.autograd.grad(cox_partial_likelihood(eta, t, e, normalise="batch", **kw), eta)
+    torch.testing.assert_close(g_batch, g_union * 7 / 2)
+    # without a memory both normalisations are the textbook per-event average
+    assert cox_partial_likelihood(eta, t, e, ties=ties, normalise="batch").item() == pytest.approx(
+        cox_partial_likelihood(eta, t, e, ties=ties).item(), rel=1e-12)
+    # a batch without events is divided by 1: its samples still get gradient from memory events
+    no_ev = cox_partial_likelihood(eta, t, torch.zeros(4), normalise="batch", **{k: v for k, v in kw.items()})
+    assert no_ev.item() == pytest.approx(-reference_cox_log_lik_sum(
+        eta.tolist() + m_eta.tolist(), t.tolist() + m_t.tolist(), [0] * 4 + m_e.tolist(), ties), rel=1e-12)
+    with pytest.raises(ValueError, match="normalise"):
+        cox_partial_likelihood(eta, t, e, normalise="events")
+
+
+def reference_cox_log_lik_sum(eta, time, event, ties):
+    """Summed log partial likelihood (reference_cox_nll x number of events, sign flipped)."""
+    return -reference_cox_nll(eta, time, event, ties) * sum(event)
+
+
 def test_cox_gradient_matches_finite_differences():
     x, time, event = survival_data(n=20, seed=5)
     eta = torch.tensor(np.random.default_rng(0).normal(size=20), requires_grad=True)
@@ -304,6 +338,43 @@ def test_risk_set_memory_state_dict_round_trip_inside_a_network():
     for m in (net.risk_memory, restored.risk_memory):
         m.update(torch.tensor([7.0, 8.0, 9.0]), torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, 0]))
     assert restored.risk_memory.get()[0].tolist() == net.risk_memory.get()[0].tolist() == [-0.5, 2.0, 7.0, 8.0, 9.0]
+
+
+def test_risk_set_memory_keeps_one_entry_per_case_and_leaves_the_batch_out():
+    """Issue 10.3: with case ids the memory holds each case's newest prediction once, and ``get``
+    leaves out the current batch's cases."""
+    mem = RiskSetMemory(4)
+    mem.update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20, 30]), torch.tensor([1, 0, 1]),
+               case_ids=torch.tensor([7, 8, 9]))
+    # case 8 again (newer prediction replaces it in place), case 5 new, case 7 twice in one batch
+    mem.update(torch.tensor([20.0, 50.0, 70.0, 71.0]), torch.tensor([21.0, 50, 11, 12]),
+               torch.tensor([1, 0, 0, 1]), case_ids=torch.tensor([8, 5, 7, 7]))
+    assert len(mem) == 4
+    held = dict(zip(mem.case_id.tolist(), mem.log_risk.tolist()))
+    assert held == {7: 71.0, 8: 20.0, 9: 3.0, 5: 50.0}
+    risk, time, event = mem.get(exclude_case_ids=torch.tensor([8, 5]))
+    assert sorted(risk.tolist()) == [3.0, 71.0]
+    # full: a new case evicts the case inserted longest ago (7, first slot), not a refreshed newer one
+    mem.update(torch.tensor([6.0]), torch.tensor([6.0]), torch.tensor([0]), case_ids=torch.tensor([6]))
+    assert sorted(mem.case_id.tolist()) == [5, 6, 8, 9]
+    # zero-weight entries are not stored; ids must be non-negative integers and match the batch
+    mem.update(torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([1]), weights=torch.tensor([0.0]),
+               case_ids=torch.tensor([1]))
+    assert 1 not in mem.case_id.tolist()
+    with pytest.raises(ValueError, match="case_ids"):
+        mem.update(torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([1]), case_ids=torch.tensor([-1]))
+    with pytest.raises(ValueError, match="case_ids"):
+        mem.update(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 2.0]), torch.tensor([1, 0]),
+                   case_ids=torch.tensor([1]))
+
+
+def test_risk_set_memory_loads_a_state_dict_without_case_ids():
+    old = RiskSetMemory(3)
+    old.update(torch.tensor([0.5, 1.5]), torch.tensor([2.0, 3.0]), torch.tensor([1, 0]))
+    state = {k: v for k, v in old.state_dict().items() if k != "case_id"}
+    new = RiskSetMemory(3)
+    new.load_state_dict(state, strict=True)
+    assert new.case_id.tolist() == [-1, -1, -1] and new.get()[0].tolist() == [0.5, 1.5]
 
 
 def test_risk_set_memory_size_zero_is_disabled():

@@ -316,3 +316,134 @@ def test_comparison_reuses_per_model_resamples_exactly(gbsg2_tables):
     reused = SE.compare_pair(frames[0], frames[1], 36.0, 100, 4, *cached)
     assert reused["c_index_difference_ci"] == pytest.approx(recomputed["c_index_difference_ci"], abs=1e-12)
     assert reused["c_index_difference_p_bootstrap"] == recomputed["c_index_difference_p_bootstrap"]
+
+
+# --------------------------------------------------------------------------------------------
+# The two horizon risks: classification head (p_recurrence_<H>m) vs survival head (surv_prob_<H>m)
+# --------------------------------------------------------------------------------------------
+HEADS_OUTCOMES = {"case_id": list("abcdefghijk"),
+                  "dfs_months": [10, 20, 30, 40, 50, 60, 45, 5, 12, 36, 36],
+                  "dfs_event": [1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1]}  # h, i: censored early (unknown at 36)
+P_CLASSIFICATION = [0.9, 0.35, 0.7, 0.2, 0.5, 0.3, 0.1, 0.05, 0.95, 0.4, 0.6]
+SURV_AT_HORIZON = [0.3, 0.2, 0.75, 0.6, 0.9, 0.5, 0.65, 0.95, 0.1, 0.55, 0.7]
+
+
+def _heads_inputs(tmp_path, tag, surv_h=None):
+    surv = list(SURV_AT_HORIZON)
+    if surv_h is not None:
+        surv[7] = surv_h  # case h, censored at 5 months
+    multitask = {"case_id": HEADS_OUTCOMES["case_id"], "risk_score": -np.log(surv),
+                 f"p_recurrence_{tag}m": P_CLASSIFICATION, f"surv_prob_{tag}m": surv}
+    baseline = {"case_id": HEADS_OUTCOMES["case_id"], "risk_score": P_CLASSIFICATION,
+                f"p_recurrence_{tag}m": P_CLASSIFICATION}  # classification only: no surv_prob
+    outcome_csv, multitask_csv = _write_small(tmp_path, HEADS_OUTCOMES, multitask, "multitask.csv")
+    _, baseline_csv = _write_small(tmp_path, HEADS_OUTCOMES, baseline, "baseline.csv")
+    return outcome_csv, multitask_csv, baseline_csv, np.array(surv)
+
+
+@pytest.mark.parametrize("horizon", [36.0, 18.0])
+def test_survival_head_auc_and_heads_agreement(tmp_path, horizon):
+    from scipy.stats import pearsonr, spearmanr
+
+    tag = SE.horizon_tag(horizon)
+    outcome_csv, multitask_csv, baseline_csv, surv = _heads_inputs(tmp_path, tag)
+    out = tmp_path / "report"
+    assert SE.main(["--predictions", str(multitask_csv), str(baseline_csv), "--outcomes", str(outcome_csv),
+                    "--horizon", tag, "--bootstrap", "20", "--no-figures", "-o", str(out)]) == 0
+    report = json.loads((out / "metrics.json").read_text())  # strict JSON (no NaN)
+    result = report["models"]["multitask"]["all"]
+
+    time, event = np.array(HEADS_OUTCOMES["dfs_months"]), np.array(HEADS_OUTCOMES["dfs_event"]).astype(bool)
+    known = (event & (time <= horizon)) | (time >= horizon)
+    labels = (event & (time <= horizon))[known].astype(int)
+    p, risk_survival = np.array(P_CLASSIFICATION), 1 - surv
+    assert 0 < (~known).sum() and result["n_known_status"] == int(known.sum())
+
+    # Both heads' AUCs on the same known-status cases, DeLong CIs, named by head and column.
+    assert result[f"auc_{tag}m"] == pytest.approx(roc_auc_score(labels, p[known]), abs=1e-12)
+    assert result[f"auc_{tag}m_head"] == "classification head"
+    assert result[f"auc_{tag}m_score"] == f"p_recurrence_{tag}m"
+    expected = roc_auc_score(labels, risk_survival[known])
+    assert result[f"auc_{tag}m_survival_head"] == pytest.approx(expected, abs=1e-12)
+    assert result[f"auc_{tag}m_survival_head_ci"] == pytest.approx(list(delong_ci(labels, risk_survival[known])[1]))
+    assert result[f"auc_{tag}m_survival_head_score"] == f"1 - surv_prob_{tag}m"
+    assert expected != pytest.approx(roc_auc_score((event & (time <= horizon)).astype(int), risk_survival))
+    assert result[f"auc_{tag}m_heads_difference"] == pytest.approx(result[f"auc_{tag}m"] - expected)
+    assert 0 <= result[f"auc_{tag}m_heads_delong_p"] <= 1
+
+    # Agreement of the two risks over every case of the set, against scipy / numpy.
+    agreement = result[f"heads_agreement_{tag}m"]
+    assert agreement["n"] == 11
+    assert agreement["pearson"] == pytest.approx(pearsonr(p, risk_survival)[0], abs=1e-12)
+    assert agreement["spearman"] == pytest.approx(spearmanr(p, risk_survival)[0], abs=1e-12)
+    assert agreement["mean_abs_diff"] == pytest.approx(np.mean(np.abs(p - risk_survival)), abs=1e-12)
+    assert agreement["mean_diff"] == pytest.approx(np.mean(p - risk_survival), abs=1e-12)
+
+    # A model without surv_prob: survival-head AUC and agreement null with a reason, no error.
+    baseline = report["models"]["baseline"]["all"]
+    assert baseline[f"auc_{tag}m"] == pytest.approx(roc_auc_score(labels, p[known]), abs=1e-12)
+    assert baseline[f"auc_{tag}m_survival_head"] is None
+    assert f"surv_prob_{tag}m" in baseline[f"auc_{tag}m_survival_head_reason"]
+    assert baseline[f"heads_agreement_{tag}m"] is None and baseline[f"heads_agreement_{tag}m_reason"]
+    assert baseline[f"auc_{tag}m_heads_delong_p"] is None
+    assert report["counts"]["models"]["baseline"]["surv_prob_horizon_column"] is None
+    assert report["counts"]["models"]["multitask"]["surv_prob_horizon_column"] == f"surv_prob_{tag}m"
+
+    # metrics.json names the head behind every column and horizon metric.
+    columns = report["columns"]
+    assert columns["prediction_columns"][f"p_recurrence_{tag}m"].startswith("classification head")
+    assert columns["prediction_columns"]["surv_prob_<t>m"].startswith("survival head")
+    assert columns["prediction_columns"]["risk_score"].startswith("survival head")
+    assert any(k.startswith(f"auc_{tag}m_survival_head") and v.startswith(f"1 - surv_prob_{tag}m")
+               for k, v in columns["metrics"].items())
+
+    # report.md: a table with both AUCs and the agreement, numbers as in metrics.json.
+    markdown = (out / "report.md").read_text()
+    header = (f"| Model | Set | Known status | AUC classification head, p_recurrence_{tag}m (95% CI) | "
+              f"AUC survival head, 1 - surv_prob_{tag}m (95% CI) | DeLong p (heads) | Pearson r | Spearman rho | "
+              "Mean abs. difference |")
+    assert header in markdown
+    section = markdown.split(f"## The two {tag}-month risks")[1].split("\n## ")[0].splitlines()
+    row = next(line for line in section if line.startswith("| multitask | all | "))
+    low, high = result[f"auc_{tag}m_survival_head_ci"]
+    assert f"| {expected:.2f} ({low:.2f}, {high:.2f}) |" in row
+    assert f"| {agreement['pearson']:.2f} | {agreement['spearman']:.2f} | {agreement['mean_abs_diff']:.3f} |" in row
+    baseline_row = next(line for line in section if line.startswith("| baseline | all | "))
+    assert baseline_row.endswith("| n/a | n/a | n/a | n/a | n/a |")
+
+
+def test_survival_head_auc_ignores_cases_censored_before_horizon(tmp_path):
+    """Case h (censored at 5 months) has unknown status: moving its survival probability from one
+    extreme to the other leaves the survival-head AUC unchanged but moves the agreement."""
+    results = []
+    for surv_h in (0.99, 0.01):
+        outcome_csv, multitask_csv, _, _ = _heads_inputs(tmp_path, "36", surv_h)
+        report = SE.evaluate([multitask_csv], SE.load_outcomes_csv(outcome_csv), tmp_path / "r",
+                             n_bootstrap=20, make_figures=False)
+        results.append(report["models"]["multitask"]["all"])
+        assert sorted(report["dropped"][0]["case_ids"]) == ["h", "i"]
+    assert results[0]["auc_36m_survival_head"] == results[1]["auc_36m_survival_head"]
+    assert results[0]["auc_36m_survival_head_ci"] == results[1]["auc_36m_survival_head_ci"]
+    assert results[0]["heads_agreement_36m"]["mean_abs_diff"] != results[1]["heads_agreement_36m"]["mean_abs_diff"]
+
+
+def test_constant_risk_gives_no_correlation_but_no_error(tmp_path):
+    outcome_csv, prediction_csv = _write_small(tmp_path, HEADS_OUTCOMES, {
+        "case_id": HEADS_OUTCOMES["case_id"], "risk_score": SURV_AT_HORIZON, "p_recurrence_36m": 0.3,
+        "surv_prob_36m": SURV_AT_HORIZON})
+    report = SE.evaluate([prediction_csv], SE.load_outcomes_csv(outcome_csv), tmp_path / "r", n_bootstrap=10,
+                         make_figures=False)
+    agreement = report["models"]["model"]["all"]["heads_agreement_36m"]
+    assert agreement["pearson"] is None and agreement["spearman"] is None and "constant" in agreement["correlation_reason"]
+    assert agreement["mean_abs_diff"] == pytest.approx(np.mean(np.abs(0.3 - (1 - np.array(SURV_AT_HORIZON)))))
+
+
+def test_predictions_json_names_the_head_of_each_column():
+    from nnunet_multitask.predictor import column_sources
+
+    sources = column_sources(["case_id", "risk_score", "p_recurrence_36m", "surv_prob_12m", "surv_prob_36m",
+                              "p_recurrence_36m_sd", "n_folds", "tumour_found"])
+    assert set(sources) == {"risk_score", "p_recurrence_36m", "surv_prob_12m", "surv_prob_36m", "p_recurrence_36m_sd"}
+    assert sources["p_recurrence_36m"].startswith("classification head")
+    assert sources["p_recurrence_36m_sd"].startswith("classification head") and "sd over folds" in sources["p_recurrence_36m_sd"]
+    assert all(sources[c].startswith("survival head") for c in ("risk_score", "surv_prob_12m", "surv_prob_36m"))

@@ -37,6 +37,14 @@ def test_smoke_training_has_heads_metrics_and_fold_fitted_transform(smoke_model)
     assert (fold / "progress.png").is_file()
     text = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "val C-index" in text and "val AUC@36m" in text
+    # issue 10.4: each epoch's head metrics cover every validation case of the fold, and say so
+    import re
+    splits0 = json.loads((smoke_model["root"] / "nnUNet_preprocessed" / smoke_model["raw"].name /
+                          "splits_final.json").read_text())[0]
+    covered = re.findall(r"patient level, (\d+) of (\d+) validation cases; whole fold", text)
+    assert len(covered) == 3, text[-2000:]
+    assert all(int(a) == int(b) == len(splits0["val"]) for a, b in covered)
+    assert log["val_head_cases"] == [len(splits0["val"])] * 3
 
     # the clinical transform in the checkpoint is the one fitted on fold 0's TRAINING cases only
     raw = smoke_model["raw"]
@@ -146,10 +154,15 @@ def test_training_killed_mid_run_resumes_with_heads_transform_and_memory(preproc
     w = final["network_weights"]
     torch.testing.assert_close(w["clinical_state"], killed["network_weights"]["clinical_state"])
     torch.testing.assert_close(w["time_bin_edges"], killed["network_weights"]["time_bin_edges"])
-    # memory entries from before the kill are still there (FIFO not yet wrapped at this size)
-    n = int(mem_valid.sum())
-    torch.testing.assert_close(w["risk_memory.log_risk"][:n], killed["network_weights"]["risk_memory.log_risk"][:n])
-    assert int(w["risk_memory.valid"].sum()) > n
+    # the memory resumed: every case held at the kill is still held (one entry per case, none
+    # evicted below capacity), each case once; an entry unchanged since the kill kept its value
+    held = lambda c: {int(i): float(r) for i, r, v in zip(c["network_weights"]["risk_memory.case_id"],
+                                                          c["network_weights"]["risk_memory.log_risk"],
+                                                          c["network_weights"]["risk_memory.valid"]) if v}
+    before, after = held(killed), held(final)
+    assert before and set(before) <= set(after)
+    ids = [int(i) for i, v in zip(w["risk_memory.case_id"], w["risk_memory.valid"]) if v]
+    assert len(ids) == len(set(ids)) and min(ids) >= 0
     for k in ("classification_head.weight", "survival_output.weight"):
         assert k in w
     # the heads' AdamW resumed with its moments: more steps recorded after --c than at the kill

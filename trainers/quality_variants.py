@@ -48,6 +48,12 @@ class MultiRecTrainer_Cox_quality(_QualityLength, MultiRecTrainerBase):
     survival_head = "cox"
 
 
+class MultiRecTrainer_Cox_quality_oldmemory(MultiRecTrainer_Cox_quality):
+    """The Cox memory before issue 10: loss averaged over batch + memory events, plain FIFO."""
+    cox_normalise = "all"
+    cox_memory_one_entry_per_case = False
+
+
 # ---------------------------------------------------------------------------------------------
 # ablations of the image pathway (image-only, so nothing but the images can carry the risk)
 
