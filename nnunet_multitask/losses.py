@@ -28,6 +28,7 @@ import torch.nn.functional as F
 __all__ = [
     "cox_partial_likelihood",
     "RiskSetMemory",
+    "head_consistency",
     "gather_across_ranks",
     "discrete_time_nll",
     "make_bin_edges",
@@ -683,6 +684,41 @@ def survival_at(hazard_logits: torch.Tensor, bin_edges: torch.Tensor, t) -> torc
     frac = ((t - edges[left]) / (edges[left + 1] - edges[left])).to(surv_edges.dtype)
     s_left = surv_edges[:, left]
     return s_left + frac[None, :] * (surv_edges[:, left + 1] - s_left)
+
+
+def head_consistency(cls_logit: torch.Tensor, hazard_logits: torch.Tensor, bin_edges: torch.Tensor,
+                     horizon: float, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r"""Squared disagreement of the two horizon risks, averaged over weighted samples.
+
+    .. math:: \ell = \frac{\sum_i w_i \big(\sigma(c_i) - (1 - S_i(H))\big)^2}{\sum_i w_i}
+
+    with :math:`c_i` the classification logit and :math:`S_i(H)` the discrete-time head's survival at
+    the horizon (:func:`survival_at`). Needs no outcome, so it also ties the heads on censored
+    samples. Finite 0 with a graph when every weight is 0.
+
+    Parameters
+    ----------
+    cls_logit : Tensor [N] or [N, 1]
+    hazard_logits : Tensor [N, K]
+    bin_edges : Tensor [K + 1]
+    horizon : float, > 0
+    weights : Tensor [N], optional, >= 0
+    """
+    logit = _as_vector(cls_logit, "cls_logit")
+    n = logit.shape[0]
+    if hazard_logits.ndim != 2 or hazard_logits.shape[0] != n:
+        raise ValueError(f"hazard_logits must have shape [{n}, K], got {tuple(hazard_logits.shape)}")
+    if not float(horizon) > 0:
+        raise ValueError(f"horizon must be > 0, got {horizon}")
+    _check_finite(logit, "cls_logit")
+    _check_finite(hazard_logits, "hazard_logits")
+    weights = _prepare_weights(weights, n, logit, binary=False)
+    risk_surv = 1.0 - survival_at(hazard_logits, bin_edges, float(horizon))[:, 0].to(logit.dtype)
+    per_sample = (torch.sigmoid(logit) - risk_surv) ** 2
+    total = weights.sum()
+    if float(total) == 0.0:
+        return 0.0 * (logit.sum() + hazard_logits.sum())
+    return (weights * per_sample).sum() / total
 
 
 # --------------------------------------------------------------------------------------------

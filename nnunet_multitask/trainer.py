@@ -136,7 +136,12 @@ class MultiTaskLoss(torch.nn.Module):
             return seg
         cls_loss, surv_loss = trainer.head_losses(target)
         self.last = {"seg": seg.detach(), "cls": cls_loss.detach(), "surv": surv_loss.detach()}
-        return seg + trainer.lambda_cls * cls_loss + trainer.lambda_surv * surv_loss
+        total = seg + trainer.lambda_cls * cls_loss + trainer.lambda_surv * surv_loss
+        if trainer.lambda_consistency > 0:
+            cons = trainer.consistency_loss(target)
+            self.last["cons"] = cons.detach()
+            total = total + trainer.lambda_consistency * cons
+        return total
 
 
 class SGDWithHeadOptimizer(torch.optim.SGD):
@@ -177,6 +182,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
     survival_head : {"cox", "discrete"}
     lambda_cls, lambda_surv : float
         Weights of the head losses relative to nnU-Net's DC+CE.
+    lambda_consistency : float
+        Weight of a term tying the classification head's horizon risk to the survival head's
+        (``losses.head_consistency``; 0 = off, the measured default: BENCHMARKS.md row c).
     cox_ties : {"efron", "breslow"}
     risk_memory_size : int
         Cox risk-set memory of recent detached predictions (0 disables it).
@@ -221,6 +229,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
     survival_head: str = "discrete"
     lambda_cls: float = 0.5
     lambda_surv: float = 0.5
+    lambda_consistency: float = 0.0
     cox_ties: str = "efron"
     risk_memory_size: int = 128
     cox_normalise: str = "batch"
@@ -500,6 +509,19 @@ class MultiRecTrainerBase(nnUNetTrainer):
             surv_loss = L.discrete_time_nll(heads["hazard_logits"].float(), time_, event,
                                             net.time_bin_edges.to(time_.device, torch.float32), weights=has_tumour)
         return cls_loss, surv_loss
+
+    def consistency_loss(self, target):
+        """Disagreement of the two horizon risks (``losses.head_consistency``) on the supervised
+        patches; discrete-time head only (a Cox head has no absolute risk during training)."""
+        net = self.mt_network()
+        if net.survival_head != "discrete":
+            raise ValueError("lambda_consistency needs the discrete-time survival head")
+        heads = net.head_sink[-1]
+        t0 = target[0] if isinstance(target, (list, tuple)) else target
+        ctx = self._step_context
+        w = self.head_supervision_weights(t0, ctx["keys"], ctx.get("tumour_voxels"))
+        return L.head_consistency(heads["cls_logit"].float(), heads["hazard_logits"].float(),
+                                  net.time_bin_edges.to(w.device, torch.float32), self.horizon, weights=w)
 
     # ------------------------------------------------------------------ steps
     def _enter_step(self, batch):

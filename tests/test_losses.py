@@ -544,3 +544,25 @@ def test_discrete_time_baseline_logits_maximise_the_covariate_free_likelihood():
     torch.testing.assert_close(closed, logits.detach(), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="strictly increasing"):
         discrete_time_baseline_logits(t, e, np.array([0.0, 5.0, 5.0]))
+
+
+def test_head_consistency_is_the_mean_squared_gap_of_the_two_horizon_risks():
+    from nnunet_multitask.losses import head_consistency, survival_at
+    edges = torch.tensor([0.0, 12.0, 24.0, 48.0])
+    hz = torch.tensor([[-2.0, -1.5, -1.0], [0.5, 0.0, -0.5], [-3.0, -3.0, -3.0]], requires_grad=True)
+    logit = torch.tensor([0.2, -1.0, 2.0], requires_grad=True)
+    w = torch.tensor([1.0, 0.0, 1.0])
+    loss = head_consistency(logit, hz, edges, 36.0, weights=w)
+    s36 = survival_at(hz.detach(), edges, 36.0)[:, 0]
+    gap = (torch.sigmoid(logit.detach()) - (1 - s36)) ** 2
+    assert loss.item() == pytest.approx(float((gap[0] + gap[2]) / 2), rel=1e-6)
+    loss.backward()
+    assert logit.grad[1].item() == 0.0 and logit.grad[0].item() != 0.0 and hz.grad.abs().sum() > 0
+    # agreeing heads: zero loss
+    agree = torch.logit(1 - survival_at(hz.detach(), edges, 36.0)[:, 0])
+    assert head_consistency(agree, hz.detach(), edges, 36.0).item() == pytest.approx(0.0, abs=1e-10)
+    assert head_consistency(logit, hz, edges, 36.0, weights=torch.zeros(3)).item() == 0.0
+    with pytest.raises(ValueError, match="horizon"):
+        head_consistency(logit, hz, edges, 0.0)
+    with pytest.raises(ValueError, match="hazard_logits"):
+        head_consistency(logit, hz[:2], edges, 36.0)

@@ -48,6 +48,11 @@ class MultiRecTrainer_Cox_quality(_QualityLength, MultiRecTrainerBase):
     survival_head = "cox"
 
 
+class MultiRecTrainer_quality_consistency(MultiRecTrainer_quality):
+    """"All" plus the consistency term between the two horizon risks (issue 10.2)."""
+    lambda_consistency = 0.5
+
+
 class MultiRecTrainer_Cox_quality_oldmemory(MultiRecTrainer_Cox_quality):
     """The Cox memory before issue 10: loss averaged over batch + memory events, plain FIFO."""
     cox_normalise = "all"
