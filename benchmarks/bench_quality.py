@@ -76,10 +76,12 @@ def prepare(root: Path, patients: int, seed: int, shape) -> dict:
     return {"env": env, "raw": raw, "pre": pre, "cohort": root / "cohort", "root": root}
 
 
-def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int, device: str = "cpu") -> dict:
+def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int, device: str = "cpu",
+                      checkpoint: str = "checkpoint_final.pth") -> dict:
     results = ds["root"] / f"nnUNet_results_seed{seed}"
     folder = results / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
-    out = ds["root"] / f"predictions_seed{seed}" / trainer
+    best = checkpoint != "checkpoint_final.pth"
+    out = ds["root"] / f"predictions_seed{seed}" / (trainer + ("__" + checkpoint.replace(".pth", "") if best else ""))
     env = dict(ds["env"], nnUNet_results=str(results), MULTIREC_SEED=str(seed))
     timing = folder / "fold_0" / "bench_train_seconds.txt"
     if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
@@ -95,9 +97,10 @@ def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int, device
         log(f"predicting the test sets with {trainer} (seed {seed})")
         # mirroring off for every model alike: 8x fewer forward passes on the CPU
         run_command([bin_of(tool), "-i", ds["raw"] / "imagesTs", "-o", out, "-d", DATASET_ID, "-c", "3d_fullres",
-                     "-tr", trainer, "-f", "0", "-device", device, "-npp", "1", "-nps", "1", "--disable_tta"],
-                    env, timeout=3600)
-    return {"trainer": trainer, "seed": seed, "train_seconds": train_s, "predictions": out}
+                     "-tr", trainer, "-f", "0", "-device", device, "-npp", "1", "-nps", "1", "--disable_tta",
+                     "-chk", checkpoint], env, timeout=3600)
+    name = trainer + ("@" + checkpoint.replace("checkpoint_", "").replace(".pth", "") if best else "")
+    return {"trainer": name, "seed": seed, "train_seconds": train_s, "predictions": out}
 
 
 def _clinical_design(ds: dict):
@@ -197,6 +200,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="training seeds (MULTIREC_SEED), comma-separated")
     p.add_argument("--no-nnunet", action="store_true", help="skip the plain nnUNetTrainer Dice reference")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="nnUNetv2_train / predict -device")
+    p.add_argument("--also-best", action="store_true",
+                   help="also predict with checkpoint_best.pth (model name suffix @best)")
     p.add_argument("--train-only", action="store_true", help="train and predict, no evaluation")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--out", default=None)
@@ -208,6 +213,9 @@ def main(argv=None) -> int:
     models = [m for m in a.models.split(",") if m]
 
     runs = {s: [train_and_predict(ds, m, True, s, a.device) for m in models] for s in seeds}
+    if a.also_best:  # the same trainings predicted with the best checkpoint (issue 10.4's choice of -chk)
+        for s in seeds:
+            runs[s] += [train_and_predict(ds, m, True, s, a.device, "checkpoint_best.pth") for m in models]
     nnunet = None if a.no_nnunet else train_and_predict(ds, "nnUNetTrainer_quality", False, seeds[0], a.device)
     if a.train_only:
         log("trainings and predictions done (--train-only)")
