@@ -50,11 +50,11 @@ FOLD = "0"
 
 def ensure_model(trainer: str, data: dict, env: dict, device: str, log=print) -> Path:
     """Train ``trainer`` on fold 0 with ``nnUNetv2_train`` unless its final checkpoint exists."""
-    folder = data["root"] / "nnUNet_results" / common.BENCH_DATASET_NAME / f"{trainer}__nnUNetPlans__{common.CONFIGURATION}"
+    folder = data["root"] / "nnUNet_results" / data["dataset_name"] / f"{trainer}__nnUNetPlans__{common.CONFIGURATION}"
     if not (folder / f"fold_{FOLD}" / "checkpoint_final.pth").is_file():
         log(f"[bench] training {trainer} (fold {FOLD}) for the inference benchmark")
         start = time.perf_counter()
-        common.run_command([common.bin_of("nnUNetv2_train"), str(common.BENCH_DATASET_ID), common.CONFIGURATION, FOLD,
+        common.run_command([common.bin_of("nnUNetv2_train"), str(data["dataset_id"]), common.CONFIGURATION, FOLD,
                             "-tr", trainer, "-device", device], common.training_env(env, n_proc_da=0), timeout=3600)
         log(f"[bench] {trainer} trained in {time.perf_counter() - start:.0f} s")
     return folder
@@ -87,21 +87,23 @@ def main(argv=None) -> int:
     parser.add_argument("-nps", type=int, default=1, help="export processes (both commands)")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring on (off by default, see above)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--size", default="bench", choices=sorted(common.BENCH_SIZES),
+                        help="bench: 80x80x16 images; demo: make demo's 48x48x12 images")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.reference_repeats < 1 or args.cases < 1:
         parser.error("--cases, --repeats and --reference-repeats must be at least 1")
 
     started = time.perf_counter()
-    data = common.prepare_bench_dataset()
+    data = common.prepare_bench_dataset(size=args.size)
     env = common.nnunet_env(data["root"])
     train_start = time.perf_counter()
     ensure_model(MULTIREC_TRAINER, data, env, args.device)
     ensure_model(NNUNET_TRAINER, data, env, args.device)
     train_seconds = time.perf_counter() - train_start
 
-    work = common.BENCH_RUN / "inference_speed"
+    work = common.BENCH_RUN / ("inference_speed" + ("" if args.size == "bench" else f"_{args.size}"))
     cases = input_cases(data["raw"], args.cases, work / "input")
-    common_flags = ["-i", str(work / "input"), "-d", str(common.BENCH_DATASET_ID), "-c", common.CONFIGURATION,
+    common_flags = ["-i", str(work / "input"), "-d", str(data["dataset_id"]), "-c", common.CONFIGURATION,
                     "-f", FOLD, "-device", args.device, "-npp", str(args.npp), "-nps", str(args.nps),
                     "--disable_progress_bar"] + ([] if args.tta else ["--disable_tta"])
     commands = {
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
         "timed_commands": {n: " ".join(commands[n] + common_flags + ["-o", f"OUT/{n}"]) for n in names},
         "machine": common.machine_info(args.device),
         "load_average_start": load_start, "load_average_end": load_end,
-        "dataset": {"name": common.BENCH_DATASET_NAME, "patients": data["patients"], "seed": data["seed"],
+        "dataset": {"name": data["dataset_name"], "size": args.size, "patients": data["patients"], "seed": data["seed"],
                     **common.plan_summary(data["preprocessed"])},
         "cases": cases, "repeats": args.repeats, "reference_repeats": args.reference_repeats, "fold": FOLD, "npp": args.npp, "nps": args.nps, "tta": bool(args.tta),
         "models": {"multirec": MULTIREC_TRAINER, "nnunet": NNUNET_TRAINER},
@@ -158,7 +160,7 @@ def main(argv=None) -> int:
         "target_met": ratios["wall_multitask_over_predict_same_model"] <= TARGET_RATIO,
         "bench_seconds": round(time.perf_counter() - started, 1),
     }
-    path = common.write_result(args.out, result, "inference_speed")
+    path = common.write_result(args.out, result, "inference_speed" + ("" if args.size == "bench" else f"_{args.size}"))
     print(f"[b] inference, {len(cases)} cases, median of {args.repeats} runs: multitask {stats[mt]['wall_s_median']:.1f} s, "
           f"nnUNetv2_predict same model {stats[ref]['wall_s_median']:.1f} s (x{ratios['wall_multitask_over_predict_same_model']:.3f}), "
           f"plain nnU-Net model {stats[plain]['wall_s_median']:.1f} s; target <= {TARGET_RATIO}: "

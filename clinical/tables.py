@@ -26,6 +26,7 @@ whose message names the file, the patient/case ids, the column and the problem.
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence
 
@@ -63,10 +64,51 @@ def _ids_text(ids: Iterable) -> str:
     return shown
 
 
+def _check_layout(path: Path) -> None:
+    """Refuse a file whose rows do not line up with its header, before pandas guesses around it.
+
+    pandas turns the first column into the index when the first data row has one field more than
+    the header (e.g. an unquoted decimal comma, ``62,5``), so every later check would see the
+    wrong columns (``duplicate patient_id(s) 1, 2, 3``). A header of one field holding ``;`` or
+    a tab means the file uses another delimiter.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [(reader_line, row) for reader_line, row in _numbered_rows(csv.reader(f)) if any(
+                cell.strip() for cell in row)]
+    except (UnicodeDecodeError, csv.Error):
+        return  # pandas' reader reports these with its own message
+    if not rows:
+        return
+    header = rows[0][1]
+    if len(header) == 1:
+        for delimiter, name in ((";", "semicolon"), ("\t", "tab")):
+            if delimiter in header[0]:
+                raise ClinicalTableError(
+                    f"{path}: the header is a single column {header[0][:80]!r}: the file looks {name}-delimited "
+                    f"({delimiter!r}); clinical tables must be comma-separated with a decimal point (export the "
+                    f"spreadsheet as CSV with ',' as delimiter)")
+    longer = [(line, row) for line, row in rows[1:] if len(row) > len(header)]
+    if longer:
+        shown = ", ".join(f"line {line} (first value {row[0].strip()!r}: {len(row)} fields)"
+                          for line, row in longer[:5])
+        more = f", ... ({len(longer)} lines in all)" if len(longer) > 5 else ""
+        raise ClinicalTableError(
+            f"{path}: {shown}{more} hold more fields than the header ({len(header)}): an unquoted decimal comma "
+            f"(62,5 instead of 62.5) or a stray comma in a value? Write numbers with a decimal point, or quote "
+            f"values that contain commas")
+
+
+def _numbered_rows(reader):
+    for row in reader:
+        yield reader.line_num, row
+
+
 def _read_csv_as_text(path: Path) -> pd.DataFrame:
     """Read every column as text; typed parsing happens per column afterwards."""
     if not path.is_file():
         raise ClinicalTableError(f"{path}: clinical table not found")
+    _check_layout(path)
     try:
         table = pd.read_csv(path, dtype=str, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

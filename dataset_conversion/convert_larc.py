@@ -32,12 +32,17 @@ Usage::
 
     python -m dataset_conversion.convert_larc --cohort DIR --dataset-id 501 --name LARC \
         [--schema clinical/larc_schema.json] [--external-centres 3] [--internal-test-fraction 0.2] \
-        [--folds 5] [--seed 0] [--horizon 36] [--overwrite]
+        [--folds 5] [--seed 0] [--horizon 36] [--overwrite] [--allow-constant-series]
+
+Every image is read completely (a ``.nii.gz`` cut short is refused, see
+:mod:`dataset_conversion.nifti_integrity`), and a constant series (e.g. an all-zero T2 or ADC from
+a failed export) is refused unless ``--allow-constant-series`` is given.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -56,6 +61,7 @@ from tqdm import tqdm
 
 from clinical.schema import GROUPS, ClinicalSchema
 from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
+from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 
 __all__ = [
     "CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "ConversionError", "convert_cohort",
@@ -85,7 +91,7 @@ class ConversionError(ValueError):
 def _read_image(path: Path, patient_id: str) -> sitk.Image:
     """Read a 3D scalar image, with errors that name the patient and the file."""
     if not path.is_file():
-        raise ConversionError(f"patient {patient_id}: missing file {path}")
+        raise ConversionError(f"patient {patient_id}: missing file {path}{_case_hint(path)}")
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -98,15 +104,31 @@ def _read_image(path: Path, patient_id: str) -> sitk.Image:
     return image
 
 
-def _check_finite(image: sitk.Image, path: Path, patient_id: str) -> None:
-    """Refuse NaN or infinite voxels, counted in the values stored in the file.
+def _case_hint(path: Path) -> str:
+    """A hint when the file exists under another capitalisation (``t2.nii.gz`` for ``T2.nii.gz``)."""
+    if not path.parent.is_dir():
+        return ""
+    others = sorted(p.name for p in path.parent.iterdir() if p.name.lower() == path.name.lower() and p != path)
+    if not others:
+        return ""
+    return (f" (found {', '.join(others)}: file names are case-sensitive; rename it to {path.name})")
 
-    ITK before version 6 silently replaces every non-finite voxel of a NIfTI file by 0 on read
+
+def _check_complete_and_finite(image: sitk.Image, path: Path, patient_id: str) -> None:
+    """Refuse a file that is cut short, and NaN or infinite voxels, counted in the stored values.
+
+    SimpleITK reads a ``.nii.gz`` cut short (an interrupted copy) without complaint and fills the
+    missing voxels with zeros, so every NIfTI file is decompressed completely once and its size
+    compared with what its header promises (:mod:`dataset_conversion.nifti_integrity`).
+    ITK before version 6 also silently replaces every non-finite voxel of a NIfTI file by 0 on read
     (ITK pull request #6683), so the SimpleITK image cannot show them; for NIfTI the on-disk
-    values are read with nibabel (installed with nnU-Net), other formats keep them in SimpleITK.
+    values are taken from that same complete read (nibabel), other formats keep them in SimpleITK.
     """
-    if path.name.endswith((".nii", ".nii.gz")):
-        nifti = nibabel.load(str(path))
+    if is_nifti(path):
+        try:
+            nifti = read_nifti_completely(path)
+        except IncompleteImageError as e:
+            raise ConversionError(f"patient {patient_id}: {path}: {e}") from None
         if nifti.get_data_dtype().kind not in "fc":  # integer voxels cannot be NaN or infinite
             return
         voxels = np.asanyarray(nifti.dataobj)
@@ -116,6 +138,22 @@ def _check_finite(image: sitk.Image, path: Path, patient_id: str) -> None:
         n_bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
         if n_bad:
             raise ConversionError(f"patient {patient_id}: {path} has {n_bad} NaN or infinite voxel(s)")
+
+
+def _check_not_constant(image: sitk.Image, path: Path, patient_id: str, series: str,
+                        allow_constant: bool) -> None:
+    """Refuse a series whose voxels all hold one value (a blank series from a failed export);
+    with ``allow_constant`` a loud warning instead."""
+    voxels = sitk.GetArrayViewFromImage(image)
+    low, high = float(voxels.min()), float(voxels.max())
+    if low != high:
+        return
+    what = "every voxel is 0" if low == 0 else f"every voxel holds {low:g}"
+    message = (f"patient {patient_id}: series {series} ({path}) is constant ({what}): a blank series from a "
+               f"failed export?")
+    if not allow_constant:
+        raise ConversionError(f"{message} Replace it, or pass --allow-constant-series to convert it anyway")
+    print(f"WARNING: {message} Converted anyway (--allow-constant-series)", file=sys.stderr)
 
 
 def _grid_mismatch(image: sitk.Image, reference: sitk.Image) -> Optional[str]:
@@ -151,18 +189,19 @@ def resample_onto(moving: sitk.Image, reference: sitk.Image) -> sitk.Image:
 
 
 def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: Path,
-                  labels_dir: Path) -> None:
+                  labels_dir: Path, allow_constant_series: bool = False) -> None:
     """Read, check, resample and write one patient's four channels and label as ``case_id``."""
     t2_path = patient_dir / f"{CHANNELS[0]}{FILE_ENDING}"
     t2 = _read_image(t2_path, patient_id)
-    _check_finite(t2, t2_path, patient_id)
+    _check_complete_and_finite(t2, t2_path, patient_id)
+    _check_not_constant(t2, t2_path, patient_id, CHANNELS[0], allow_constant_series)
     # Cast, Resample and GetImageFromArray start from an empty metadata dictionary, so header
     # text of the export (NIfTI descrip, often a patient name or id) is not carried over.
     t2 = sitk.Cast(t2, sitk.sitkFloat32)
 
     mask_path = patient_dir / MASK_FILE
     mask = _read_image(mask_path, patient_id)
-    _check_finite(mask, mask_path, patient_id)
+    _check_complete_and_finite(mask, mask_path, patient_id)
     why = _grid_mismatch(mask, t2)
     if why is not None:
         raise ConversionError(f"patient {patient_id}: {mask_path} is not on the T2 grid of {t2_path}: {why}")
@@ -180,7 +219,8 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     for series in CHANNELS[1:]:
         path = patient_dir / f"{series}{FILE_ENDING}"
         diffusion = _read_image(path, patient_id)
-        _check_finite(diffusion, path, patient_id)
+        _check_complete_and_finite(diffusion, path, patient_id)
+        _check_not_constant(diffusion, path, patient_id, series, allow_constant_series)
         # Diffusion FOVs are often smaller than the T2 FOV (fewer slices); voxels outside the map
         # become 0 after resampling. A small uncovered rim is normal, more means a wrong series or
         # wrong geometry, so it is an error rather than a silent block of zeros.
@@ -432,7 +472,8 @@ def _plan(cohort_dir: Path, schema: ClinicalSchema, name: str, external_centres:
 def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root: str | Path | None = None,
                    schema_path: str | Path | None = None, external_centres: Sequence = (3,),
                    internal_test_fraction: float = 0.2, n_folds: int = 5, seed: int = 0,
-                   horizon_months: float = 36, overwrite: bool = False, progress: bool = False) -> Path:
+                   horizon_months: float = 36, overwrite: bool = False, progress: bool = False,
+                   allow_constant_series: bool = False) -> Path:
     """Convert a cohort folder into ``{raw_root}/Dataset{dataset_id:03d}_{name}``.
 
     Parameters
@@ -460,6 +501,8 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
         Replace an existing target folder and a differing preprocessed ``splits_final.json``.
     progress : bool
         Show a tqdm progress bar over patients.
+    allow_constant_series : bool
+        Convert a constant (e.g. all-zero) image series with a warning instead of refusing it.
 
     Returns
     -------
@@ -479,8 +522,12 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
         if raw_root is None:
             raise ConversionError("no raw_root given and the environment variable nnUNet_raw is not set")
     raw_root = Path(raw_root)
-    if not horizon_months > 0:
-        raise ConversionError(f"--horizon must be > 0 months, got {horizon_months}")
+    try:
+        horizon_ok = math.isfinite(float(horizon_months)) and float(horizon_months) > 0
+    except (TypeError, ValueError):
+        horizon_ok = False
+    if not horizon_ok:
+        raise ConversionError(f"--horizon must be a finite number of months > 0, got {horizon_months}")
     if float(horizon_months).is_integer():
         horizon_months = int(horizon_months)
     folder_name = _dataset_folder_name(dataset_id, name)
@@ -508,7 +555,8 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
     # A leading dot keeps the half-built folder invisible to nnU-Net's "Dataset###" prefix lookup.
     tmp = raw_root / f".tmp_{folder_name}_{uuid.uuid4().hex[:8]}"
     try:
-        _write_dataset(tmp, plan, schema, cohort_dir, folder_name, name, horizon_months, progress)
+        _write_dataset(tmp, plan, schema, cohort_dir, folder_name, name, horizon_months, progress,
+                       allow_constant_series)
         if target.exists():  # overwrite: swap, then drop the old folder
             old = raw_root / f".old_{folder_name}_{uuid.uuid4().hex[:8]}"
             target.rename(old)
@@ -536,7 +584,7 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
 
 
 def _write_dataset(out: Path, plan: _Plan, schema: ClinicalSchema, cohort_dir: Path, folder_name: str,
-                   name: str, horizon_months: float, progress: bool) -> None:
+                   name: str, horizon_months: float, progress: bool, allow_constant_series: bool = False) -> None:
     """Write the whole dataset into ``out`` (the temporary folder)."""
     test_cases = set(plan.internal_test) | set(plan.external_test)
     folders = {sub: out / sub for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
@@ -547,7 +595,7 @@ def _write_dataset(out: Path, plan: _Plan, schema: ClinicalSchema, cohort_dir: P
         case_id = plan.case_of[patient_id]
         split = "Ts" if case_id in test_cases else "Tr"
         _convert_case(cohort_dir / "images" / patient_id, patient_id, case_id,
-                      folders[f"images{split}"], folders[f"labels{split}"])
+                      folders[f"images{split}"], folders[f"labels{split}"], allow_constant_series)
 
     table = plan.table.copy()
     table.index = [plan.case_of[p] for p in table.index]
@@ -596,13 +644,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--horizon", type=float, default=36, help="recurrence horizon in months (default 36)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--allow-constant-series", action="store_true",
+                        help="convert an image series whose voxels are all one value (e.g. all 0) with a warning "
+                             "instead of refusing it")
     args = parser.parse_args(argv)
     try:
         target = convert_cohort(args.cohort, args.dataset_id, args.name, raw_root=args.raw_root,
                                 schema_path=args.schema, external_centres=args.external_centres,
                                 internal_test_fraction=args.internal_test_fraction, n_folds=args.folds,
                                 seed=args.seed, horizon_months=args.horizon, overwrite=args.overwrite,
-                                progress=True)
+                                progress=True, allow_constant_series=args.allow_constant_series)
     except ValueError as e:  # ConversionError, ClinicalTableError, SchemaError
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -69,13 +69,34 @@ def horizon_tag(horizon: float) -> str:
     return f"{horizon:g}"
 
 
+def check_positive_months(value, what: str) -> float:
+    """``value`` as a finite float > 0, or an EvaluationInputError naming ``what``."""
+    try:
+        months = float(value)
+    except (TypeError, ValueError):
+        months = float("nan")
+    if not (math.isfinite(months) and months > 0):
+        raise EvaluationInputError(f"{what} must be a finite number of months > 0, got {value!r}")
+    return months
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise EvaluationInputError(f"{path}: file not found")
-    frame = pd.read_csv(path, dtype={"case_id": str}, keep_default_na=True)
+    try:
+        frame = pd.read_csv(path, dtype={"case_id": str}, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        raise EvaluationInputError(f"{path}: the file is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise EvaluationInputError(f"{path}: cannot be read as CSV: {str(error).strip().splitlines()[0]}") from None
     if "case_id" not in frame.columns:
-        raise EvaluationInputError(f"{path}: no 'case_id' column (columns: {list(frame.columns)})")
+        hint = ""
+        if len(frame.columns) == 1 and (";" in str(frame.columns[0]) or "\t" in str(frame.columns[0])):
+            hint = "; the file looks ';'- or tab-delimited, it must be comma-separated"
+        raise EvaluationInputError(f"{path}: no 'case_id' column (columns: {list(frame.columns)}){hint}")
+    if len(frame) == 0:
+        raise EvaluationInputError(f"{path}: a header and no rows: nothing to evaluate")
     frame["case_id"] = frame["case_id"].astype(str).str.strip()
     empty = frame["case_id"].isin(["", "nan", "None"])
     if empty.any():
@@ -393,6 +414,8 @@ def evaluate_set(frame: pd.DataFrame, horizon: float, n_bootstrap: int, seed: in
     else:
         try:
             c_index = M.harrell_c(time, event, risk)
+            if not np.isfinite(c_index):  # sksurv returns NaN when no pair is comparable (e.g. tied times)
+                raise ValueError("every event at the same time as every other case")
         except ValueError as error:
             result["c_index_reason"] = f"no comparable pairs ({error})"
         else:
@@ -417,8 +440,10 @@ def evaluate_set(frame: pd.DataFrame, horizon: float, n_bootstrap: int, seed: in
         result["uno_c_reason"] = f"no event before tau = {tau:g} months"
     else:
         try:
-            result["uno_c"] = float(concordance_index_ipcw(y, y, risk, tau=tau)[0])
-        except ValueError as error:
+            result["uno_c"] = _finite_or_none(concordance_index_ipcw(y, y, risk, tau=tau)[0])
+            if result["uno_c"] is None:
+                result["uno_c_reason"] = "sksurv concordance_index_ipcw returned NaN (no comparable pair before tau)"
+        except (ValueError, np.linalg.LinAlgError) as error:
             result["uno_c_reason"] = f"sksurv concordance_index_ipcw failed: {error}"
 
     # AUC at the horizon (known status only) with DeLong CI.
@@ -503,8 +528,16 @@ def evaluate_set(frame: pd.DataFrame, horizon: float, n_bootstrap: int, seed: in
     elif high.all() or (~high).all():
         result["logrank_p_reason"] = "all cases fall in one risk group at this threshold"
     else:
-        chisq, p_value = compare_survival(y, np.where(high, "high", "low"))
-        result["logrank_chisq"], result["logrank_p"] = float(chisq), float(p_value)
+        try:
+            chisq, p_value = compare_survival(y, np.where(high, "high", "low"))
+        except (ValueError, np.linalg.LinAlgError) as error:
+            result["logrank_p_reason"] = (f"sksurv compare_survival failed ({type(error).__name__}: {error}); "
+                                          "e.g. every event at the same time leaves no variance")
+        else:
+            if np.isfinite(p_value):
+                result["logrank_chisq"], result["logrank_p"] = float(chisq), float(p_value)
+            else:
+                result["logrank_p_reason"] = "sksurv compare_survival returned NaN (no variance between groups)"
 
     # Calibration at the horizon.
     if frame["p_recurrence"].notna().all():
@@ -580,6 +613,8 @@ def compare_pair(frame_a: pd.DataFrame, frame_b: pd.DataFrame, horizon: float, n
     else:
         try:
             c_a, c_b = M.harrell_c(time, event, risks[0]), M.harrell_c(time, event, risks[1])
+            if not (np.isfinite(c_a) and np.isfinite(c_b)):
+                raise ValueError("every event at the same time as every other case")
         except ValueError as error:
             out["c_index_difference_reason"] = f"no comparable pairs ({error})"
         else:
@@ -669,8 +704,21 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
                                           if option == "--seg-pred" else ""))
     if seg_pred_dirs and not seg_gt_dir:
         raise EvaluationInputError("--seg-pred needs --seg-gt")
+    if seg_pred_dirs:
+        if not Path(seg_gt_dir).is_dir():
+            raise EvaluationInputError(f"--seg-gt {seg_gt_dir}: folder not found")
+        for name, folder in zip(names, seg_pred_dirs):
+            if str(folder).lower() != "none" and not Path(folder).is_dir():
+                raise EvaluationInputError(f"--seg-pred {folder} (model {name}): folder not found "
+                                           "(write 'none' for a model without segmentations)")
+    horizon = check_positive_months(horizon, "the horizon (--horizon)")
+    if uno_tau is not None:
+        uno_tau = check_positive_months(uno_tau, "--uno-tau")
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise EvaluationInputError(f"-o {output_dir}: exists and is not a folder")
+    if len(outcomes) == 0:
+        raise EvaluationInputError(f"no outcomes in {outcomes_source or 'the outcomes table'}: nothing to evaluate")
     tag = horizon_tag(horizon)
 
     set_order = [s for s in ("internal_test", "external_test", "development", "all")
@@ -682,7 +730,7 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
     counts["outcomes"] = {"source": outcomes_source, "rows": int(len(outcomes)),
                           "per_set": {s: int((outcomes["set"] == s).sum()) for s in set_order}}
     counts["models"] = {}
-    merged_frames, plot_data = {}, {}
+    merged_frames, plot_data, dice_tables = {}, {}, {}
     for index, (name, path) in enumerate(zip(names, prediction_paths)):
         predictions = load_predictions(path, horizon)
         unmatched = sorted(set(predictions["case_id"]) - set(outcomes["case_id"]))
@@ -694,6 +742,11 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
             report["dropped"].append(_dropped_record(name, None, "all", "prediction case absent from outcomes",
                                                      unmatched))
         merged = predictions.merge(outcomes, on="case_id", how="inner").sort_values("case_id")
+        if len(merged) == 0:
+            raise EvaluationInputError(
+                f"{path}: none of its {len(predictions)} case(s) ({predictions['case_id'].tolist()[:5]}...) has an "
+                f"outcome in {outcomes_source or 'the outcomes table'} (outcome cases: "
+                f"{sorted(outcomes['case_id'])[:5]}...): nothing to evaluate; check the case ids")
         merged_frames[name] = merged
         model_counts = {"predictions_file": str(path), "p_recurrence_column": predictions.attrs["p_recurrence_column"],
                         "surv_prob_horizon_column": predictions.attrs["surv_prob_horizon_column"],
@@ -711,8 +764,8 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
         dice, dice_missing = {}, {}
         if seg_pred_dirs and str(seg_pred_dirs[index]).lower() != "none":
             dice, dice_missing = dice_per_case(merged["case_id"].tolist(), seg_pred_dirs[index], seg_gt_dir)
-            pd.DataFrame({"case_id": list(dice), "dice": list(dice.values())}).to_csv(
-                output_dir / f"dice_{_file_part(name)}.csv", index=False)
+            dice_tables[f"dice_{_file_part(name)}.csv"] = pd.DataFrame({"case_id": list(dice),
+                                                                         "dice": list(dice.values())})
 
         report["models"][name] = {}
         for set_name in set_order:
@@ -755,6 +808,13 @@ def evaluate(prediction_paths, outcomes: pd.DataFrame, output_dir, names=None, h
         key = f"{record['metric']}: {record['reason']}"
         counts["dropped_by_reason"][key] = counts["dropped_by_reason"].get(key, 0) + record["count"]
     report["timing_seconds"] = {"metrics": round(timer.perf_counter() - start, 3)}
+    # Every input was read and every metric computed: only now is the report folder touched.
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EvaluationInputError(f"-o {output_dir}: cannot create the report folder: {error}") from None
+    for file_name, table in dice_tables.items():
+        table.to_csv(output_dir / file_name, index=False)
     if make_figures:
         report["figures"] = _write_figures(output_dir, report, plot_data, names, set_order, tag)
     report["timing_seconds"]["total"] = round(timer.perf_counter() - start, 3)
@@ -1030,16 +1090,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if Path(args.output).exists() and not Path(args.output).is_dir():
+            raise EvaluationInputError(f"-o {args.output}: exists and is not a folder")
+        if args.horizon is not None:
+            check_positive_months(args.horizon, "--horizon")
+        if args.uno_tau is not None:
+            check_positive_months(args.uno_tau, "--uno-tau")
+        if args.bootstrap < 1:
+            raise EvaluationInputError("--bootstrap must be >= 1")
         if args.dataset is not None:
             outcomes, info = load_outcomes_from_dataset(args.dataset)
-            horizon = args.horizon if args.horizon is not None else float(info["horizon_months"] or 36)
+            if args.horizon is not None:
+                horizon = args.horizon
+            elif info["horizon_months"] is None:
+                horizon = 36.0
+            else:
+                horizon = check_positive_months(info["horizon_months"],
+                                                f"{info['dataset_json']}: multitask.horizon_months")
             source = info["dataset_json"]
         else:
             outcomes = load_outcomes_csv(args.outcomes, args.time_column, args.event_column)
             horizon = args.horizon if args.horizon is not None else 36.0
             source = str(args.outcomes)
-        if args.bootstrap < 1:
-            raise EvaluationInputError("--bootstrap must be >= 1")
         report = evaluate(args.predictions, outcomes, args.output, names=args.names, horizon=horizon,
                           n_bootstrap=args.bootstrap, seed=args.seed, train_prediction_paths=args.train_predictions,
                           seg_pred_dirs=args.seg_pred, seg_gt_dir=args.seg_gt, allow_unmatched=args.allow_unmatched,
@@ -1048,6 +1120,14 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(render_report(report, horizon_tag(horizon)).split("\n## ")[0])
+    if report["dropped"]:
+        print("Excluded cases (also in report.md):")
+        for d in report["dropped"]:
+            shown = ", ".join(d["case_ids"][:10]) + (", ..." if d["count"] > 10 else "")
+            print(f"  {d['model']} / {d['set'] or 'input'} / {d['metric']}: {d['count']} case(s), {d['reason']}: "
+                  f"{shown}")
+    else:
+        print("Excluded cases: none")
     print(f"wrote {Path(args.output) / 'metrics.json'} and report.md in {report['timing_seconds']['total']:.1f} s")
     return 0
 

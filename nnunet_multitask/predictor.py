@@ -40,6 +40,8 @@ succeeded (``predictions.csv`` last). A failure leaves the output folder as it w
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -68,6 +70,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from clinical.preprocessing import ClinicalPreprocessingError, ClinicalPreprocessor
 from clinical.schema import ClinicalSchema, SchemaError
 from clinical.tables import CASE_ID_COLUMN, read_case_table
+from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 from nnunet_multitask.aggregation import patient_level_prediction, survival_at_times
 from nnunet_multitask.dataset import MultitaskDatasetError, dataset_table_path, schema_from_block
 from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
@@ -76,6 +79,9 @@ SURVIVAL_TIMES = (12, 24, 36, 60)
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 _STAGING_PREFIX = ".nnunet_multitask_partial_"
+#: Held (flock) by the run writing into an output folder; removed when the run ends.
+_LOCK_NAME = ".nnunet_multitask.lock"
+_held_locks: Dict[str, int] = {}
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -199,6 +205,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         if isinstance(use_folds, (str, int)):
             use_folds = [use_folds]
         use_folds = [f if f == "all" else int(f) for f in use_folds]
+        _refuse_duplicate_folds(use_folds)
         if not use_folds:
             raise MultitaskPredictionError(f"{model_training_output_dir}: no fold folder has {checkpoint_name}")
         for name in ("dataset.json", "plans.json"):
@@ -651,8 +658,10 @@ def _check_inputs(input_folder: str, dataset_json: dict) -> List[str]:
 
 
 def _check_image_headers(input_folder: str, cases: Sequence[str], n_ch: int, ending: str):
-    """Headers only (cheap): readable, 3-D, one size per case across channels. nnU-Net would
-    otherwise fail in a preprocessing worker, after other cases were already predicted."""
+    """Readable headers, 3-D, one size per case across channels (nnU-Net would otherwise fail in
+    a preprocessing worker, after other cases were already predicted), and every NIfTI file
+    complete: decompressed once in full and compared with the size its header promises (a file
+    cut short would otherwise be read with its missing voxels as zeros)."""
     import SimpleITK as sitk
     for c in cases:
         sizes = {}
@@ -667,6 +676,12 @@ def _check_image_headers(input_folder: str, cases: Sequence[str], n_ch: int, end
                                                f"{str(e).strip().splitlines()[-1]}") from None
             if reader.GetDimension() != 3:
                 raise MultitaskPredictionError(f"case {c}: {path} is {reader.GetDimension()}-D, expected 3-D")
+            if is_nifti(path):
+                # SimpleITK zero-fills a .nii.gz cut short; decompress it completely once to be sure
+                try:
+                    read_nifti_completely(path)
+                except IncompleteImageError as e:
+                    raise MultitaskPredictionError(f"case {c}: {path}: {e}") from None
             sizes[basename(path)] = tuple(reader.GetSize())
         if len(set(sizes.values())) > 1:
             raise MultitaskPredictionError(f"case {c}: channel images differ in size {sizes}; all channels "
@@ -684,9 +699,93 @@ def _check_output_folder(output_folder: str):
         raise MultitaskPredictionError(f"output folder {output_folder} cannot be written: {e}") from None
 
 
+def _refuse_duplicate_folds(folds: Sequence) -> None:
+    seen, repeated = set(), []
+    for f in folds:
+        if f in seen and f not in repeated:
+            repeated.append(f)
+        seen.add(f)
+    if repeated:
+        raise MultitaskPredictionError(
+            f"fold(s) {', '.join(map(str, repeated))} given more than once in -f {' '.join(map(str, folds))}: the "
+            f"same checkpoint twice is not an ensemble (it would report a spread of zero); name each fold once")
+
+
+def _remove_stale_staging(output_folder: str) -> None:
+    """Remove staging folders left by a run that was killed; only called with the folder's lock
+    held, so no live run owns them."""
+    for name in sorted(os.listdir(output_folder)):
+        path = join(output_folder, name)
+        if name.startswith(_STAGING_PREFIX) and isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            print(f"nnUNetv2_predict_multitask: note: removed {path}, the hidden staging folder of an earlier "
+                  f"prediction into this folder that was interrupted before it finished (its partial results were "
+                  f"never moved into place)", file=sys.stderr)
+        elif name.startswith(".write_test_") and isfile(path):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+@contextlib.contextmanager
+def output_folder_lock(output_folder: str):
+    """Hold the output folder for one prediction run.
+
+    Creates the folder if needed (and removes it again if it is left empty), takes an exclusive
+    ``flock`` on ``<output>/.nnunet_multitask.lock`` (released by the kernel if the process is
+    killed), refuses when another run holds it, and removes staging folders of killed runs.
+    Re-entrant within one process (the CLI holds it around model loading and ``predict_folder``).
+    """
+    key = os.path.realpath(output_folder)
+    if key in _held_locks:
+        yield
+        return
+    created = not isdir(output_folder)
+    _check_output_folder(output_folder)
+    path = join(output_folder, _LOCK_NAME)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise MultitaskPredictionError(f"output folder {output_folder} cannot be written: {e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                holder = os.read(fd, 500).decode(errors="replace").strip() or "unknown process"
+            finally:
+                os.close(fd)
+            raise MultitaskPredictionError(
+                f"output folder {output_folder}: another nnUNetv2_predict_multitask run ({holder}) is writing into "
+                f"it now ({path} is locked); wait for it to finish or use another output folder: two runs into "
+                f"one folder would interleave their files") from None
+        try:  # a run finishing in between may have removed the file we locked: lock the new one
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {os.uname().nodename}, started "
+                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n".encode())
+    _held_locks[key] = fd
+    try:
+        _remove_stale_staging(output_folder)
+        yield
+    finally:
+        del _held_locks[key]
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        os.close(fd)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(output_folder)  # only succeeds when nothing was written
+
+
 def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_folder: str,
                    clinical: Optional[pd.DataFrame | str] = None, impute_missing_clinical: bool = False,
-                   num_processes_preprocessing: int = 0, num_processes_segmentation_export: int = 0) -> pd.DataFrame:
+                   num_processes_preprocessing: int = 0, num_processes_segmentation_export: int = 0,
+                   checked_cases: Optional[List[str]] = None) -> pd.DataFrame:
     """Predict every case of an input folder: segmentations, ``predictions.csv``, ``predictions.json``.
 
     Everything that can be checked is checked first (input files and channels, clinical columns,
@@ -705,17 +804,29 @@ def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_fold
     impute_missing_clinical : bool
     num_processes_preprocessing, num_processes_segmentation_export : int
         Both 0: nnU-Net's sequential path (no worker processes).
+    checked_cases : list of str, optional
+        The result of ``_check_inputs`` on this input folder when the caller has just run it (the CLI
+        does, before loading the checkpoints), so the images are not read in full twice.
+
+    The output folder is held with :func:`output_folder_lock` for the run: a second run into it
+    is refused, and staging folders of killed runs are removed.
 
     Returns
     -------
     pandas.DataFrame
         The table written to ``predictions.csv``.
     """
-    cases = _check_inputs(input_folder, predictor.dataset_json)
+    cases = checked_cases if checked_cases is not None else _check_inputs(input_folder, predictor.dataset_json)
     predictor.set_clinical_table(clinical, impute_missing=impute_missing_clinical)
     predictor.check_clinical_rows(cases)
     _check_output_folder(output_folder)
+    with output_folder_lock(output_folder):
+        return _predict_into(predictor, input_folder, output_folder, cases, num_processes_preprocessing,
+                             num_processes_segmentation_export)
 
+
+def _predict_into(predictor: MultiTaskPredictor, input_folder: str, output_folder: str, cases: List[str],
+                  num_processes_preprocessing: int, num_processes_segmentation_export: int) -> pd.DataFrame:
     predictor.head_results = {}
     staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
     try:
@@ -789,6 +900,10 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         folds = [f if f == "all" else int(f) for f in args.f]
     except ValueError:
         parser.error(f"-f: folds must be integers or 'all', got {args.f}")
+    try:
+        _refuse_duplicate_folds(folds)
+    except MultitaskPredictionError as e:
+        parser.error(f"-f: {e}")
     if not os.environ.get("nnUNet_extTrainer"):
         # the trainers folder of this project, so checkpoints of our trainers resolve without extra set-up
         import trainers
@@ -803,17 +918,35 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
         if not isdir(model_folder):
             raise MultitaskPredictionError(f"no trained model at {model_folder}")
-        predictor = MultiTaskPredictor(tile_step_size=args.step_size, use_gaussian=True,
-                                       use_mirroring=not args.disable_tta,
-                                       perform_everything_on_device=args.device == "cuda", device=device,
-                                       verbose=args.verbose, verbose_preprocessing=args.verbose,
-                                       allow_tqdm=not args.disable_progress_bar)
-        predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
-        if args.clinical is not None and not predictor.uses_clinical_data:
-            print(f"Note: {args.tr} uses no clinical data; --clinical {args.clinical} is not read")
-        table = predict_folder(predictor, args.i, args.o, clinical=args.clinical,
-                               impute_missing_clinical=args.impute_missing_clinical,
-                               num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps)
+        # the input images are checked (in full) before any checkpoint is loaded; the model folder's
+        # dataset.json says which channels and file ending to expect
+        checked_cases, early_json = None, None
+        model_dataset_json = join(model_folder, "dataset.json")
+        if isfile(model_dataset_json):
+            try:
+                with open(model_dataset_json) as f:
+                    early_json = json.load(f)
+                early_json["channel_names"], early_json["file_ending"]
+            except (OSError, ValueError, KeyError, TypeError):
+                early_json = None  # reported by the model initialisation below
+            if early_json is not None:
+                checked_cases = _check_inputs(args.i, early_json)
+        with output_folder_lock(args.o):
+            predictor = MultiTaskPredictor(tile_step_size=args.step_size, use_gaussian=True,
+                                           use_mirroring=not args.disable_tta,
+                                           perform_everything_on_device=args.device == "cuda", device=device,
+                                           verbose=args.verbose, verbose_preprocessing=args.verbose,
+                                           allow_tqdm=not args.disable_progress_bar)
+            predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
+            if args.clinical is not None and not predictor.uses_clinical_data:
+                print(f"Note: {args.tr} uses no clinical data; --clinical {args.clinical} is not read")
+            if predictor.dataset_json.get("channel_names") != (early_json or {}).get("channel_names") or \
+                    predictor.dataset_json.get("file_ending") != (early_json or {}).get("file_ending"):
+                checked_cases = None  # predict_folder checks against the loaded model's own dataset.json
+            table = predict_folder(predictor, args.i, args.o, clinical=args.clinical,
+                                   impute_missing_clinical=args.impute_missing_clinical,
+                                   num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps,
+                                   checked_cases=checked_cases)
     except (MultitaskPredictionError, SchemaError, MultitaskDatasetError, ClinicalPreprocessingError) as e:
         # SchemaError covers clinical.tables.ClinicalTableError (bad values, undeclared categories)
         print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
