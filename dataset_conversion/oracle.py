@@ -28,7 +28,7 @@ from dataset_conversion.synthetic_larc import (ADC_POPULATION_MEAN, ADC_POPULATI
                                                COEFFICIENTS, VOLUME_LOG_SD, VOLUME_MEDIAN_ML, WEIBULL_SCALE_MONTHS,
                                                WEIBULL_SHAPE)
 
-SURVIVAL_TIMES = (12, 24, 36, 60)
+from nnunet_multitask.columns import SURVIVAL_TIMES, recurrence_column, survival_column  # noqa: E402
 ORACLE_TERMS = ("all", "image", "volume")
 
 
@@ -77,9 +77,9 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0, terms
         return oracle_survival(lp, t)
 
     out = pd.DataFrame({"case_id": merged["case_id"], "risk_score": lp,
-                        f"p_recurrence_{int(horizon)}m": 1.0 - survival(horizon)})
-    for t in SURVIVAL_TIMES:
-        out[f"surv_prob_{t}m"] = survival(float(t))
+                        recurrence_column(horizon): 1.0 - survival(horizon)})
+    for t in sorted(set(float(t) for t in SURVIVAL_TIMES) | {float(horizon)}):
+        out[survival_column(t)] = survival(float(t))
     return out.sort_values("case_id").reset_index(drop=True)
 
 

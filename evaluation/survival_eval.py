@@ -51,9 +51,10 @@ import pandas as pd  # noqa: E402
 
 from clinical.outcomes import recurrence_label, survival_array  # noqa: E402
 from evaluation import metrics as M  # noqa: E402
+from nnunet_multitask import columns  # noqa: E402
 
 TD_AUC_TIMES = (12, 24, 36, 60)
-SURV_PROB_TIMES = (12, 24, 36, 60)
+SURV_PROB_TIMES = columns.SURVIVAL_TIMES
 CI_LEVEL = 0.95
 
 
@@ -65,8 +66,9 @@ class EvaluationInputError(ValueError):
 # Input loading and validation
 # --------------------------------------------------------------------------------------------
 def horizon_tag(horizon: float) -> str:
-    """``36`` for 36.0, ``18.5`` for 18.5: the <H> in ``p_recurrence_<H>m`` and ``auc_<H>m``."""
-    return f"{horizon:g}"
+    """``36`` for 36.0, ``18.5`` for 18.5: the <H> in ``p_recurrence_<H>m`` and ``auc_<H>m`` (the
+    predictor names its columns with the same function)."""
+    return columns.horizon_tag(horizon)
 
 
 def check_positive_months(value, what: str) -> float:

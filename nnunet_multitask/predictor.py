@@ -75,7 +75,7 @@ from nnunet_multitask.aggregation import patient_level_prediction, survival_at_t
 from nnunet_multitask.dataset import MultitaskDatasetError, dataset_table_path, schema_from_block
 from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
 
-SURVIVAL_TIMES = (12, 24, 36, 60)
+from nnunet_multitask.columns import SURVIVAL_TIMES, recurrence_column, survival_column, survival_times  # noqa: E402
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 _STAGING_PREFIX = ".nnunet_multitask_partial_"
@@ -427,8 +427,8 @@ class MultiTaskPredictor(nnUNetPredictor):
         pred = patient_level_prediction(net, logits, data, tiles, clinical_t, cfg["horizon_months"])
         if pred["survival_logits"] is not None:
             edges = net.time_bin_edges.cpu().numpy()
-            pred["survival"] = dict(zip(SURVIVAL_TIMES, survival_at_times(pred["survival_logits"], edges,
-                                                                          SURVIVAL_TIMES)))
+            times = survival_times(cfg["horizon_months"])
+            pred["survival"] = dict(zip(times, survival_at_times(pred["survival_logits"], edges, times)))
         return logits, pred
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
@@ -492,17 +492,17 @@ class MultiTaskPredictor(nnUNetPredictor):
     def predictions_table(self) -> pd.DataFrame:
         """One row per case: fold-ensembled outputs (log-risks and probabilities averaged) and their
         spread over folds (sample sd; NaN for a single fold)."""
-        horizon = int(self.head_config["horizon_months"])
+        horizon = float(self.head_config["horizon_months"])
         rows = []
         for case_id in sorted(self.head_results):
             res = self.head_results[case_id]
             folds = res["folds"]
             row = {"case_id": case_id}
             cols = {"risk_score": [f["risk_score"] for f in folds],
-                    f"p_recurrence_{horizon}m": [f["p_recurrence"] for f in folds]}
+                    recurrence_column(horizon): [f["p_recurrence"] for f in folds]}
             if "survival" in folds[0]:
-                for t in SURVIVAL_TIMES:
-                    cols[f"surv_prob_{t}m"] = [f["survival"][t] for f in folds]
+                for t in survival_times(horizon):
+                    cols[survival_column(t)] = [f["survival"][t] for f in folds]
             for name, vals in cols.items():
                 row[name] = float(np.mean(vals))
             for name, vals in cols.items():

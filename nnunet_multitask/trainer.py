@@ -48,6 +48,7 @@ from clinical.outcomes import recurrence_label
 from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask import losses as L
 from nnunet_multitask.aggregation import group_patch_records, patient_prediction
+from nnunet_multitask.columns import recurrence_column
 from nnunet_multitask.dataset import (dataset_table_path, held_out_cases, lookup_rows, multitask_block,
                                       read_features, read_outcomes, schema_from_block)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
@@ -666,7 +667,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                                              cache=self._val_image_cache) if keys else None
         finally:
             self.set_deep_supervision_enabled(True)
-        col = f"p_recurrence_{int(self.horizon)}m"
+        col = recurrence_column(self.horizon)
         preds = {} if table is None else {r["case_id"]: {"risk_score": float(r["risk_score"]),
                                                           "p_recurrence": float(r[col])}
                                           for _, r in table.iterrows()}
@@ -752,7 +753,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
             self.set_deep_supervision_enabled(True)
         out_dir = join(self.output_folder, "validation")
         table.to_csv(join(out_dir, "head_predictions.csv"), index=False)
-        preds = {r.case_id: {"risk_score": r.risk_score, "p_recurrence": getattr(r, f"p_recurrence_{int(self.horizon)}m")}
+        preds = {r.case_id: {"risk_score": r.risk_score, "p_recurrence": r._asdict()[recurrence_column(self.horizon)]}
                  for r in table.itertuples()}
         c, auc = self.validation_metrics(preds)
         summary = {"n_cases": len(table), "c_index": None if np.isnan(c) else c,
