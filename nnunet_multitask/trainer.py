@@ -139,7 +139,7 @@ class MultiTaskLoss(torch.nn.Module):
         self.last = {"seg": seg.detach(), "cls": cls_loss.detach(), "surv": surv_loss.detach()}
         total = seg + trainer.lambda_cls * cls_loss + trainer.lambda_surv * surv_loss
         if trainer.lambda_consistency > 0:
-            cons = trainer.consistency_loss(target)
+            cons = trainer.consistency_loss()
             self.last["cons"] = cons.detach()
             total = total + trainer.lambda_consistency * cons
         return total
@@ -463,7 +463,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                 np.array([[r["time"], r["event"], r["label"],
                                            self._case_tumour_voxels.get(str(k), 0.0)]
                                           for r, k in zip(rows, keys)], dtype=np.float32)], axis=1)
-        table = torch.from_numpy(table.astype(np.float32)).to(self.device, non_blocking=True)
+        table = torch.from_numpy(table).to(self.device, non_blocking=True)
         n = table.shape[1] - 4
         return {"clinical": table[:, :n], "time": table[:, n], "event": table[:, n + 1], "label": table[:, n + 2],
                 "tumour_voxels": table[:, n + 3], "keys": [str(k) for k in keys],
@@ -490,6 +490,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         heads = net.head_sink[-1]
         t0 = target[0] if isinstance(target, (list, tuple)) else target
         has_tumour = self.head_supervision_weights(t0, ctx["keys"], ctx.get("tumour_voxels"))
+        ctx["head_weights"] = has_tumour  # the consistency term weighs the same patches
         cls_loss = L.masked_bce_with_logits(heads["cls_logit"].float(), ctx["label"], weights=has_tumour)
         time_, event = ctx["time"], ctx["event"]
         if net.survival_head == "cox":
@@ -511,16 +512,14 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                             net.time_bin_edges.to(time_.device, torch.float32), weights=has_tumour)
         return cls_loss, surv_loss
 
-    def consistency_loss(self, target):
+    def consistency_loss(self):
         """Disagreement of the two horizon risks (``losses.head_consistency``) on the supervised
         patches; discrete-time head only (a Cox head has no absolute risk during training)."""
         net = self.mt_network()
         if net.survival_head != "discrete":
             raise ValueError("lambda_consistency needs the discrete-time survival head")
         heads = net.head_sink[-1]
-        t0 = target[0] if isinstance(target, (list, tuple)) else target
-        ctx = self._step_context
-        w = self.head_supervision_weights(t0, ctx["keys"], ctx.get("tumour_voxels"))
+        w = self._step_context["head_weights"]  # set by head_losses, called first by MultiTaskLoss
         return L.head_consistency(heads["cls_logit"].float(), heads["hazard_logits"].float(),
                                   net.time_bin_edges.to(w.device, torch.float32), self.horizon, weights=w)
 
@@ -607,6 +606,12 @@ class MultiRecTrainerBase(nnUNetTrainer):
         edges = net.time_bin_edges.cpu().numpy()
         return {k: patient_prediction(recs, net.survival_head, self.horizon, edges) for k, recs in per_case.items()}
 
+    def _head_predictions(self, table) -> Dict[str, dict]:
+        """``{case: {risk_score, p_recurrence}}`` from a predictor table, as ``validation_metrics`` reads it."""
+        col = recurrence_column(self.horizon)
+        return {c: {"risk_score": float(r), "p_recurrence": float(p)}
+                for c, r, p in zip(table["case_id"], table["risk_score"], table[col])}
+
     def validation_metrics(self, preds: Dict[str, dict]):
         keys = sorted(preds)
         if not keys:
@@ -667,10 +672,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                                              cache=self._val_image_cache) if keys else None
         finally:
             self.set_deep_supervision_enabled(True)
-        col = recurrence_column(self.horizon)
-        preds = {} if table is None else {r["case_id"]: {"risk_score": float(r["risk_score"]),
-                                                          "p_recurrence": float(r[col])}
-                                          for _, r in table.iterrows()}
+        preds = {} if table is None else self._head_predictions(table)
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, preds)
@@ -753,8 +755,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
             self.set_deep_supervision_enabled(True)
         out_dir = join(self.output_folder, "validation")
         table.to_csv(join(out_dir, "head_predictions.csv"), index=False)
-        preds = {r.case_id: {"risk_score": r.risk_score, "p_recurrence": r._asdict()[recurrence_column(self.horizon)]}
-                 for r in table.itertuples()}
+        preds = self._head_predictions(table)
         c, auc = self.validation_metrics(preds)
         summary = {"n_cases": len(table), "c_index": None if np.isnan(c) else c,
                    f"auc_{int(self.horizon)}m": None if np.isnan(auc) else auc,
