@@ -350,7 +350,8 @@ class RiskSetMemory(torch.nn.Module):
             if not ids:
                 return
             # slot assignment on the host: at most one global batch of entries per step
-            held = {c: i for i, c in enumerate(self.case_id.tolist()) if c >= 0 and bool(self.valid[i])}
+            held_ids = self.case_id.tolist()  # one device-to-host copy, not one per slot
+            held = {c: i for i, (c, v) in enumerate(zip(held_ids, self.valid.tolist())) if c >= 0 and v}
             ptr = int(self.ptr)
             slot_of, keep = {}, {}
             for j, c in enumerate(ids):
@@ -366,8 +367,7 @@ class RiskSetMemory(torch.nn.Module):
                     slot, ptr = ptr, (ptr + 1) % self.size
                     if slot not in slot_of.values():
                         break
-                old_case = int(self.case_id[slot])
-                held.pop(old_case, None)
+                held.pop(held_ids[slot], None)
                 slot_of[j] = slot
             self.ptr.fill_(ptr)
             rows = torch.tensor(sorted(slot_of), device=dev)
