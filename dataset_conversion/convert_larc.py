@@ -17,6 +17,7 @@ Output ``$nnUNet_raw/Dataset{id:03d}_{name}``::
     imagesTs/{case}_{0000..0003}.nii.gz  labelsTs/{case}.nii.gz   internal + external test
     dataset.json                 nnU-Net keys + "multitask" block (see :func:`build_multitask_block`)
     clinical.csv                 case_id, centre, features of EVERY case; no outcomes
+    series_availability.csv      case_id, T2, ADC, Dapp, Kapp of EVERY case: 1 real series, 0 missing
     outcomes.csv                 case_id, dfs_months, dfs_event of the development cohort only
     outcomes_test.csv            case_id, dfs_months, dfs_event, set of the test cases (evaluation only)
     splits_final.json            stratified folds over the development cohort
@@ -32,11 +33,18 @@ Usage::
 
     python -m dataset_conversion.convert_larc --cohort DIR --dataset-id 501 --name LARC \
         [--schema clinical/larc_schema.json] [--external-centres 3] [--internal-test-fraction 0.2] \
-        [--folds 5] [--seed 0] [--horizon 36] [--overwrite] [--allow-constant-series]
+        [--folds 5] [--seed 0] [--horizon 36] [--overwrite] [--allow-constant-series] \
+        [--allow-missing-series]
 
 Every image is read completely (a ``.nii.gz`` cut short is refused, see
 :mod:`dataset_conversion.nifti_integrity`), and a constant series (e.g. an all-zero T2 or ADC from
 a failed export) is refused unless ``--allow-constant-series`` is given.
+
+A patient lacking ADC, Dapp or Kapp is refused unless ``--allow-missing-series`` is given (T2 and the
+mask are always required). With it, a missing channel of a development case (``imagesTr``) is written as
+an all-zero float32 image on the T2 grid; a missing channel of a test case (``imagesTs``) is not written
+at all (``nnUNetv2_predict_multitask --allow-missing-series`` fills it at prediction time).
+``series_availability.csv`` records which series each case really has.
 """
 from __future__ import annotations
 
@@ -64,12 +72,16 @@ from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_tabl
 from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 
 __all__ = [
-    "CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "ConversionError", "convert_cohort",
-    "split_internal_test", "make_folds", "main",
+    "CHANNELS", "OPTIONAL_CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "SERIES_AVAILABILITY_FILE",
+    "ConversionError", "convert_cohort", "split_internal_test", "make_folds", "main",
 ]
 
 #: nnU-Net channel index -> series name; also the file stem in the cohort folder.
 CHANNELS: Tuple[str, ...] = ("T2", "ADC", "Dapp", "Kapp")
+#: The series a patient may lack with ``--allow-missing-series``; T2 (the grid) and the mask never.
+OPTIONAL_CHANNELS: Tuple[str, ...] = CHANNELS[1:]
+#: Per-case record of which series are real (1) and which are missing (0), at the dataset root.
+SERIES_AVAILABILITY_FILE = "series_availability.csv"
 MASK_FILE = "mask.nii.gz"
 LABELS = {"background": 0, "tumour": 1}
 FILE_ENDING = ".nii.gz"
@@ -188,10 +200,61 @@ def resample_onto(moving: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
+def _require_present(path: Path, patient_id: str, allow_missing_series: bool) -> None:
+    """Under ``--allow-missing-series``, refuse a missing T2 or mask saying that they stay required.
+
+    Without the flag :func:`_read_image` refuses the missing file as for any other series.
+    """
+    if path.is_file() or not allow_missing_series:
+        return  # without the flag _read_image gives today's "missing file" error
+    raise ConversionError(f"patient {patient_id}: missing file {path}{_case_hint(path)}: T2 and the mask are "
+                          f"required even with --allow-missing-series")
+
+
+def _series_is_missing(path: Path, patient_id: str, allow_missing_series: bool) -> bool:
+    """Whether the optional series ``path`` is absent (allowed only with ``allow_missing_series``).
+
+    A file present under another capitalisation (``adc.nii.gz``) is not "missing": it is left to
+    :func:`_read_image`, which refuses it with a rename hint, so a misnamed series is never
+    silently replaced by a filler.
+    """
+    if path.is_file() or _case_hint(path):
+        return False
+    if not allow_missing_series:
+        lacking = f"{', '.join(OPTIONAL_CHANNELS[:-1])} or {OPTIONAL_CHANNELS[-1]}"
+        raise ConversionError(f"patient {patient_id}: missing file {path}. Pass --allow-missing-series to convert "
+                              f"patients lacking {lacking} (T2 and the mask stay required)")
+    return True
+
+
 def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: Path,
-                  labels_dir: Path, allow_constant_series: bool = False) -> None:
-    """Read, check, resample and write one patient's four channels and label as ``case_id``."""
+                  labels_dir: Path, allow_constant_series: bool = False, allow_missing_series: bool = False,
+                  write_missing_as_zeros: bool = True) -> Tuple[int, ...]:
+    """Read, check, resample and write one patient's four channels and label as ``case_id``.
+
+    Parameters
+    ----------
+    patient_dir : Path
+        ``images/<patient_id>`` of the cohort.
+    patient_id, case_id : str
+        The patient (named in errors) and the case id the files are written as.
+    images_dir, labels_dir : Path
+        Where the channels and the label go (``imagesTr``/``labelsTr`` or ``imagesTs``/``labelsTs``).
+    allow_constant_series : bool
+        Convert a constant series with a warning instead of refusing it.
+    allow_missing_series : bool
+        Let the patient lack any of :data:`OPTIONAL_CHANNELS` instead of refusing it.
+    write_missing_as_zeros : bool
+        For a missing series, write an all-zero float32 channel on the T2 grid (development cases);
+        when False no file is written for it (test cases: the predictor fills it).
+
+    Returns
+    -------
+    tuple of int
+        Availability per channel in :data:`CHANNELS` order: 1 the real series, 0 missing.
+    """
     t2_path = patient_dir / f"{CHANNELS[0]}{FILE_ENDING}"
+    _require_present(t2_path, patient_id, allow_missing_series)
     t2 = _read_image(t2_path, patient_id)
     _check_complete_and_finite(t2, t2_path, patient_id)
     _check_not_constant(t2, t2_path, patient_id, CHANNELS[0], allow_constant_series)
@@ -200,6 +263,7 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     t2 = sitk.Cast(t2, sitk.sitkFloat32)
 
     mask_path = patient_dir / MASK_FILE
+    _require_present(mask_path, patient_id, allow_missing_series)
     mask = _read_image(mask_path, patient_id)
     _check_complete_and_finite(mask, mask_path, patient_id)
     why = _grid_mismatch(mask, t2)
@@ -215,9 +279,18 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     label = sitk.GetImageFromArray(mask_voxels.astype(np.uint8))
     label.CopyInformation(t2)  # equal within tolerance: write the exact T2 geometry
 
-    channels = [t2]
+    channels: List[Optional[sitk.Image]] = [t2]
+    available = [1]
     for series in CHANNELS[1:]:
         path = patient_dir / f"{series}{FILE_ENDING}"
+        if _series_is_missing(path, patient_id, allow_missing_series):
+            # Zero, not another constant: nnU-Net crops to the union of the channels' nonzero voxels
+            # and its z-score normalisation maps a constant image to 0, so an all-zero filler changes
+            # neither the crop nor the other channels. The constant and coverage checks below are for
+            # real series only, never for this filler.
+            channels.append(_zeros_like(t2) if write_missing_as_zeros else None)
+            available.append(0)
+            continue
         diffusion = _read_image(path, patient_id)
         _check_complete_and_finite(diffusion, path, patient_id)
         _check_not_constant(diffusion, path, patient_id, series, allow_constant_series)
@@ -230,9 +303,12 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
                 f"patient {patient_id}: {path} covers only {coverage:.1%} of the T2 volume of {t2_path} "
                 f"(at least {MIN_FOV_COVERAGE:.0%} required): check its origin/spacing/direction")
         channels.append(resample_onto(diffusion, t2))
+        available.append(1)
 
     written = []
     for index, image in enumerate(channels):
+        if image is None:  # a test case's missing series: no file, the predictor fills it
+            continue
         out = images_dir / f"{case_id}_{index:04d}{FILE_ENDING}"
         sitk.WriteImage(image, str(out), useCompression=True)
         written.append(out)
@@ -240,6 +316,14 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     sitk.WriteImage(label, str(label_out), useCompression=True)
     written.append(label_out)
     _verify_written_geometry(written, case_id)
+    return tuple(available)
+
+
+def _zeros_like(reference: sitk.Image) -> sitk.Image:
+    """An all-zero float32 image with the exact geometry of ``reference`` (a missing series' filler)."""
+    zeros = sitk.Image(reference.GetSize(), sitk.sitkFloat32)  # SimpleITK initialises voxels to 0
+    zeros.CopyInformation(reference)
+    return zeros
 
 
 def _read_geometry(path: Path) -> sitk.ImageFileReader:
@@ -392,6 +476,7 @@ def build_multitask_block(schema: ClinicalSchema, horizon_months: float, interna
         "clinical_table": "clinical.csv",
         "outcomes_table": "outcomes.csv",
         "test_outcomes_table": "outcomes_test.csv",
+        "series_availability_table": SERIES_AVAILABILITY_FILE,
         "time_column": schema.time_column,
         "event_column": schema.event_column,
         "time_unit": schema.time_unit,
@@ -473,7 +558,7 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
                    schema_path: str | Path | None = None, external_centres: Sequence = (3,),
                    internal_test_fraction: float = 0.2, n_folds: int = 5, seed: int = 0,
                    horizon_months: float = 36, overwrite: bool = False, progress: bool = False,
-                   allow_constant_series: bool = False) -> Path:
+                   allow_constant_series: bool = False, allow_missing_series: bool = False) -> Path:
     """Convert a cohort folder into ``{raw_root}/Dataset{dataset_id:03d}_{name}``.
 
     Parameters
@@ -503,6 +588,10 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
         Show a tqdm progress bar over patients.
     allow_constant_series : bool
         Convert a constant (e.g. all-zero) image series with a warning instead of refusing it.
+    allow_missing_series : bool
+        Convert patients lacking any of ADC, Dapp, Kapp (T2 and the mask stay required): a missing
+        channel of a development case is written as zeros on the T2 grid, one of a test case is not
+        written; ``series_availability.csv`` (written in every case) records which series are real.
 
     Returns
     -------
@@ -555,8 +644,8 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
     # A leading dot keeps the half-built folder invisible to nnU-Net's "Dataset###" prefix lookup.
     tmp = raw_root / f".tmp_{folder_name}_{uuid.uuid4().hex[:8]}"
     try:
-        _write_dataset(tmp, plan, schema, cohort_dir, folder_name, name, horizon_months, progress,
-                       allow_constant_series)
+        availability = _write_dataset(tmp, plan, schema, cohort_dir, folder_name, name, horizon_months,
+                                      progress, allow_constant_series, allow_missing_series)
         if target.exists():  # overwrite: swap, then drop the old folder
             old = raw_root / f".old_{folder_name}_{uuid.uuid4().hex[:8]}"
             target.rename(old)
@@ -580,22 +669,53 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
         staging = preprocessed_splits.with_name(f".splits_final.{uuid.uuid4().hex[:8]}.json")
         _write_json(plan.splits, staging)
         staging.replace(preprocessed_splits)
+    summary = _missing_series_summary(availability, set(plan.internal_test) | set(plan.external_test))
+    if summary:
+        print(summary, file=sys.stderr)
     return target
 
 
+def _missing_series_summary(availability: pd.DataFrame, test_cases: set) -> Optional[str]:
+    """One line: how many patients lack which series, development and test apart (None if none lack any)."""
+    present = availability[list(CHANNELS)]
+    if present.to_numpy().all():
+        return None
+    parts = []
+    for label, is_test in (("training", False), ("test", True)):
+        rows = present[[(case in test_cases) == is_test for case in present.index]]
+        lacking = int((rows == 0).any(axis=1).sum())
+        per_series = ", ".join(f"{series} {int((rows[series] == 0).sum())}" for series in OPTIONAL_CHANNELS
+                               if (rows[series] == 0).any())
+        parts.append(f"{label}: {lacking} of {len(rows)} patient(s)" + (f" ({per_series})" if per_series else ""))
+    return (f"note: missing series (--allow-missing-series): {'; '.join(parts)}. Training cases got all-zero "
+            f"filler channels, test cases have no file for them; see {SERIES_AVAILABILITY_FILE}")
+
+
 def _write_dataset(out: Path, plan: _Plan, schema: ClinicalSchema, cohort_dir: Path, folder_name: str,
-                   name: str, horizon_months: float, progress: bool, allow_constant_series: bool = False) -> None:
-    """Write the whole dataset into ``out`` (the temporary folder)."""
+                   name: str, horizon_months: float, progress: bool, allow_constant_series: bool = False,
+                   allow_missing_series: bool = False) -> pd.DataFrame:
+    """Write the whole dataset into ``out`` (the temporary folder).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The series availability table as written (indexed by case id, one 0/1 column per channel).
+    """
     test_cases = set(plan.internal_test) | set(plan.external_test)
     folders = {sub: out / sub for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")}
     for folder in folders.values():
         folder.mkdir(parents=True)
     patients = sorted(plan.case_of)
+    availability = {}
     for patient_id in tqdm(patients, desc=f"converting {cohort_dir.name}", unit="patient", disable=not progress):
         case_id = plan.case_of[patient_id]
         split = "Ts" if case_id in test_cases else "Tr"
-        _convert_case(cohort_dir / "images" / patient_id, patient_id, case_id,
-                      folders[f"images{split}"], folders[f"labels{split}"], allow_constant_series)
+        # Training cases need every channel file (nnU-Net's planning and training read them all);
+        # a test case's missing channel is left out and filled by the predictor.
+        availability[case_id] = _convert_case(
+            cohort_dir / "images" / patient_id, patient_id, case_id, folders[f"images{split}"],
+            folders[f"labels{split}"], allow_constant_series, allow_missing_series,
+            write_missing_as_zeros=split == "Tr")
 
     table = plan.table.copy()
     table.index = [plan.case_of[p] for p in table.index]
@@ -611,6 +731,10 @@ def _write_dataset(out: Path, plan: _Plan, schema: ClinicalSchema, cohort_dir: P
     pd.DataFrame({CASE_ID_COLUMN: [plan.case_of[p] for p in patients], schema.id_column: patients}).to_csv(
         out / "patient_mapping.csv", index=False)
     _write_json(plan.splits, out / "splits_final.json")
+    # Column names are dataset.json's channel_names values, so readers can key by either.
+    availability_table = pd.DataFrame.from_dict(availability, orient="index", columns=list(CHANNELS)).sort_index()
+    availability_table.index.name = CASE_ID_COLUMN
+    availability_table.to_csv(out / SERIES_AVAILABILITY_FILE)
 
     dataset_json = {
         "channel_names": {str(i): series for i, series in enumerate(CHANNELS)},
@@ -625,6 +749,7 @@ def _write_dataset(out: Path, plan: _Plan, schema: ClinicalSchema, cohort_dir: P
                                            cohort_dir.resolve().name, plan.stratification),
     }
     _write_json(dataset_json, out / "dataset.json")
+    return availability_table
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -647,13 +772,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--allow-constant-series", action="store_true",
                         help="convert an image series whose voxels are all one value (e.g. all 0) with a warning "
                              "instead of refusing it")
+    parser.add_argument("--allow-missing-series", action="store_true",
+                        help="convert patients lacking ADC, Dapp or Kapp (T2 and the mask stay required): a missing "
+                             "channel is written as zeros on the T2 grid for training cases and left out for test "
+                             "cases; series_availability.csv records which series are real")
     args = parser.parse_args(argv)
     try:
         target = convert_cohort(args.cohort, args.dataset_id, args.name, raw_root=args.raw_root,
                                 schema_path=args.schema, external_centres=args.external_centres,
                                 internal_test_fraction=args.internal_test_fraction, n_folds=args.folds,
                                 seed=args.seed, horizon_months=args.horizon, overwrite=args.overwrite,
-                                progress=True, allow_constant_series=args.allow_constant_series)
+                                progress=True, allow_constant_series=args.allow_constant_series,
+                                allow_missing_series=args.allow_missing_series)
     except ValueError as e:  # ConversionError, ClinicalTableError, SchemaError
         print(f"error: {e}", file=sys.stderr)
         return 1

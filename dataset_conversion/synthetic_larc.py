@@ -10,6 +10,8 @@ Writes a cohort folder in the hospital-export layout of the data contract (see D
     DIR/images/<patient_id>/Dapp.nii.gz  float32, same grid as ADC
     DIR/images/<patient_id>/Kapp.nii.gz  float32, same grid as ADC
     DIR/images/<patient_id>/mask.nii.gz  uint8 tumour mask {0, 1} on the T2 grid
+    DIR/missing_series.csv               patient_id, missing_series (e.g. "Dapp;Kapp"): the series
+                                         left out by --missing-series (header only when none)
 
 How a patient is made
 ---------------------
@@ -32,10 +34,32 @@ dimensionless, T2 is arbitrary scanner units.
 Every patient has its own random stream (``SeedSequence(seed, spawn_key=(index,))``) and its
 centre depends on its index only, so patient ``P0007`` is the same whatever the cohort size.
 
+Missing series
+--------------
+Real cohorts lack series: many centres acquire no diffusion kurtosis imaging (no Dapp, no
+Kapp), some no usable ADC.  ``--missing-series SPEC`` (repeatable) leaves series out:
+
+``SERIES[,SERIES...]:FRACTION``
+    e.g. ``Dapp,Kapp:0.3``: ``round(FRACTION * N)`` patients (halves rounded up, so possibly
+    none in a tiny cohort), drawn at random from the whole cohort, lack these series.  Unlike
+    everything else about a patient, whether it is drawn depends on the cohort size ``N``.
+``SERIES[,SERIES...]:centre=C``
+    e.g. ``Dapp,Kapp:centre=3``: every patient of centre ``C`` (the label of clinical.csv's
+    ``centre`` column, 1..``--centres``; with 3 or more centres the last is the external one)
+    lacks them.
+
+Only ADC, Dapp and Kapp can be removed; T2 and the mask never.  Several specs combine (a
+patient lacks the union of what the specs that pick it remove).  A removed series is simply
+not written.  The patients are drawn from a stream of their own (``default_rng([seed,
+MISSING_SERIES_STREAM])``), so the choice is reproducible from ``--seed`` and everything else
+(clinical.csv, ground_truth.csv, every series that is written) is byte-identical to the cohort
+without ``--missing-series``.
+
 Command line::
 
     python -m dataset_conversion.synthetic_larc --out DIR --patients N --seed S \
-        [--shape X Y Z] [--centres 3] [--censoring-rate R] [--follow-up-months MIN MAX] [--overwrite]
+        [--shape X Y Z] [--centres 3] [--censoring-rate R] [--follow-up-months MIN MAX] [--overwrite] \
+        [--missing-series SERIES[,SERIES...]:FRACTION|centre=C ...]
 """
 from __future__ import annotations
 
@@ -47,7 +71,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -102,6 +126,14 @@ CLINICAL_COLUMNS = ["patient_id", "centre", "age", "sex", "cea", "ct", "cn", "mr
 GROUND_TRUTH_COLUMNS = ["patient_id", "centre", "linear_predictor", "tumour_volume_ml",
                         "tumour_mean_adc"]
 SERIES = ("T2", "ADC", "Dapp", "Kapp")
+
+#: Series that ``--missing-series`` may remove.  T2 defines the case grid and the mask is the
+#: reference segmentation, so every patient keeps both.
+REMOVABLE_SERIES = ("ADC", "Dapp", "Kapp")
+#: Second seed word of the stream that picks which patients lack series: a stream of its own,
+#: so removing series never changes a draw of the patients' own streams.
+MISSING_SERIES_STREAM = 0x4D495353   # "MISS"
+MISSING_SERIES_COLUMNS = ["patient_id", "missing_series"]
 
 # Tissue properties: T2 signal (scanner units before the centre's scale), ADC and Dapp
 # (1e-6 mm^2/s), Kapp.  Fat is fat-suppressed on DWI, so its fitted ADC is low and noisy.
@@ -605,6 +637,154 @@ def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple
             "complete_clinical": latents["clinical"], "tissue_labels": tissue_labels}
 
 
+# --------------------------------------------------------------------------- missing series
+@dataclass(frozen=True)
+class MissingSeriesSpec:
+    """One ``--missing-series`` rule: which series to remove, and from which patients.
+
+    Exactly one of ``fraction`` and ``centre`` is set.
+
+    Attributes
+    ----------
+    series : tuple of str
+        Series to remove, a subset of :data:`REMOVABLE_SERIES` in that order.
+    fraction : float or None
+        Remove them from ``round(fraction * n_patients)`` patients (halves rounded up) drawn
+        at random from the whole cohort.
+    centre : int or None
+        Remove them from every patient of this centre (the ``centre`` of ``clinical.csv``).
+    text : str
+        The spec as written, for messages.
+    """
+
+    series: Tuple[str, ...]
+    fraction: Optional[float] = None
+    centre: Optional[int] = None
+    text: str = ""
+
+    def __post_init__(self):
+        if (self.fraction is None) == (self.centre is None):
+            raise ValueError(f"--missing-series {self.text!r}: give exactly one of a fraction and a centre")
+
+
+def parse_missing_series(text: str, n_centres: Optional[int] = None) -> MissingSeriesSpec:
+    """Parse ``SERIES[,SERIES...]:FRACTION`` or ``SERIES[,SERIES...]:centre=C``.
+
+    Parameters
+    ----------
+    text : str
+        The spec, e.g. ``"Dapp,Kapp:0.3"`` or ``"ADC:centre=3"``.
+    n_centres : int, optional
+        Number of centres of the cohort; when given, ``C`` must be one of ``1..n_centres``.
+
+    Returns
+    -------
+    MissingSeriesSpec
+
+    Raises
+    ------
+    ValueError
+        Malformed spec, a series other than ADC, Dapp or Kapp, a fraction outside (0, 1] or
+        an unknown centre; the message names the spec.
+    """
+    prefix = f"--missing-series {text!r}"
+    series_part, colon, rule = text.partition(":")
+    if not colon or ":" in rule or not rule.strip():
+        raise ValueError(f"{prefix}: expected SERIES[,SERIES...]:FRACTION or SERIES[,SERIES...]:centre=C")
+    names = [name.strip() for name in series_part.split(",")]
+    if not all(names):
+        raise ValueError(f"{prefix}: empty series name (expected e.g. Dapp,Kapp:0.3)")
+    for name in names:
+        if name in ("T2", "mask"):
+            raise ValueError(f"{prefix}: {name} cannot be removed (every patient keeps T2 and mask); "
+                             f"removable series are {', '.join(REMOVABLE_SERIES)}")
+        if name not in REMOVABLE_SERIES:
+            raise ValueError(f"{prefix}: unknown series {name!r}; removable series are {', '.join(REMOVABLE_SERIES)}")
+    series = tuple(name for name in REMOVABLE_SERIES if name in names)
+    rule = rule.strip()
+    if rule.startswith("centre="):
+        try:
+            centre = int(rule[len("centre="):])
+        except ValueError:
+            raise ValueError(f"{prefix}: centre must be an integer label as in clinical.csv, got {rule!r}") from None
+        spec = MissingSeriesSpec(series, centre=centre, text=text)
+        _check_missing_series_centre(spec, n_centres)
+        return spec
+    try:
+        fraction = float(rule)
+    except ValueError:
+        raise ValueError(f"{prefix}: expected a fraction in (0, 1] or centre=C after ':', got {rule!r}") from None
+    if not 0.0 < fraction <= 1.0:   # also refuses nan
+        raise ValueError(f"{prefix}: fraction must be in (0, 1], got {rule}")
+    return MissingSeriesSpec(series, fraction=fraction, text=text)
+
+
+def _check_missing_series_centre(spec: MissingSeriesSpec, n_centres: Optional[int]) -> None:
+    if spec.centre is None or n_centres is None:
+        return
+    if not 1 <= spec.centre <= int(n_centres):
+        external = f", {int(n_centres)} the external one" if int(n_centres) >= 3 else ""
+        raise ValueError(f"--missing-series {spec.text!r}: unknown centre {spec.centre}; "
+                         f"this cohort has centres 1..{int(n_centres)}{external}")
+
+
+def select_missing_series(specs: Sequence[Union[str, MissingSeriesSpec]], n_patients: int, seed: int,
+                          n_centres: int) -> Dict[int, Tuple[str, ...]]:
+    """Which series each patient lacks under ``specs`` (the union over all specs).
+
+    Fraction specs draw, in the order given, from ``default_rng([seed, MISSING_SERIES_STREAM])``:
+    a stream of its own, so the rest of the cohort is the same with or without them.  A
+    fraction spec removes its series from exactly ``round(fraction * n_patients)`` patients
+    (halves rounded up, so it may be none in a very small cohort); which patients depends on
+    the seed and the cohort size.
+
+    Parameters
+    ----------
+    specs : sequence of str or MissingSeriesSpec
+        Specs as given to ``--missing-series`` (strings are parsed) or already parsed.
+    n_patients, seed, n_centres : int
+        As for :func:`generate_cohort`.
+
+    Returns
+    -------
+    dict
+        0-based patient index -> removed series in :data:`REMOVABLE_SERIES` order, only for
+        patients who lack at least one.
+    """
+    parsed = [parse_missing_series(spec, n_centres) if isinstance(spec, str) else spec for spec in specs]
+    for spec in parsed:
+        _check_missing_series_centre(spec, n_centres)
+    removed: Dict[int, set] = {}
+    rng = np.random.default_rng([int(seed), MISSING_SERIES_STREAM])
+    for spec in parsed:
+        if spec.centre is not None:
+            chosen = [i for i in range(int(n_patients)) if assign_centre(i, n_centres) == spec.centre]
+        else:
+            count = int(np.floor(spec.fraction * int(n_patients) + 0.5))
+            chosen = rng.choice(int(n_patients), size=count, replace=False).tolist()
+        for index in chosen:
+            removed.setdefault(int(index), set()).update(spec.series)
+    return {index: tuple(s for s in REMOVABLE_SERIES if s in removed[index]) for index in sorted(removed)}
+
+
+def _missing_series_frame(removed: Dict[int, Tuple[str, ...]]) -> pd.DataFrame:
+    rows = [{"patient_id": patient_id(index), "missing_series": ";".join(series)}
+            for index, series in sorted(removed.items())]
+    return pd.DataFrame(rows, columns=MISSING_SERIES_COLUMNS)
+
+
+def missing_series_summary(removed: Dict[int, Tuple[str, ...]], n_patients: int) -> str:
+    """One line: how many patients lack a series, and how many lack each.
+
+    E.g. ``missing series: 4 of 10 patients lack at least one series (ADC: 2, Dapp: 3, Kapp: 4)``.
+    """
+    if not removed:
+        return f"missing series: none (all {int(n_patients)} patients have every series)"
+    per_series = {s: sum(s in series for series in removed.values()) for s in REMOVABLE_SERIES}
+    counts = ", ".join(f"{s}: {n}" for s, n in per_series.items() if n)
+    return f"missing series: {len(removed)} of {int(n_patients)} patients lack at least one series ({counts})"
+
+
 def _clinical_frame(rows: list) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=CLINICAL_COLUMNS)
     # Nullable integers so 0/1 columns with gaps are written as "1" / "" rather than "1.0".
@@ -630,7 +810,8 @@ def _validate_arguments(n_patients: int, shape: Sequence[int], n_centres: int) -
 def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, int, int] = DEFAULT_SHAPE,
                     n_centres: int = 3, loss_to_follow_up_rate: float = DEFAULT_LOSS_TO_FOLLOW_UP_RATE,
                     admin_censoring_months: Tuple[float, float] = DEFAULT_ADMIN_CENSORING_MONTHS,
-                    progress: bool = False, overwrite: bool = False) -> pd.DataFrame:
+                    progress: bool = False, overwrite: bool = False,
+                    missing_series: Sequence[Union[str, MissingSeriesSpec]] = ()) -> pd.DataFrame:
     """Write a synthetic LARC cohort folder and return its clinical table.
 
     Parameters
@@ -657,6 +838,11 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
         Show a tqdm progress bar.
     overwrite : bool
         Replace an existing non-empty ``out_dir``.
+    missing_series : sequence of str or MissingSeriesSpec
+        Series to leave out for some patients, as real cohorts lack them (see
+        :func:`parse_missing_series` and :func:`select_missing_series`).  A removed series is
+        simply not written; every other file is byte-identical to the cohort without it.
+        ``missing_series.csv`` lists who lacks what (header only when nobody does).
 
     Returns
     -------
@@ -664,6 +850,8 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
         The clinical table as written to ``clinical.csv`` (missing values as <NA>/None).
     """
     shape = _validate_arguments(n_patients, shape, n_centres)
+    # Before anything is written, so a bad spec leaves no folder behind.
+    removed_series = select_missing_series(missing_series, n_patients, seed, n_centres)
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a folder")
@@ -688,13 +876,17 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
             _check_schema_categories(patient["complete_clinical"], schema, patient_id(index))
             image_dir = staging / "images" / patient_id(index)
             image_dir.mkdir(parents=True)
+            # Every series is still rendered (its noise draws come from the patient's stream),
+            # only not written: the series that are written stay the same.
             for name, image in patient["images"].items():
-                sitk.WriteImage(image, str(image_dir / f"{name}.nii.gz"), True)
+                if name not in removed_series.get(index, ()):
+                    sitk.WriteImage(image, str(image_dir / f"{name}.nii.gz"), True)
             clinical_rows.append(patient["clinical_row"])
             truth_rows.append(patient["ground_truth_row"])
         clinical_table = _clinical_frame(clinical_rows)
         clinical_table.to_csv(staging / "clinical.csv", index=False)
         pd.DataFrame(truth_rows, columns=GROUND_TRUTH_COLUMNS).to_csv(staging / "ground_truth.csv", index=False)
+        _missing_series_frame(removed_series).to_csv(staging / "missing_series.csv", index=False)
         os.chmod(staging, 0o755)   # mkdtemp makes it private; a cohort folder is not
         if out_dir.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
@@ -753,18 +945,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         metavar=("MIN", "MAX"), help="follow-up at study end, uniform (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--missing-series", action="append", default=[], metavar="SPEC",
+                        help="remove series from some patients: SERIES[,SERIES...]:FRACTION (a random "
+                             "fraction of all patients) or SERIES[,SERIES...]:centre=C (every patient of "
+                             "centre C); only ADC, Dapp, Kapp; repeatable, specs combine "
+                             "(e.g. Dapp,Kapp:centre=3)")
     args = parser.parse_args(argv)
+    # A bad --centres is left to generate_cohort's own message, not reported as an unknown centre.
+    try:
+        missing_specs = [parse_missing_series(spec, args.centres if args.centres >= 1 else None)
+                         for spec in args.missing_series]
+    except ValueError as error:
+        parser.error(str(error))
     start = time.perf_counter()
     try:
         table = generate_cohort(args.out, args.patients, seed=args.seed, shape=tuple(args.shape),
                                 n_centres=args.centres, loss_to_follow_up_rate=args.censoring_rate,
                                 admin_censoring_months=tuple(args.follow_up_months),
-                                progress=not args.no_progress, overwrite=args.overwrite)
+                                progress=not args.no_progress, overwrite=args.overwrite,
+                                missing_series=missing_specs)
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {len(table)} patients to {Path(args.out).resolve()} in {time.perf_counter() - start:.1f} s "
           f"(events: {int(table['dfs_event'].sum())}, centres: {table['centre'].value_counts().sort_index().to_dict()})")
+    if missing_specs:
+        removed = select_missing_series(missing_specs, args.patients, args.seed, args.centres)
+        print(missing_series_summary(removed, args.patients))
     return 0
 
 

@@ -97,7 +97,7 @@ def patient_prediction(records: List[Mapping[str, np.ndarray]], survival_head: s
 
 
 def patient_level_prediction(network, seg_logits, image, tile_records, clinical, horizon: float,
-                             min_tumour_voxels: float = MIN_TUMOUR_VOXELS) -> Dict[str, object]:
+                             min_tumour_voxels: float = MIN_TUMOUR_VOXELS, availability=None) -> Dict[str, object]:
     """THE patient-level prediction (module docstring): heads once on whole-tumour features.
 
     Parameters
@@ -112,6 +112,10 @@ def patient_level_prediction(network, seg_logits, image, tile_records, clinical,
     clinical : Tensor [F] or None
         The preprocessed clinical vector (None or empty for an image-only model).
     horizon : float
+    min_tumour_voxels : float
+    availability : Tensor [C] or None
+        Which of the image's channels are real series (0: filled in for a missing one); read by
+        models trained with ``channel_availability``, None = all present.
 
     Returns
     -------
@@ -120,7 +124,7 @@ def patient_level_prediction(network, seg_logits, image, tile_records, clinical,
     """
     import torch
     with torch.no_grad():
-        heads, mass = network.patient_heads(seg_logits, image, tile_records, clinical)
+        heads, mass = network.patient_heads(seg_logits, image, tile_records, clinical, availability)
     record = {k: v.float().cpu().numpy() for k, v in heads.items()}
     record["tumour_mass"] = np.array([mass])
     edges = network.time_bin_edges.cpu().numpy()

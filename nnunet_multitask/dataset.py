@@ -10,9 +10,11 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import pandas as pd
 
 from clinical.schema import ClinicalSchema
+from nnunet_multitask.contract import REQUIRED_SERIES
 
 
 class MultitaskDatasetError(RuntimeError):
@@ -73,3 +75,44 @@ def lookup_rows(df: pd.DataFrame, keys, what: str, path: Optional[Path] = None) 
     if missing:
         raise MultitaskDatasetError(f"{what}{' in ' + str(path) if path else ''}: no row for case(s) {missing}")
     return df.loc[keys]
+
+
+def read_series_availability(dataset_name: str, contract, channel_names: dict) -> Optional[pd.DataFrame]:
+    """Which image series of each case are real (1) or filled in for a missing one (0).
+
+    Reads the ``series_availability_table`` of the dataset's contract
+    (:class:`nnunet_multitask.contract.DatasetContract`; written by the converter, a dataset
+    converted before it existed has none: None, every series real). Columns are the dataset's
+    channel names in channel order; rows are keyed by case id.
+
+    Raises
+    ------
+    MultitaskDatasetError
+        Columns that are not the dataset's channels, values other than 0/1, duplicate case ids or
+        a case without its required series (T2).
+    """
+    name = contract.series_availability_table
+    if not name:
+        return None
+    path = dataset_table_path(dataset_name, name)
+    try:
+        table = pd.read_csv(path, dtype={"case_id": str})
+    except (OSError, ValueError) as e:
+        raise MultitaskDatasetError(f"{path}: cannot be read as a CSV table: {e}") from None
+    series = [channel_names[str(i)] for i in range(len(channel_names))]
+    if list(table.columns) != ["case_id"] + series:
+        raise MultitaskDatasetError(f"{path}: columns {list(table.columns)}, expected {['case_id'] + series}")
+    duplicated = table["case_id"][table["case_id"].duplicated()].tolist()
+    if duplicated:
+        raise MultitaskDatasetError(f"{path}: case id(s) {duplicated[:5]} appear more than once")
+    values = table[series]
+    bad = ~values.isin([0, 1])
+    if bad.to_numpy().any():
+        row = int(np.flatnonzero(bad.to_numpy().any(1))[0])
+        raise MultitaskDatasetError(f"{path}: case {table['case_id'].iloc[row]}: availability must be 0 or 1, got "
+                                    f"{values.iloc[row].tolist()}")
+    for required in REQUIRED_SERIES:
+        if required in series and (values[required] != 1).any():
+            cases = table["case_id"][values[required] != 1].tolist()
+            raise MultitaskDatasetError(f"{path}: case(s) {cases[:5]} lack {required}, which every case needs")
+    return table.set_index("case_id").astype(np.float32)

@@ -17,6 +17,13 @@ What the heads see (``image_features``, chosen by measurement: BENCHMARKS.md row
   ablation: the encoder's last InstanceNorm sets every channel's spatial mean per sample, so a
   global pool carries almost nothing about how much tumour there is (diagnosis, BENCHMARKS.md).
 
+With ``channel_availability`` (models trained for missing series, issue 13) the heads also get a
+0/1 vector saying which of the model's input channels are real series; the standardised tumour
+mean of a missing channel is set to 0 (the training fold's mean), so the zero filler that stands
+in for the series never reaches the heads as a measurement. The vector is set per forward in
+``network.availability_input`` (``[B, C]`` over the dataset's channels) or passed to
+:meth:`MultiTaskUNet.patient_heads`.
+
 Called as nnU-Net's predictor calls it (``network(x)``), the module returns the segmentation
 only. Head outputs leave the module in three ways:
 
@@ -121,13 +128,15 @@ class MultiTaskUNet(nn.Module):
         One of :data:`IMAGE_FEATURES` (module docstring).
     voxel_volume_mm3 : float
         Voxel volume at the configuration's spacing (for the tumour volume in mm^3).
+    channel_availability : bool
+        The heads also read which input channels are real series (module docstring).
     """
 
     def __init__(self, base: nn.Module, input_channels: Optional[Sequence[int]], n_clinical_features: int,
                  clinical_state_size: int, survival_head: str = "cox", n_time_bins: int = 10,
                  hidden: int = 64, risk_memory_size: int = 0, dropout: float = 0.2,
                  image_features: str = "tumour_quantities", n_input_channels: Optional[int] = None,
-                 voxel_volume_mm3: float = 1.0):
+                 voxel_volume_mm3: float = 1.0, channel_availability: bool = False):
         super().__init__()
         if survival_head not in SURVIVAL_HEADS:
             raise ValueError(f"survival_head must be one of {SURVIVAL_HEADS}, got {survival_head!r}")
@@ -148,6 +157,7 @@ class MultiTaskUNet(nn.Module):
                                     if isinstance(m, nn.modules.conv._ConvNd)).in_channels
         self.n_input_channels = int(n_input_channels)
         self.voxel_volume_mm3 = float(voxel_volume_mm3)
+        self.channel_availability = bool(channel_availability)
 
         bottleneck = int(self.encoder.output_channels[-1])
         self.n_quantities = 1 + self.n_input_channels
@@ -157,6 +167,8 @@ class MultiTaskUNet(nn.Module):
             image_in = self.n_quantities
         else:
             image_in = self.n_quantities + bottleneck
+        if self.channel_availability:
+            image_in += self.n_input_channels
         self.image_embedding = nn.Sequential(nn.Linear(image_in, hidden), nn.LeakyReLU(0.01))
         if self.n_clinical_features > 0:
             self.clinical_embedding = nn.Sequential(nn.Linear(self.n_clinical_features, hidden), nn.LeakyReLU(0.01),
@@ -180,6 +192,7 @@ class MultiTaskUNet(nn.Module):
 
         # not part of the state: set by the trainer / predictor around each forward
         self.clinical_input: Optional[torch.Tensor] = None
+        self.availability_input: Optional[torch.Tensor] = None
         self.head_sink: Optional[List[Dict[str, torch.Tensor]]] = None
         self.sink_kind: str = "heads"
 
@@ -207,13 +220,41 @@ class MultiTaskUNet(nn.Module):
         q = tumour_quantities(prob, image, self.voxel_volume_mm3)
         return (q - self.quantity_mean.to(q.device)) / self.quantity_std.to(q.device)
 
-    def image_feature_vector(self, quantities: Optional[torch.Tensor], pooled: Optional[torch.Tensor]) -> torch.Tensor:
-        """The heads' image input from the standardised quantities and/or pooled features."""
-        if self.image_features == "global_pool":
-            return pooled
-        if self.image_features == "tumour_quantities":
-            return quantities
-        return torch.cat([quantities, pooled], 1)
+    def used_availability(self, availability: Optional[torch.Tensor], batch: int, device) -> torch.Tensor:
+        """Availability of the model's own input channels, ``[B, n_input_channels]`` (all ones when
+        none is given: every series present). ``availability`` is over the dataset's channels."""
+        if availability is None:
+            return torch.ones(batch, self.n_input_channels, device=device)
+        a = availability.to(device=device, dtype=torch.float32)
+        if a.ndim == 1:
+            a = a[None]
+        a = a if self.input_channels is None else a[:, self.input_channels]
+        if a.shape[0] == 1 and batch > 1:
+            a = a.expand(batch, -1)
+        if a.shape != (batch, self.n_input_channels):
+            raise ValueError(f"availability has shape {tuple(a.shape)} after channel selection, expected "
+                             f"({batch}, {self.n_input_channels})")
+        return a
+
+    def image_feature_vector(self, quantities: Optional[torch.Tensor], pooled: Optional[torch.Tensor],
+                             availability: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The heads' image input from the standardised quantities and/or pooled features (and, for
+        a model with ``channel_availability``, the availability of its channels)."""
+        if not self.channel_availability:
+            if self.image_features == "global_pool":
+                return pooled
+            if self.image_features == "tumour_quantities":
+                return quantities
+            return torch.cat([quantities, pooled], 1)
+        ref = pooled if quantities is None else quantities
+        avail = self.used_availability(availability, ref.shape[0], ref.device)
+        parts = []
+        if quantities is not None:
+            # a missing series' tumour mean is the filler's, not a measurement: set it to the fold mean
+            parts.append(torch.cat([quantities[:, :1], quantities[:, 1:] * avail], 1))
+        if pooled is not None:
+            parts.append(pooled)
+        return torch.cat(parts + [avail], 1)
 
     def patch_image_features(self, x: torch.Tensor, seg_full: torch.Tensor, bottleneck: torch.Tensor) -> torch.Tensor:
         """Image features of one patch (a patch that shows the whole image is one patient)."""
@@ -226,7 +267,7 @@ class MultiTaskUNet(nn.Module):
             if self.image_features != "tumour_quantities":
                 num, den = weighted_pool_sums(bottleneck, prob)
                 pooled = num / den.clamp_min(_EPS_MASS)[:, None]
-        return self.image_feature_vector(quantities, pooled)
+        return self.image_feature_vector(quantities, pooled, self.availability_input)
 
     # ------------------------------------------------------------------ heads
     def heads(self, image_features: torch.Tensor, clinical: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -284,9 +325,10 @@ class MultiTaskUNet(nn.Module):
 
     # ------------------------------------------------------------------ patient level
     def patient_heads(self, seg_logits: torch.Tensor, image: torch.Tensor, tile_records: List[Mapping[str, torch.Tensor]],
-                      clinical: Optional[torch.Tensor]) -> tuple:
+                      clinical: Optional[torch.Tensor], availability: Optional[torch.Tensor] = None) -> tuple:
         """Head outputs of one patient from the stitched whole-image segmentation logits [L, *sp],
-        the whole preprocessed image [C_all, *sp] and the tiles' records; returns (heads, tumour mass)."""
+        the whole preprocessed image [C_all, *sp] and the tiles' records; returns (heads, tumour mass).
+        ``availability``: [C_all] 0/1, which series are real (models with ``channel_availability``)."""
         dev = self.quantity_mean.device
         prob = foreground_probability(seg_logits[None].to(device=dev, dtype=torch.float32))
         mass = float(prob.sum())
@@ -305,7 +347,7 @@ class MultiTaskUNet(nn.Module):
             pooled = (num / max(float(den), _EPS_MASS))[None].float()
         if pooled is not None:
             pooled = pooled.to(dev)
-        feats = self.image_feature_vector(quantities, pooled)
+        feats = self.image_feature_vector(quantities, pooled, availability)
         if clinical is not None:
             clinical = None if clinical.numel() == 0 else clinical.to(dev)
         heads = self.heads(feats, clinical)

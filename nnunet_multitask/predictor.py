@@ -54,7 +54,7 @@ from collections import deque
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from os.path import basename, isdir, isfile, join
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -72,12 +72,14 @@ from clinical.schema import ClinicalSchema, SchemaError
 from clinical.tables import CASE_ID_COLUMN, read_case_table
 from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 from nnunet_multitask.aggregation import patient_level_prediction, survival_at_times
-from nnunet_multitask.dataset import MultitaskDatasetError, dataset_table_path, schema_from_block
+from nnunet_multitask.dataset import REQUIRED_SERIES, MultitaskDatasetError, dataset_table_path, schema_from_block
 from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
 
 from nnunet_multitask.columns import SURVIVAL_TIMES, recurrence_column, survival_column, survival_times  # noqa: E402
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
+#: predictions.csv column naming the series each case was predicted with
+SERIES_COLUMN = "series_available"
 _STAGING_PREFIX = ".nnunet_multitask_partial_"
 #: Held (flock) by the run writing into an output folder; removed when the run ends.
 _LOCK_NAME = ".nnunet_multitask.lock"
@@ -191,6 +193,9 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.clinical_table_source: Optional[str] = None
         self.impute_missing_clinical = False
         self.provenance: dict = {}
+        #: 0/1 per channel of the cases being predicted (which series are real); empty: all real
+        self.case_availability: Dict[str, np.ndarray] = {}
+        self.allow_missing_series = False
 
     # ------------------------------------------------------------------ loading
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
@@ -412,9 +417,11 @@ class MultiTaskPredictor(nnUNetPredictor):
         return vector, imputed, n_missing
 
     # ------------------------------------------------------------------ heads
-    def predict_case_with_current_weights(self, data: torch.Tensor, clinical: np.ndarray):
+    def predict_case_with_current_weights(self, data: torch.Tensor, clinical: np.ndarray,
+                                          availability: Optional[np.ndarray] = None):
         """(segmentation logits, patient-level head prediction) with the network's current weights:
-        nnU-Net's sliding window, then :func:`~nnunet_multitask.aggregation.patient_level_prediction`."""
+        nnU-Net's sliding window, then :func:`~nnunet_multitask.aggregation.patient_level_prediction`.
+        ``availability``: 0/1 per channel, which series are real (None: all)."""
         net = _unwrap(self.network)
         net.head_sink, net.sink_kind = [], "tiles"
         try:
@@ -424,7 +431,9 @@ class MultiTaskPredictor(nnUNetPredictor):
             net.head_sink, net.clinical_input, net.sink_kind = None, None, "heads"
         clinical_t = torch.as_tensor(clinical, dtype=torch.float32) if len(clinical) else None
         cfg = self.head_config
-        pred = patient_level_prediction(net, logits, data, tiles, clinical_t, cfg["horizon_months"])
+        avail_t = None if availability is None else torch.as_tensor(np.asarray(availability), dtype=torch.float32)
+        pred = patient_level_prediction(net, logits, data, tiles, clinical_t, cfg["horizon_months"],
+                                        availability=avail_t)
         if pred["survival_logits"] is not None:
             edges = net.time_bin_edges.cpu().numpy()
             times = survival_times(cfg["horizon_months"])
@@ -437,6 +446,7 @@ class MultiTaskPredictor(nnUNetPredictor):
             raise MultitaskPredictionError("case id unknown: predict through predict_from_files / "
                                            "predict_from_files_sequential / predict_folder")
         case_id = self._pending_cases.popleft()
+        availability = self.case_availability.get(case_id)
         n_threads = torch.get_num_threads()
         prediction, per_fold = None, []
         imputed, n_missing = False, 0
@@ -445,7 +455,7 @@ class MultiTaskPredictor(nnUNetPredictor):
             for params in self.list_of_parameters:
                 net.load_state_dict(params)
                 clinical, imputed, n_missing = self.clinical_vector(case_id, net.clinical_state)
-                logits, pred = self.predict_case_with_current_weights(data, clinical)
+                logits, pred = self.predict_case_with_current_weights(data, clinical, availability)
                 # sliding-window logits are inference tensors: accumulate into a normal tensor
                 logits = logits.to("cpu").clone()
                 prediction = logits if prediction is None else prediction + logits
@@ -457,7 +467,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         prediction /= len(self.list_of_parameters)
         torch.set_num_threads(n_threads)
         self.head_results[case_id] = {"folds": per_fold, "clinical_imputed": imputed,
-                                      "n_clinical_values_imputed": n_missing}
+                                      "n_clinical_values_imputed": n_missing, "availability": availability}
         return prediction
 
     def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
@@ -511,8 +521,16 @@ class MultiTaskPredictor(nnUNetPredictor):
             row["tumour_found"] = all(f["tumour_found"] for f in folds)
             row["clinical_imputed"] = bool(res["clinical_imputed"])
             row["n_clinical_values_imputed"] = int(res.get("n_clinical_values_imputed", 0))
+            row[SERIES_COLUMN] = self.series_text(res.get("availability"))
             rows.append(row)
         return pd.DataFrame(rows)
+
+    def series_text(self, availability: Optional[np.ndarray]) -> str:
+        """The real series of a case, ``;``-joined in channel order (``T2;ADC;Dapp;Kapp``)."""
+        names = [self.dataset_json["channel_names"][str(i)] for i in range(len(self.dataset_json["channel_names"]))]
+        if availability is None:
+            return ";".join(names)
+        return ";".join(n for n, a in zip(names, availability) if a > 0)
 
     def provenance_record(self, table: pd.DataFrame) -> dict:
         meta = dict(self.provenance)
@@ -524,6 +542,8 @@ class MultiTaskPredictor(nnUNetPredictor):
                      "clinical_table": self.clinical_table_source,
                      "clinical_columns": self.model_clinical_columns(),
                      "impute_missing_clinical": self.impute_missing_clinical,
+                     "allow_missing_series": self.allow_missing_series,
+                     "channel_availability": bool(self.head_config.get("channel_availability", False)),
                      "patient_level": "heads once on tumour-level features of the stitched whole-image "
                                       "segmentation (nnunet_multitask.aggregation.patient_level_prediction); "
                                       "image_features=" + str(self.head_config.get("image_features", "global_pool")),
@@ -532,6 +552,9 @@ class MultiTaskPredictor(nnUNetPredictor):
                      "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
                      "columns": list(table.columns),
                      "column_sources": column_sources(table.columns)})
+        part = getattr(self, "part_record", None)
+        if part:  # one part of a -num_parts run (nnunet_multitask.prediction_parts), for --merge
+            meta["part"] = part
         return meta
 
     def write_predictions(self, output_folder: str) -> pd.DataFrame:
@@ -573,10 +596,15 @@ def _atomic_write(path: str, text: str):
         raise
 
 
-def predict_heads_for_preprocessed_cases(trainer, case_ids: Sequence[str], use_mirroring: bool = True,
-                                         cache: Optional[dict] = None, cache_limit_bytes: int = 2 ** 30) -> pd.DataFrame:
+def predict_heads_for_preprocessed_cases(trainer, case_inputs: Mapping[str, Mapping[str, np.ndarray]],
+                                         use_mirroring: bool = True, cache: Optional[dict] = None,
+                                         cache_limit_bytes: int = 2 ** 30) -> pd.DataFrame:
     """Patient-level head predictions of preprocessed cases with a trainer's current network, by the
     predictor's definition (nnU-Net's sliding window, then ``patient_level_prediction``).
+
+    ``case_inputs``: ``{case id: {"clinical": preprocessed clinical vector, "availability": 0/1 per
+    channel}}`` of the cases to predict (the caller's; the trainer's network, plans and preprocessed
+    folder are read from ``trainer``).
 
     Used by the trainer's final validation (with test-time mirroring, as the predictor) and by its
     per-epoch whole-fold validation (``use_mirroring=False``, 8x fewer forward passes in 3-D).
@@ -589,6 +617,7 @@ def predict_heads_for_preprocessed_cases(trainer, case_ids: Sequence[str], use_m
     predictor.manual_initialization(trainer.mt_network(), trainer.plans_manager, trainer.configuration_manager,
                                     None, trainer.dataset_json, type(trainer).__name__,
                                     trainer.inference_allowed_mirroring_axes)
+    case_ids = list(case_inputs)
     cache = {} if cache is None else cache
     missing = [k for k in case_ids if k not in cache]
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, missing,
@@ -600,20 +629,22 @@ def predict_heads_for_preprocessed_cases(trainer, case_ids: Sequence[str], use_m
             data = torch.from_numpy(np.asarray(dataset.load_case(k)[0][:], dtype=np.float32))
             if sum(v.numel() * v.element_size() for v in cache.values()) + data.numel() * 4 <= cache_limit_bytes:
                 cache[k] = data
-        clinical = trainer._case_data[k]["clinical"]
-        _, pred = predictor.predict_case_with_current_weights(data, clinical)
-        predictor.head_results[k] = {"folds": [pred], "clinical_imputed": False}
+        inputs = case_inputs[k]
+        _, pred = predictor.predict_case_with_current_weights(data, inputs["clinical"], inputs.get("availability"))
+        predictor.head_results[k] = {"folds": [pred], "clinical_imputed": False,
+                                     "availability": inputs.get("availability")}
     # the trainer's lookup requires every row (nothing imputed per row); it does not count empty cells
     return predictor.predictions_table().drop(columns=["n_clinical_values_imputed"])
 
 
 # ---------------------------------------------------------------------- checks before predicting
-def _check_inputs(input_folder: str, dataset_json: dict) -> List[str]:
+def _check_inputs(input_folder: str, dataset_json: dict, allow_missing_series: bool = False) -> List[str]:
     """Check an nnU-Net input folder against the model's channels before anything is predicted.
 
     Every file must be named ``<case>_<XXXX><file_ending>`` with a channel the model was trained
-    with, every case must have all channels, and (for formats SimpleITK reads) each case's channel
-    images must be readable headers of one 3-D size.
+    with, every case must have all channels (with ``allow_missing_series``: its required series,
+    T2; :func:`input_availability` says which others it has), and (for formats SimpleITK reads)
+    each case's channel images must be readable headers of one 3-D size.
 
     Returns
     -------
@@ -647,17 +678,75 @@ def _check_inputs(input_folder: str, dataset_json: dict) -> List[str]:
             f"{input_folder}: file(s) {beyond[:5]} have a channel index the model was not trained with (it "
             f"expects {n_ch} channels 0..{n_ch - 1}: {channel_names})")
     cases = sorted(channels)
+    required = [i for i in range(n_ch) if channel_names[str(i)] in REQUIRED_SERIES]
     for c in cases:
         missing = [f"{c}_{i:04d}{ending}" for i in range(n_ch) if i not in channels[c]]
-        if missing:
-            raise MultitaskPredictionError(f"case {c}: missing channel file(s) {missing} in {input_folder} "
-                                           f"(the model expects {n_ch} channels: {channel_names})")
+        if not missing:
+            continue
+        if not allow_missing_series:
+            raise MultitaskPredictionError(
+                f"case {c}: missing channel file(s) {missing} in {input_folder} (the model expects {n_ch} channels: "
+                f"{channel_names}); a model trained for missing series (MultiRecTrainer_ModalityDropout) predicts "
+                f"such cases with --allow-missing-series")
+        lacking = [f"{c}_{i:04d}{ending}" for i in required if i not in channels[c]]
+        if lacking:
+            raise MultitaskPredictionError(
+                f"case {c}: missing channel file(s) {lacking} in {input_folder}: "
+                f"{', '.join(channel_names[str(i)] for i in required)} is required even with --allow-missing-series")
     if ending in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        _check_image_headers(input_folder, cases, n_ch, ending)
+        _check_image_headers(input_folder, cases, n_ch, ending, present=channels)
     return cases
 
 
-def _check_image_headers(input_folder: str, cases: Sequence[str], n_ch: int, ending: str):
+def input_availability(input_folder: str, dataset_json: dict, cases: Sequence[str]) -> Dict[str, np.ndarray]:
+    """0/1 per channel of every case: does ``<case>_<XXXX><ending>`` exist in the input folder."""
+    ending, n_ch = dataset_json["file_ending"], len(dataset_json["channel_names"])
+    return {c: np.array([isfile(join(input_folder, f"{c}_{i:04d}{ending}")) for i in range(n_ch)], dtype=np.float32)
+            for c in cases}
+
+
+def check_missing_series_support(predictor: "MultiTaskPredictor", availability: Mapping[str, np.ndarray]) -> None:
+    """Refuse cases lacking a series the model uses when the model was not trained for missing
+    series (``channel_availability``): it would read the filler as an image."""
+    cfg = predictor.head_config
+    if cfg.get("channel_availability", False):
+        return
+    names = predictor.dataset_json["channel_names"]
+    used = cfg.get("input_channels")
+    used = range(len(names)) if used is None else used
+    for case in sorted(availability):
+        lacking = [names[str(c)] for c in used if availability[case][c] == 0]
+        if lacking:
+            raise MultitaskPredictionError(
+                f"case {case} lacks {', '.join(lacking)}, which {cfg.get('trainer', 'this model')} uses, and the model "
+                f"was trained without channel availability: it cannot tell a missing series from an image. Predict "
+                f"it with a model trained for missing series (MultiRecTrainer_ModalityDropout) or one that does not "
+                f"use {', '.join(lacking)} (MultiRecTrainer_T2)")
+
+
+def _fill_missing_series(input_folder: str, filled_folder: str, dataset_json: dict,
+                         availability: Mapping[str, np.ndarray]) -> None:
+    """An input folder for nnU-Net in which every case has every channel file: links to the real
+    files, and for a missing series the converter's filler (zeros on the T2 grid: after nnU-Net's
+    z-score normalisation the same zeros as the training data's filler)."""
+    import SimpleITK as sitk
+    ending, n_ch = dataset_json["file_ending"], len(dataset_json["channel_names"])
+    for case, avail in availability.items():
+        reference = None
+        for i in range(n_ch):
+            name = f"{case}_{i:04d}{ending}"
+            if avail[i] > 0:
+                os.symlink(os.path.abspath(join(input_folder, name)), join(filled_folder, name))
+                continue
+            if reference is None:
+                reference = sitk.ReadImage(join(input_folder, f"{case}_0000{ending}"))
+            filler = sitk.Image(reference.GetSize(), sitk.sitkFloat32)
+            filler.CopyInformation(reference)
+            sitk.WriteImage(filler, join(filled_folder, name))
+
+
+def _check_image_headers(input_folder: str, cases: Sequence[str], n_ch: int, ending: str,
+                         present: Optional[Mapping[str, set]] = None):
     """Readable headers, 3-D, one size per case across channels (nnU-Net would otherwise fail in
     a preprocessing worker, after other cases were already predicted), and every NIfTI file
     complete: decompressed once in full and compared with the size its header promises (a file
@@ -666,6 +755,8 @@ def _check_image_headers(input_folder: str, cases: Sequence[str], n_ch: int, end
     for c in cases:
         sizes = {}
         for i in range(n_ch):
+            if present is not None and i not in present[c]:
+                continue
             path = join(input_folder, f"{c}_{i:04d}{ending}")
             reader = sitk.ImageFileReader()
             reader.SetFileName(path)
@@ -785,7 +876,8 @@ def output_folder_lock(output_folder: str):
 def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_folder: str,
                    clinical: Optional[pd.DataFrame | str] = None, impute_missing_clinical: bool = False,
                    num_processes_preprocessing: int = 0, num_processes_segmentation_export: int = 0,
-                   checked_cases: Optional[List[str]] = None) -> pd.DataFrame:
+                   checked_cases: Optional[List[str]] = None, allow_missing_series: bool = False,
+                   part_id: int = 0, num_parts: int = 1) -> pd.DataFrame:
     """Predict every case of an input folder: segmentations, ``predictions.csv``, ``predictions.json``.
 
     Everything that can be checked is checked first (input files and channels, clinical columns,
@@ -807,6 +899,16 @@ def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_fold
     checked_cases : list of str, optional
         The result of ``_check_inputs`` on this input folder when the caller has just run it (the CLI
         does, before loading the checkpoints), so the images are not read in full twice.
+    allow_missing_series : bool
+        Cases may lack series other than T2: they are filled as at conversion (zeros on the T2
+        grid) and flagged to a model trained for it (``channel_availability``); a model trained
+        without it refuses such cases unless it does not use the missing series. predictions.csv
+        names each case's real series (``series_available``).
+    part_id, num_parts : int
+        Split inference (:mod:`nnunet_multitask.prediction_parts`): predict only the share
+        ``sorted(cases)[part_id::num_parts]`` (nnU-Net's) and record the part in
+        ``predictions.json`` for ``--merge``. Every case is still checked, so every part refuses
+        what a single run would refuse.
 
     The output folder is held with :func:`output_folder_lock` for the run: a second run into it
     is refused, and staging folders of killed runs are removed.
@@ -816,11 +918,22 @@ def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_fold
     pandas.DataFrame
         The table written to ``predictions.csv``.
     """
-    cases = checked_cases if checked_cases is not None else _check_inputs(input_folder, predictor.dataset_json)
+    cases = checked_cases if checked_cases is not None else \
+        _check_inputs(input_folder, predictor.dataset_json, allow_missing_series)
+    availability = input_availability(input_folder, predictor.dataset_json, cases)
+    check_missing_series_support(predictor, availability)
+    split = (part_id, num_parts) != (0, 1)
+    if split:
+        from nnunet_multitask.prediction_parts import part_share, predict_part
+        availability = {c: availability[c] for c in part_share(cases, part_id, num_parts)}
+    predictor.case_availability, predictor.allow_missing_series = availability, allow_missing_series
     predictor.set_clinical_table(clinical, impute_missing=impute_missing_clinical)
     predictor.check_clinical_rows(cases)
     _check_output_folder(output_folder)
     with output_folder_lock(output_folder):
+        if split:
+            return predict_part(predictor, input_folder, output_folder, cases, part_id, num_parts,
+                                num_processes_preprocessing, num_processes_segmentation_export)
         return _predict_into(predictor, input_folder, output_folder, cases, num_processes_preprocessing,
                              num_processes_segmentation_export)
 
@@ -829,11 +942,18 @@ def _predict_into(predictor: MultiTaskPredictor, input_folder: str, output_folde
                   num_processes_preprocessing: int, num_processes_segmentation_export: int) -> pd.DataFrame:
     predictor.head_results = {}
     staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
+    # cases with missing series are predicted from a folder where the filler stands in for them; it
+    # carries the staging prefix, so a killed run's copy is removed like its staging folder
+    filled = None
+    if any((a == 0).any() for a in predictor.case_availability.values()):
+        filled = tempfile.mkdtemp(prefix=_STAGING_PREFIX + "input_", dir=output_folder)
+        _fill_missing_series(input_folder, filled, predictor.dataset_json, predictor.case_availability)
+    source = filled or input_folder
     try:
         if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:
-            predictor.predict_from_files_sequential(input_folder, staging, overwrite=True)
+            predictor.predict_from_files_sequential(source, staging, overwrite=True)
         else:
-            predictor.predict_from_files(input_folder, staging, overwrite=True,
+            predictor.predict_from_files(source, staging, overwrite=True,
                                          num_processes_preprocessing=max(1, num_processes_preprocessing),
                                          num_processes_segmentation_export=max(1, num_processes_segmentation_export))
         predicted = sorted(predictor.head_results)
@@ -847,7 +967,10 @@ def _predict_into(predictor: MultiTaskPredictor, input_folder: str, output_folde
         if isfile(args_json):  # name the real output folder, not the staging folder, in nnU-Net's record
             with open(args_json) as f:
                 text = f.read()
-            _atomic_write(args_json, text.replace(staging, os.path.abspath(output_folder)))
+            text = text.replace(staging, os.path.abspath(output_folder))
+            if filled is not None:
+                text = text.replace(filled, os.path.abspath(input_folder))
+            _atomic_write(args_json, text)
         table = predictor.write_predictions(staging)
         last = (PREDICTIONS_JSON, PREDICTIONS_CSV)
         names = [n for n in sorted(os.listdir(staging)) if n not in last] + list(last)
@@ -855,6 +978,8 @@ def _predict_into(predictor: MultiTaskPredictor, input_folder: str, output_folde
             os.replace(join(staging, name), join(output_folder, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if filled is not None:
+            shutil.rmtree(filled, ignore_errors=True)
     return table
 
 
@@ -886,6 +1011,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--impute-missing-clinical", action="store_true",
                         help="a case without a clinical row is imputed as in training (flagged clinical_imputed "
                              "in the CSV) instead of being an error")
+    parser.add_argument("--allow-missing-series", action="store_true",
+                        help="cases may lack series other than T2 (e.g. no Dapp/Kapp): they are filled as at "
+                             "conversion and flagged to a model trained for it (MultiRecTrainer_ModalityDropout); "
+                             "predictions.csv names each case's series (series_available)")
+    # split inference as in nnUNetv2_predict, and the merge of its parts (nnunet_multitask.prediction_parts)
+    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (run each "
+                        "part on its own machine, each into its own output folder, then merge them with --merge)")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this run predicts, 0..num_parts-1: the "
+                        "cases sorted(cases)[part_id::num_parts], as nnUNetv2_predict")
+    parser.add_argument("--merge", nargs="+", metavar="PART_DIR", default=None,
+                        help="instead of predicting: merge the output folders of every part of a -num_parts run "
+                             "into -o (predictions.csv, predictions.json, segmentations copied); refuses parts of "
+                             "different models or settings and overlapping or missing cases. Takes -o, and "
+                             "optionally --report [-i IMAGES] [--seg-gt MASKS]")
+    # per-patient report (nnunet_multitask.report) and occlusion saliency (nnunet_multitask.saliency)
+    from nnunet_multitask.saliency import DEFAULT_MAX_BLOCKS
+    parser.add_argument("--report", action="store_true",
+                        help="also write <output>/report/: one PNG per case (T2 through the tumour with the "
+                             "segmentation outlined, survival curve, risk percentile and group, both heads' "
+                             "recurrence probabilities, clinical values used) and index.html, the cases sorted by "
+                             "risk")
+    parser.add_argument("--seg-gt", default=None, help="with --report: reference masks <case><ending> to outline too")
+    parser.add_argument("--saliency", action="store_true",
+                        help="with --report: occlusion saliency of the risk score over the tumour, drawn on T2 "
+                             "(costs (1 + --saliency-blocks) x folds extra predictions per case)")
+    parser.add_argument("--saliency-blocks", type=int, default=DEFAULT_MAX_BLOCKS,
+                        help=f"at most this many occluded blocks per case (default {DEFAULT_MAX_BLOCKS})")
     parser.add_argument("--disable_progress_bar", action="store_true")
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -894,8 +1046,20 @@ def build_parser() -> argparse.ArgumentParser:
 def predict_entry_point(argv: Optional[List[str]] = None):
     """Console script ``nnUNetv2_predict_multitask``; errors are printed (naming the case, file and
     problem) with exit status 2, without a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--merge" in argv:  # merging parts needs no model and no input folder: its own flags
+        from nnunet_multitask.prediction_parts import merge_main
+        merge_main(argv)
+        return
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
+        parser.error(f"-part_id {args.part_id} -num_parts {args.num_parts}: need -num_parts >= 1 and "
+                     f"0 <= -part_id < -num_parts (parts are counted from 0, as in nnUNetv2_predict)")
+    if (args.saliency or args.seg_gt is not None) and not args.report:
+        parser.error("--saliency and --seg-gt are drawn in the per-patient report: add --report")
+    if args.saliency_blocks < 1:
+        parser.error(f"--saliency-blocks {args.saliency_blocks}: must be at least 1")
     try:
         folds = [f if f == "all" else int(f) for f in args.f]
     except ValueError:
@@ -918,6 +1082,9 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
         if not isdir(model_folder):
             raise MultitaskPredictionError(f"no trained model at {model_folder}")
+        if args.report:  # what the report needs is checked before anything is predicted
+            from nnunet_multitask.report import check_report_inputs
+            check_report_inputs(args.i, args.seg_gt)
         # the input images are checked (in full) before any checkpoint is loaded; the model folder's
         # dataset.json says which channels and file ending to expect
         checked_cases, early_json = None, None
@@ -930,7 +1097,7 @@ def predict_entry_point(argv: Optional[List[str]] = None):
             except (OSError, ValueError, KeyError, TypeError):
                 early_json = None  # reported by the model initialisation below
             if early_json is not None:
-                checked_cases = _check_inputs(args.i, early_json)
+                checked_cases = _check_inputs(args.i, early_json, args.allow_missing_series)
         with output_folder_lock(args.o):
             predictor = MultiTaskPredictor(tile_step_size=args.step_size, use_gaussian=True,
                                            use_mirroring=not args.disable_tta,
@@ -946,12 +1113,22 @@ def predict_entry_point(argv: Optional[List[str]] = None):
             table = predict_folder(predictor, args.i, args.o, clinical=args.clinical,
                                    impute_missing_clinical=args.impute_missing_clinical,
                                    num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps,
-                                   checked_cases=checked_cases)
+                                   checked_cases=checked_cases, allow_missing_series=args.allow_missing_series,
+                                   part_id=args.part_id, num_parts=args.num_parts)
+            if args.report:
+                from nnunet_multitask.report import report_for_prediction
+                report_for_prediction(predictor, args.i, args.o, table, seg_gt_folder=args.seg_gt,
+                                      saliency=args.saliency, saliency_blocks=args.saliency_blocks)
     except (MultitaskPredictionError, SchemaError, MultitaskDatasetError, ClinicalPreprocessingError) as e:
         # SchemaError covers clinical.tables.ClinicalTableError (bad values, undeclared categories)
         print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"Wrote {len(table)} patient-level predictions to {join(args.o, PREDICTIONS_CSV)}")
+    if (args.part_id, args.num_parts) != (0, 1):
+        print(f"Wrote part {args.part_id} of {args.num_parts}: {len(table)} patient-level predictions to "
+              f"{join(args.o, PREDICTIONS_CSV)}; when every part has finished, merge their output folders with "
+              f"nnUNetv2_predict_multitask --merge PART_DIR [PART_DIR ...] -o OUT")
+    else:
+        print(f"Wrote {len(table)} patient-level predictions to {join(args.o, PREDICTIONS_CSV)}")
 
 
 if __name__ == "__main__":

@@ -48,11 +48,11 @@ from clinical.outcomes import recurrence_label
 from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask import losses as L
 from nnunet_multitask.aggregation import group_patch_records, patient_prediction
-from nnunet_multitask.columns import recurrence_column
-from nnunet_multitask.dataset import (dataset_table_path, held_out_cases, lookup_rows, multitask_block,
-                                      read_features, read_outcomes, schema_from_block)
+from nnunet_multitask.contract import REQUIRED_SERIES, DatasetContract, HeadConfig, horizon_tag, recurrence_column
+from nnunet_multitask.dataset import (MultitaskDatasetError, dataset_table_path, lookup_rows, read_features,
+                                      read_outcomes, read_series_availability)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
-from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans, tumour_quantities
+from nnunet_multitask.network import MultiTaskUNet, tumour_quantities
 
 #: environment variable that seeds a training run (torch, numpy, random; see README "Seeds")
 SEED_ENV = "MULTIREC_SEED"
@@ -219,6 +219,15 @@ class MultiRecTrainerBase(nnUNetTrainer):
         average: when one run costs more, the next runs are spaced out (values carried forward).
     epochs, iterations_per_epoch, val_iterations_per_epoch, save_every_epochs : int or None
         Training length (``None`` keeps nnU-Net's default).
+    channel_availability : bool
+        The heads also read which series are real (``network`` module docstring), so one model serves
+        cases with missing diffusion series; cases of a dataset converted with
+        ``--allow-missing-series`` train with their true availability (a model without it refuses
+        such a dataset when it uses a series some case lacks).
+    modality_dropout_rate : float
+        Fraction of training samples whose diffusion series are dropped at random (a non-empty
+        subset of the model's channels other than T2, each subset equally likely): the channel is
+        zeroed as the converter's filler and flagged missing. Needs ``channel_availability``.
     max_batch_size : int or None
         Cap on the planned batch size (``None``: nnU-Net's plan). Only the CPU demo and benchmark
         variants set it: nnU-Net raises the batch size for small patches, which keeps the cost of an
@@ -246,6 +255,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
     skip_final_validation: bool = False
     whole_fold_validation: bool = True
     whole_fold_validation_budget: float = 0.25
+    channel_availability: bool = False
+    modality_dropout_rate: float = 0.0
     max_batch_size: Optional[int] = None
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
@@ -261,36 +272,47 @@ class MultiRecTrainerBase(nnUNetTrainer):
             if getattr(self, attr) is not None:
                 setattr(self, name, int(getattr(self, attr)))
 
-        self.mt = multitask_block(dataset_json)
-        self.horizon = float(self.mt.get("horizon_months", 36))
-        self.schema = schema_from_block(self.mt)
+        self.contract = DatasetContract.from_dataset_json(dataset_json)
+        self.horizon = self.contract.horizon_months
+        self.schema = self.contract.schema()
         n_channels = len(dataset_json["channel_names"])
         if self.input_channels is not None and not all(0 <= c < n_channels for c in self.input_channels):
             raise ValueError(f"{type(self).__name__}: input_channels {self.input_channels} not in the dataset's "
                              f"{n_channels} channels {dataset_json['channel_names']}")
+        if not 0.0 <= float(self.modality_dropout_rate) < 1.0:
+            raise ValueError(f"{type(self).__name__}: modality_dropout_rate must be in [0, 1), got "
+                             f"{self.modality_dropout_rate}")
+        if self.modality_dropout_rate > 0 and not self.channel_availability:
+            raise ValueError(f"{type(self).__name__}: modality_dropout_rate needs channel_availability = True (the "
+                             f"heads must be told which series were dropped)")
+        self.channel_names = [dataset_json["channel_names"][str(i)] for i in range(n_channels)]
+        used = range(n_channels) if self.input_channels is None else self.input_channels
+        #: channels that may be dropped in training: the model's own, except the required series (T2)
+        self.droppable_channels = [int(c) for c in used if self.channel_names[c] not in REQUIRED_SERIES]
         prep = ClinicalPreprocessor(self.schema, tuple(self.clinical_groups))
         # the head configuration travels in the plans (plans.json of the results folder), which is what
         # build_network_architecture receives at training and at inference time
-        self.plans_manager.plans["multitask_model"] = {
-            "trainer": type(self).__name__,
-            "input_channels": None if self.input_channels is None else [int(c) for c in self.input_channels],
-            "channel_names": dataset_json["channel_names"],
-            "clinical_groups": list(self.clinical_groups),
-            "clinical_columns": {n: self.schema.columns[n].to_dict()
-                                 for n in self.schema.group_columns(self.clinical_groups)},
-            "clinical_feature_names": list(prep.feature_names),
-            "n_clinical_features": int(prep.n_features),
-            "clinical_state_size": int(prep.state_size),
-            "survival_head": self.survival_head,
-            "n_time_bins": int(self.n_time_bins),
-            "head_hidden": int(self.head_hidden),
-            "image_features": self.image_features,
-            "n_input_channels": len(self.input_channels) if self.input_channels is not None else n_channels,
-            "voxel_volume_mm3": float(np.prod(self.configuration_manager.spacing)),
-            "risk_memory_size": int(self.risk_memory_size) if self.survival_head == "cox" else 0,
-            "horizon_months": self.horizon,
-            "time_unit": self.mt.get("time_unit", "months"),
-        }
+        self.plans_manager.plans["multitask_model"] = HeadConfig(
+            trainer=type(self).__name__,
+            input_channels=None if self.input_channels is None else tuple(int(c) for c in self.input_channels),
+            channel_names=dataset_json["channel_names"],
+            clinical_groups=tuple(self.clinical_groups),
+            clinical_columns={n: self.schema.columns[n].to_dict() for n in self.schema.group_columns(self.clinical_groups)},
+            clinical_feature_names=tuple(prep.feature_names),
+            n_clinical_features=int(prep.n_features),
+            clinical_state_size=int(prep.state_size),
+            survival_head=self.survival_head,
+            n_time_bins=int(self.n_time_bins),
+            head_hidden=int(self.head_hidden),
+            image_features=self.image_features,
+            n_input_channels=len(self.input_channels) if self.input_channels is not None else n_channels,
+            voxel_volume_mm3=float(np.prod(self.configuration_manager.spacing)),
+            risk_memory_size=int(self.risk_memory_size) if self.survival_head == "cox" else 0,
+            horizon_months=self.horizon,
+            time_unit=self.contract.time_unit,
+            channel_availability=bool(self.channel_availability),
+            modality_dropout_rate=float(self.modality_dropout_rate),
+        ).to_dict()
         self.logger.local_logger = MultiTaskLocalLogger()
         self._step_context: Optional[dict] = None
         self._case_data: Optional[Dict[str, dict]] = None
@@ -314,21 +336,19 @@ class MultiRecTrainerBase(nnUNetTrainer):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
-        cfg = head_config_from_plans(plans_manager.plans)
-        channels = cfg["input_channels"]
+        cfg = HeadConfig.from_plans(plans_manager.plans)
+        channels = cfg.input_channels
         base = get_network_from_plans(configuration_manager.network_arch_class_name,
                                       configuration_manager.network_arch_init_kwargs,
                                       configuration_manager.network_arch_init_kwargs_req_import,
                                       len(channels) if channels is not None else num_input_channels,
                                       num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
-        return MultiTaskUNet(base, channels, cfg["n_clinical_features"], cfg["clinical_state_size"],
-                             survival_head=cfg["survival_head"], n_time_bins=cfg["n_time_bins"],
-                             hidden=cfg["head_hidden"], risk_memory_size=cfg["risk_memory_size"],
-                             # models trained before image_features existed used the global pool
-                             image_features=cfg.get("image_features", "global_pool"),
-                             n_input_channels=cfg.get("n_input_channels", len(channels) if channels is not None
-                                                      else num_input_channels),
-                             voxel_volume_mm3=cfg.get("voxel_volume_mm3", 1.0))
+        return MultiTaskUNet(base, channels, cfg.n_clinical_features, cfg.clinical_state_size,
+                             survival_head=cfg.survival_head, n_time_bins=cfg.n_time_bins, hidden=cfg.head_hidden,
+                             risk_memory_size=cfg.risk_memory_size, image_features=cfg.image_features,
+                             n_input_channels=cfg.n_input_channels if cfg.n_input_channels is not None
+                             else (len(channels) if channels is not None else num_input_channels),
+                             voxel_volume_mm3=cfg.voxel_volume_mm3, channel_availability=cfg.channel_availability)
 
     def mt_network(self) -> MultiTaskUNet:
         """The MultiTaskUNet under DDP and torch.compile wrappers."""
@@ -356,8 +376,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
     # ------------------------------------------------------------------ per-fold data
     def _read_tables(self):
         name = self.plans_manager.dataset_name
-        features_path = dataset_table_path(name, self.mt["clinical_table"])
-        outcomes_path = dataset_table_path(name, self.mt["outcomes_table"])
+        features_path = dataset_table_path(name, self.contract.clinical_table)
+        outcomes_path = dataset_table_path(name, self.contract.outcomes_table)
         features = read_features(features_path, self.schema)
         outcomes = read_outcomes(outcomes_path, self.schema)
         return features, features_path, outcomes, outcomes_path
@@ -368,15 +388,16 @@ class MultiRecTrainerBase(nnUNetTrainer):
         if self._case_data is not None:
             return
         tr_keys, val_keys = self.do_split()
-        leaked = held_out_cases(self.mt) & (set(tr_keys) | set(val_keys))
+        leaked = self.contract.held_out_cases & (set(tr_keys) | set(val_keys))
         if leaked:
             raise RuntimeError(f"test case(s) {sorted(leaked)} appear in fold {self.fold} of splits_final.json: "
                                f"test patients must never enter training or model selection")
         features, fpath, outcomes, opath = self._read_tables()
+        availability = self._fold_availability(list(tr_keys) + list(val_keys))
         net = self.mt_network()
         tr_feat = lookup_rows(features, tr_keys, "clinical table", fpath)
         tr_out = lookup_rows(outcomes, tr_keys, "outcomes table", opath)
-        tcol, ecol = self.mt["time_column"], self.mt["event_column"]
+        tcol, ecol = self.contract.time_column, self.contract.event_column
         groups = tuple(self.clinical_groups)
         quantities = self._reference_tumour_quantities(tr_keys, val_keys)
         if not bool(net.fold_state_fitted):
@@ -385,9 +406,12 @@ class MultiRecTrainerBase(nnUNetTrainer):
             with torch.no_grad():
                 net.clinical_state.copy_(torch.as_tensor(prep.state_vector(), dtype=torch.float64))
                 net.time_bin_edges.copy_(self._fit_time_bins(times, events))
-                q = np.stack([quantities[k] for k in tr_keys])
-                net.quantity_mean.copy_(torch.as_tensor(q.mean(0), dtype=torch.float32))
-                net.quantity_std.copy_(torch.as_tensor(np.maximum(q.std(0), 1e-6), dtype=torch.float32))
+                used = list(range(len(self.channel_names))) if self.input_channels is None \
+                    else list(self.input_channels)
+                mean, std = quantity_statistics(np.stack([quantities[k] for k in tr_keys]),
+                                                np.stack([availability[k][used] for k in tr_keys]))
+                net.quantity_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+                net.quantity_std.copy_(torch.as_tensor(std, dtype=torch.float32))
                 if self.init_output_biases:
                     self._initialise_output_biases(net, times, events)
                 net.fold_state_fitted.fill_(True)
@@ -405,9 +429,33 @@ class MultiRecTrainerBase(nnUNetTrainer):
         labels = recurrence_label(outs[tcol].values, outs[ecol].values, self.horizon)
         self._case_index = {k: i for i, k in enumerate(keys)}
         self._case_data = {k: {"clinical": vectors[i].astype(np.float32), "time": float(outs[tcol].values[i]),
-                               "event": float(outs[ecol].values[i]), "label": float(labels[i])}
+                               "event": float(outs[ecol].values[i]), "label": float(labels[i]),
+                               "availability": availability[k]}
                            for i, k in enumerate(keys)}
         self._val_keys = list(val_keys)
+
+    def _fold_availability(self, keys) -> Dict[str, np.ndarray]:
+        """0/1 availability over the dataset's channels of every fold case (all ones for a dataset
+        without an availability table); refuses a dataset with missing series that this model uses
+        unless it was built for them (``channel_availability``)."""
+        table = read_series_availability(self.plans_manager.dataset_name, self.contract, self.dataset_json["channel_names"])
+        ones = np.ones(len(self.channel_names), dtype=np.float32)
+        if table is None:
+            return {str(k): ones for k in keys}
+        rows = lookup_rows(table, keys, "series availability table")
+        out = {str(k): rows.loc[str(k)].to_numpy(np.float32) for k in keys}
+        used = range(len(self.channel_names)) if self.input_channels is None else self.input_channels
+        lacking = {k: [self.channel_names[c] for c in used if a[c] == 0] for k, a in out.items()}
+        lacking = {k: v for k, v in lacking.items() if v}
+        if lacking and not self.channel_availability:
+            first = sorted(lacking)[:5]
+            raise MultitaskDatasetError(
+                f"{type(self).__name__} uses series that {len(lacking)} case(s) of fold {self.fold} lack ("
+                + "; ".join(f"{k}: {', '.join(lacking[k])}" for k in first)
+                + "): this model would learn from the zero filler as if it were an image. Train "
+                  "MultiRecTrainer_ModalityDropout (or a variant with channel_availability = True), or a model "
+                  "that does not use those series (MultiRecTrainer_T2)")
+        return out
 
     def _reference_tumour_quantities(self, tr_keys, val_keys) -> Dict[str, np.ndarray]:
         """Tumour quantities of every fold case measured on its reference mask (the same function
@@ -456,17 +504,38 @@ class MultiRecTrainerBase(nnUNetTrainer):
             edges = torch.linspace(0, float(np.max(times)), self.n_time_bins + 1, dtype=torch.float64)
         return edges
 
-    def _batch_context(self, keys) -> dict:
+    def batch_availability(self, keys, drop: bool) -> np.ndarray:
+        """``[B, C]`` 0/1 availability of the batch's cases over the dataset's channels; with
+        ``drop`` (training steps of a model with ``modality_dropout_rate``), each sample loses a
+        random non-empty subset of its droppable series with probability ``modality_dropout_rate``
+        (torch's generator, so ``MULTIREC_SEED`` repeats it)."""
+        avail = np.stack([self._case_data[str(k)]["availability"] for k in keys]).astype(np.float32)
+        n_drop = len(self.droppable_channels)
+        if drop and self.modality_dropout_rate > 0 and n_drop:
+            hit = torch.rand(len(keys)) < self.modality_dropout_rate
+            # a non-empty subset, uniformly among the 2^n - 1: a random integer in [1, 2^n) as a bit mask
+            masks = torch.randint(1, 2 ** n_drop, (len(keys),))
+            for b in torch.nonzero(hit).flatten().tolist():
+                for j, c in enumerate(self.droppable_channels):
+                    if (int(masks[b]) >> j) & 1:
+                        avail[b, c] = 0.0
+        return avail
+
+    def _batch_context(self, keys, availability: Optional[np.ndarray] = None) -> dict:
         rows = [self._case_data[str(k)] for k in keys]
+        if availability is None:
+            availability = np.stack([r["availability"] for r in rows]).astype(np.float32)
+        n_ch = availability.shape[1]
         # one host-to-device copy per step (on a GPU, every small copy is a synchronisation)
         table = np.concatenate([np.stack([r["clinical"] for r in rows]).reshape(len(rows), -1),
                                 np.array([[r["time"], r["event"], r["label"],
                                            self._case_tumour_voxels.get(str(k), 0.0)]
-                                          for r, k in zip(rows, keys)], dtype=np.float32)], axis=1)
+                                          for r, k in zip(rows, keys)], dtype=np.float32),
+                                availability], axis=1)
         table = torch.from_numpy(table).to(self.device, non_blocking=True)
-        n = table.shape[1] - 4
+        n = table.shape[1] - 4 - n_ch
         return {"clinical": table[:, :n], "time": table[:, n], "event": table[:, n + 1], "label": table[:, n + 2],
-                "tumour_voxels": table[:, n + 3], "keys": [str(k) for k in keys],
+                "tumour_voxels": table[:, n + 3], "availability": table[:, n + 4:], "keys": [str(k) for k in keys],
                 # integer identity of each case inside this fold, for the Cox memory's one entry per case
                 "case_index": torch.tensor([self._case_index[str(k)] for k in keys], dtype=torch.long)}
 
@@ -524,16 +593,25 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                   net.time_bin_edges.to(w.device, torch.float32), self.horizon, weights=w)
 
     # ------------------------------------------------------------------ steps
-    def _enter_step(self, batch):
-        self._step_context = self._batch_context(batch["keys"])
+    def _enter_step(self, batch, training: bool):
+        availability = self.batch_availability(batch["keys"], drop=training)
+        if (availability == 0).any():
+            # a missing or dropped series looks as the converter's filler does after preprocessing:
+            # zero (nnU-Net's z-score maps a constant image to 0); this also undoes what the intensity
+            # augmentation added to a real filler
+            data = batch["data"]
+            b_idx, c_idx = np.nonzero(availability == 0)
+            data[torch.as_tensor(b_idx), torch.as_tensor(c_idx)] = 0
+        self._step_context = self._batch_context(batch["keys"], availability)
         net = self.mt_network()
         net.clinical_input = self._step_context["clinical"]
+        net.availability_input = self._step_context["availability"] if net.channel_availability else None
         net.head_sink = []
 
     def _leave_step(self):
         net = self.mt_network()
         sink = net.head_sink
-        net.head_sink, net.clinical_input, self._step_context = None, None, None
+        net.head_sink, net.clinical_input, net.availability_input, self._step_context = None, None, None, None
         return sink
 
     def on_train_start(self):
@@ -545,7 +623,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self.prepare_fold_data()
 
     def train_step(self, batch: dict) -> dict:
-        self._enter_step(batch)
+        self._enter_step(batch, training=True)
         try:
             out = self._optimisation_step(batch)
         finally:
@@ -668,7 +746,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self.set_deep_supervision_enabled(False)
         try:
             with torch.no_grad():
-                table = predict_heads_for_preprocessed_cases(self, keys, use_mirroring=False,
+                table = predict_heads_for_preprocessed_cases(self, {k: self._case_data[k] for k in keys},
+                                                             use_mirroring=False,
                                                              cache=self._val_image_cache) if keys else None
         finally:
             self.set_deep_supervision_enabled(True)
@@ -696,7 +775,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self._val_patch_t0 = time()
 
     def validation_step(self, batch: dict) -> dict:
-        self._enter_step(batch)
+        self._enter_step(batch, training=False)
         try:
             out = super().validation_step(batch)
         finally:
@@ -750,7 +829,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self.set_deep_supervision_enabled(False)
         self.network.eval()
         try:
-            table = predict_heads_for_preprocessed_cases(self, val_keys)
+            table = predict_heads_for_preprocessed_cases(self, {k: self._case_data[k] for k in val_keys})
         finally:
             self.set_deep_supervision_enabled(True)
         out_dir = join(self.output_folder, "validation")
@@ -758,13 +837,29 @@ class MultiRecTrainerBase(nnUNetTrainer):
         preds = self._head_predictions(table)
         c, auc = self.validation_metrics(preds)
         summary = {"n_cases": len(table), "c_index": None if np.isnan(c) else c,
-                   f"auc_{int(self.horizon)}m": None if np.isnan(auc) else auc,
+                   f"auc_{horizon_tag(self.horizon)}m": None if np.isnan(auc) else auc,
                    "note": "patient-level predictions (aggregation.patient_level_prediction: heads once on the "
                            "tumour-level features of the stitched sliding-window segmentation, with mirroring); "
                            "validation fold only"}
         with open(join(out_dir, "head_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        self.print_to_log_file(f"Head validation: C-index {summary['c_index']}, AUC {summary[f'auc_{int(self.horizon)}m']}")
+        self.print_to_log_file(f"Head validation: C-index {summary['c_index']}, "
+                               f"AUC {summary[f'auc_{horizon_tag(self.horizon)}m']}")
+
+
+def quantity_statistics(quantities: np.ndarray, availability: np.ndarray) -> tuple:
+    """Mean and sd (floored at 1e-6) of the training fold's tumour quantities ``[N, 1 + C]``
+    (volume, then the tumour mean of each of the model's channels), a channel's over the cases
+    whose series is real (``availability [N, C]``): a filler is not a measurement. A channel no
+    case has keeps mean 0, sd 1."""
+    q = np.asarray(quantities, dtype=np.float64)
+    present = np.concatenate([np.ones((q.shape[0], 1), dtype=bool), np.asarray(availability) > 0], 1)
+    mean, std = np.zeros(q.shape[1]), np.ones(q.shape[1])
+    for j in range(q.shape[1]):
+        col = q[present[:, j], j]
+        if col.size:
+            mean[j], std[j] = col.mean(), max(col.std(), 1e-6)
+    return mean, std
 
 
 def seed_everything(seed: int) -> None:

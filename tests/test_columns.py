@@ -18,6 +18,7 @@ def _table_at(horizon: float, n: int = 12) -> pd.DataFrame:
         head_config = {"horizon_months": horizon}
 
     predictor = _TablePredictor.__new__(_TablePredictor)
+    predictor.dataset_json = {"channel_names": {"0": "T2", "1": "ADC", "2": "Dapp", "3": "Kapp"}}
     times = survival_times(horizon)
     predictor.head_results = {}
     for i in range(n):

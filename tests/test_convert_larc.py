@@ -1,7 +1,9 @@
 """Tests of the cohort -> nnU-Net raw dataset converter and the clinical table readers."""
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import shutil
 from pathlib import Path
@@ -292,8 +294,9 @@ def test_dataset_json_and_multitask_block(converted):
     assert dataset["file_ending"] == ".nii.gz" and dataset["name"] == "LARC" and dataset["description"]
     block = dataset["multitask"]
     assert block["version"] == 1 and block["case_id_column"] == "case_id"
-    assert (block["clinical_table"], block["outcomes_table"], block["test_outcomes_table"]) == \
-        ("clinical.csv", "outcomes.csv", "outcomes_test.csv")
+    assert (block["clinical_table"], block["outcomes_table"], block["test_outcomes_table"],
+            block["series_availability_table"]) == \
+        ("clinical.csv", "outcomes.csv", "outcomes_test.csv", "series_availability.csv")
     assert (block["time_column"], block["event_column"], block["time_unit"]) == ("dfs_months", "dfs_event", "months")
     assert block["horizon_months"] == 24 and block["centre_column"] == "centre"
     assert block["clinical_columns"] == SCHEMA.to_dict()["columns"]
@@ -415,6 +418,154 @@ def test_bright_blob_in_adc_lands_at_the_same_physical_position(tmp_path, nnunet
     np.testing.assert_allclose(centroid, blob_mm, atol=0.6)
     brightest = t2_points[np.unravel_index(np.argmax(values), values.shape)]
     assert np.all(np.abs(brightest - blob_mm) <= np.array(T2_SPACING)), (brightest, blob_mm)
+
+
+# ---------------------------------------------------------------------------- missing MRI series
+AVAILABILITY_FILE = "series_availability.csv"
+
+
+def read_availability(target):
+    """series_availability.csv as text, so the check covers the exact values written (1/0, no 1.0)."""
+    return pd.read_csv(target / AVAILABILITY_FILE, dtype=str, keep_default_na=False)
+
+
+@pytest.fixture(scope="module")
+def converted_with_missing_series(tmp_path_factory):
+    """A 10-patient cohort in which two development patients and two test patients lack series,
+    converted with ``allow_missing_series``.
+
+    Which patient lands where is read from a first, complete conversion of the same cohort (the
+    split depends on the clinical table only), so the test does not hard-code the split.
+    """
+    base = tmp_path_factory.mktemp("missing_series")
+    cohort_dir = base / "cohort"
+    write_cohort(cohort_dir, N_PATIENTS, t2_shape_xyz=T2_SHAPE)
+    kwargs = dict(n_folds=2, seed=3, internal_test_fraction=0.3)
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("nnUNet_preprocessed", "nnUNet_results"):
+            mp.setenv(var, str(base / var))
+        complete = convert_cohort(cohort_dir, 501, "LARC", raw_root=base / "raw_complete", **kwargs)
+        block = json.loads((complete / "dataset.json").read_text())["multitask"]
+        patient_of = pd.read_csv(complete / "patient_mapping.csv", dtype=str).set_index("case_id")["patient_id"]
+        development = sorted(p.name[:-len(".nii.gz")] for p in (complete / "labelsTr").iterdir())
+        missing = {development[0]: ("Dapp", "Kapp"), development[1]: ("ADC",),
+                   block["internal_test"][0]: ("Dapp", "Kapp"), block["external_test"][0]: ("ADC",)}
+        for case_id, series in missing.items():
+            for name in series:
+                patient_image(cohort_dir, patient_of[case_id], name).unlink()
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+            target = convert_cohort(cohort_dir, 501, "LARC", raw_root=base / "raw", allow_missing_series=True,
+                                    **kwargs)
+    return target, cohort_dir, missing, patient_of, stderr.getvalue()
+
+
+def test_missing_training_series_are_all_zero_float32_on_the_t2_grid(converted_with_missing_series):
+    target, cohort_dir, missing, patient_of, _ = converted_with_missing_series
+    training = {p.name[:-len(".nii.gz")] for p in (target / "labelsTr").iterdir()}
+    filled = 0
+    for case_id, series in missing.items():
+        if case_id not in training:
+            continue
+        t2 = sitk.ReadImage(str(patient_image(cohort_dir, patient_of[case_id], "T2")))
+        for index, name in enumerate(CHANNELS):
+            channel = sitk.ReadImage(str(target / "imagesTr" / f"{case_id}_{index:04d}.nii.gz"))
+            assert channel.GetPixelID() == sitk.sitkFloat32
+            assert channel.GetSize() == t2.GetSize()
+            np.testing.assert_allclose(channel.GetSpacing(), t2.GetSpacing(), rtol=1e-6)
+            np.testing.assert_allclose(channel.GetOrigin(), t2.GetOrigin(), atol=1e-4)
+            np.testing.assert_allclose(channel.GetDirection(), t2.GetDirection(), atol=1e-6)
+            voxels = sitk.GetArrayFromImage(channel)
+            if name in series:
+                assert not voxels.any(), f"{case_id} channel {name}: filler is not all zero"
+                filled += 1
+            else:  # the real series of the same case are converted as usual
+                assert (voxels > 0).all(), f"{case_id} channel {name}"
+    assert filled == 3  # Dapp + Kapp of one development case, ADC of another
+    # Every training case still has all four channel files (nnU-Net's planning needs them).
+    assert sorted(p.name for p in (target / "imagesTr").iterdir()) == \
+        sorted(f"{c}_{i:04d}.nii.gz" for c in training for i in range(len(CHANNELS)))
+
+
+def test_missing_test_series_are_not_written(converted_with_missing_series):
+    target, _, missing, _, _ = converted_with_missing_series
+    testing = sorted(p.name[:-len(".nii.gz")] for p in (target / "labelsTs").iterdir())
+    assert {c for c in missing if c in testing} and len(testing) == 5
+    expected = sorted(f"{c}_{i:04d}.nii.gz" for c in testing for i, name in enumerate(CHANNELS)
+                      if name not in missing.get(c, ()))
+    assert sorted(p.name for p in (target / "imagesTs").iterdir()) == expected
+    assert len(expected) == 4 * len(testing) - 3
+
+
+def test_series_availability_table_is_exact_and_listed(converted_with_missing_series):
+    target, _, missing, _, _ = converted_with_missing_series
+    dataset = json.loads((target / "dataset.json").read_text())
+    assert dataset["multitask"]["series_availability_table"] == AVAILABILITY_FILE
+    table = read_availability(target)
+    assert list(table.columns) == ["case_id", *[dataset["channel_names"][str(i)] for i in range(len(CHANNELS))]]
+    cases = [f"LARC_{i:04d}" for i in range(1, N_PATIENTS + 1)]  # every case, training and test, sorted
+    assert table["case_id"].tolist() == cases
+    expected = [[c, *["0" if name in missing.get(c, ()) else "1" for name in CHANNELS]] for c in cases]
+    assert table.values.tolist() == expected
+    assert "HX0" not in (target / AVAILABILITY_FILE).read_text()
+
+
+def test_missing_series_summary_line(converted_with_missing_series):
+    *_, stderr = converted_with_missing_series
+    lines = [line for line in stderr.splitlines() if "missing series" in line]
+    assert len(lines) == 1, stderr
+    assert "training: 2 of 5 patient(s) (ADC 1, Dapp 1, Kapp 1)" in lines[0]
+    assert "test: 2 of 5 patient(s) (ADC 1, Dapp 1, Kapp 1)" in lines[0]
+    assert AVAILABILITY_FILE in lines[0]
+
+
+def test_complete_conversion_writes_an_all_ones_availability_table(converted):
+    target, _, _ = converted
+    assert json.loads((target / "dataset.json").read_text())["multitask"]["series_availability_table"] == \
+        AVAILABILITY_FILE
+    table = read_availability(target)
+    assert list(table.columns) == ["case_id", *CHANNELS]
+    assert table["case_id"].tolist() == [f"LARC_{i:04d}" for i in range(1, N_PATIENTS + 1)]
+    assert (table[list(CHANNELS)] == "1").all().all()
+
+
+@pytest.mark.parametrize("series", ["ADC", "Kapp"])
+def test_missing_series_without_the_flag_is_refused_with_a_hint(series, cohort, nnunet_env):
+    patient_image(cohort, "HX004", series).unlink()
+    assert_fails_cleanly(cohort, nnunet_env["raw"],
+                         ["patient HX004", f"{series}.nii.gz", "missing file", "--allow-missing-series"])
+
+
+@pytest.mark.parametrize("series", ["T2", "mask"])
+def test_missing_t2_or_mask_is_refused_even_with_the_flag(series, cohort, nnunet_env):
+    patient_image(cohort, "HX004", series).unlink()
+    assert_fails_cleanly(cohort, nnunet_env["raw"],
+                         ["patient HX004", f"{series}.nii.gz", "missing file",
+                          "T2 and the mask are required even with --allow-missing-series"],
+                         allow_missing_series=True)
+
+
+def test_misnamed_series_is_not_taken_for_a_missing_one(cohort, nnunet_env):
+    """``adc.nii.gz`` for ``ADC.nii.gz`` is a naming problem, not a missing series: never a filler."""
+    path = patient_image(cohort, "HX004", "ADC")
+    path.rename(path.with_name("adc.nii.gz"))
+    message = assert_fails_cleanly(cohort, nnunet_env["raw"], ["patient HX004", "ADC.nii.gz", "adc.nii.gz",
+                                                               "case-sensitive"], allow_missing_series=True)
+    assert "--allow-missing-series" not in message
+
+
+def test_command_line_allow_missing_series(cohort, nnunet_env, capsys):
+    patient_image(cohort, "HX001", "Dapp").unlink()
+    arguments = ["--cohort", str(cohort), "--dataset-id", "501", "--name", "LARC", "--folds", "2"]
+    assert main(arguments) == 1
+    err = capsys.readouterr().err
+    assert "error: patient HX001: missing file" in err and "--allow-missing-series" in err
+    assert not (nnunet_env["raw"] / FOLDER).exists()
+    assert main(arguments + ["--allow-missing-series"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and "missing series" in captured.err
+    table = read_availability(nnunet_env["raw"] / FOLDER).set_index("case_id")
+    assert table.loc["LARC_0001"].tolist() == ["1", "1", "0", "1"]
 
 
 # ---------------------------------------------------------------------------- splitting functions

@@ -389,11 +389,11 @@ class _FailsOnSecondCase(MultiTaskPredictor):
     """Our predictor with a fault injected after the first case (a stand-in for a crash mid-run)."""
     calls = 0
 
-    def predict_case_with_current_weights(self, data, clinical):
+    def predict_case_with_current_weights(self, data, clinical, availability=None):
         type(self).calls += 1
         if type(self).calls == 2:
             raise RuntimeError("injected failure")
-        return super().predict_case_with_current_weights(data, clinical)
+        return super().predict_case_with_current_weights(data, clinical, availability)
 
 
 def test_failure_mid_run_leaves_output_folder_untouched(api_env, tmp_path):

@@ -6,6 +6,7 @@ patients.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -46,7 +47,10 @@ def cohort(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------- layout and determinism
 def test_layout_is_the_cohort_contract(cohort):
-    assert sorted(p.name for p in cohort.iterdir()) == ["clinical.csv", "ground_truth.csv", "images"]
+    assert sorted(p.name for p in cohort.iterdir()) == ["clinical.csv", "ground_truth.csv", "images",
+                                                        "missing_series.csv"]
+    # Nothing removed: header only.
+    assert (cohort / "missing_series.csv").read_text() == "patient_id,missing_series\n"
     clinical = pd.read_csv(cohort / "clinical.csv", dtype=str)
     assert list(clinical.columns) == syn.CLINICAL_COLUMNS
     assert list(clinical["patient_id"]) == [f"P{i:04d}" for i in range(1, N_SMALL + 1)]
@@ -325,3 +329,129 @@ def test_command_line(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert syn.main(args + ["--overwrite", "--centres", "1"]) == 0
     assert set(pd.read_csv(out / "clinical.csv")["centre"]) == {1}
+
+
+# ----------------------------------------------------------------- missing series
+MISSING_N = 10
+MISSING_SHAPE = ("16", "16", "6")
+MISSING_SPECS = ["Dapp,Kapp:0.3", "ADC,Kapp:centre=3"]
+
+
+def _cli_cohort(out: Path, extra=()) -> str:
+    """Run the command line on a small cohort; returns what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = syn.main(["--out", str(out), "--patients", str(MISSING_N), "--seed", str(SEED),
+                         "--shape", *MISSING_SHAPE, "--no-progress", *extra])
+    assert code == 0
+    return printed.getvalue()
+
+
+def _series_on_disk(cohort: Path) -> dict:
+    return {folder.name: {p.name[:-len(".nii.gz")] for p in folder.iterdir()}
+            for folder in sorted((cohort / "images").iterdir())}
+
+
+@pytest.fixture(scope="module")
+def complete_and_missing(tmp_path_factory):
+    """The same small cohort without and with --missing-series, and what the latter printed."""
+    root = tmp_path_factory.mktemp("missing")
+    _cli_cohort(root / "complete")
+    printed = _cli_cohort(root / "missing", [arg for spec in MISSING_SPECS for arg in ("--missing-series", spec)])
+    return root / "complete", root / "missing", printed
+
+
+def test_missing_series_fraction_and_centre_specs(complete_and_missing):
+    _, cohort, printed = complete_and_missing
+    on_disk = _series_on_disk(cohort)
+    clinical = pd.read_csv(cohort / "clinical.csv", dtype={"patient_id": str})
+    centre_3 = set(clinical.loc[clinical["centre"] == 3, "patient_id"])
+    assert centre_3 == {"P0005", "P0010"}   # one patient in five is external
+    lacking = {series: {pid for pid, present in on_disk.items() if series not in present}
+               for series in ("T2", "ADC", "Dapp", "Kapp", "mask")}
+    assert lacking["T2"] == lacking["mask"] == set()
+    # Centre spec: exactly the centre's patients; fraction spec: round(0.3 * 10) patients.
+    assert lacking["ADC"] == centre_3
+    assert len(lacking["Dapp"]) == 3
+    # Kapp is named by both specs: the union.
+    assert lacking["Kapp"] == lacking["Dapp"] | centre_3
+    assert "missing series:" in printed and f"ADC: 2, Dapp: 3, Kapp: {len(lacking['Kapp'])}" in printed
+
+
+def test_missing_series_csv_matches_files_on_disk(complete_and_missing):
+    _, cohort, _ = complete_and_missing
+    table = pd.read_csv(cohort / "missing_series.csv", dtype=str)
+    assert list(table.columns) == ["patient_id", "missing_series"]
+    listed = {pid: set(value.split(";")) for pid, value in zip(table["patient_id"], table["missing_series"])}
+    assert list(table["patient_id"]) == sorted(listed)
+    expected = {pid: {"ADC", "Dapp", "Kapp"} - present for pid, present in _series_on_disk(cohort).items()
+                if {"ADC", "Dapp", "Kapp"} - present}
+    assert listed == expected
+    # Listed in the order of the series, e.g. "ADC;Dapp;Kapp".
+    for value in table["missing_series"]:
+        names = value.split(";")
+        assert names == sorted(names, key=syn.SERIES.index)
+
+
+def test_missing_series_changes_nothing_else(complete_and_missing):
+    complete, cohort, _ = complete_and_missing
+    for name in ("clinical.csv", "ground_truth.csv"):
+        assert (cohort / name).read_bytes() == (complete / name).read_bytes()
+    written = 0
+    for pid, present in _series_on_disk(cohort).items():
+        for series in present:
+            path = Path("images") / pid / f"{series}.nii.gz"
+            assert (cohort / path).read_bytes() == (complete / path).read_bytes(), path
+            written += 1
+    assert all(len(present) == 5 for present in _series_on_disk(complete).values())
+    removed = pd.read_csv(cohort / "missing_series.csv")["missing_series"].str.split(";").str.len().sum()
+    assert written == 5 * MISSING_N - removed
+
+
+def test_missing_series_choice_is_reproducible_from_the_seed():
+    first = syn.select_missing_series(["Dapp,Kapp:0.3"], 100, seed=SEED, n_centres=3)
+    assert syn.select_missing_series(["Dapp,Kapp:0.3"], 100, seed=SEED, n_centres=3) == first
+    assert len(first) == 30 and set(first.values()) == {("Dapp", "Kapp")}
+    other = syn.select_missing_series(["Dapp,Kapp:0.3"], 100, seed=SEED + 1, n_centres=3)
+    assert len(other) == 30 and set(other) != set(first)
+    # Halves round up; a whole cohort for fraction 1.
+    assert len(syn.select_missing_series(["ADC:0.25"], 10, seed=0, n_centres=3)) == 3
+    assert len(syn.select_missing_series(["ADC:1"], 10, seed=0, n_centres=3)) == 10
+    assert syn.select_missing_series([], 10, seed=0, n_centres=3) == {}
+
+
+def test_missing_series_centre_spec_follows_the_centres_of_the_cohort():
+    removed = syn.select_missing_series(["ADC:centre=2"], 12, seed=0, n_centres=4)
+    assert set(removed) == {i for i in range(12) if syn.assign_centre(i, 4) == 2}
+    with pytest.raises(ValueError, match="unknown centre 4"):
+        syn.select_missing_series(["ADC:centre=4"], 12, seed=0, n_centres=3)
+
+
+@pytest.mark.parametrize("spec, reason", [
+    ("T2:0.5", "T2 cannot be removed"),
+    ("Dapp,mask:centre=1", "mask cannot be removed"),
+    ("DWI:0.3", "unknown series 'DWI'"),
+    ("Dapp:0", "fraction must be in"),
+    ("Dapp:1.5", "fraction must be in"),
+    ("Dapp:-0.2", "fraction must be in"),
+    ("Dapp:nan", "fraction must be in"),
+    ("Dapp:centre=4", "unknown centre 4"),
+    ("Dapp:centre=x", "centre must be an integer"),
+    ("Dapp", "expected SERIES"),
+    ("Dapp:0.3:1", "expected SERIES"),
+    ("Dapp:abc", "expected a fraction"),
+    (":0.3", "empty series name"),
+])
+def test_bad_missing_series_specs_are_refused(tmp_path, capsys, spec, reason):
+    out = tmp_path / "refused"
+    with pytest.raises(SystemExit) as stopped:
+        syn.main(["--out", str(out), "--patients", "3", "--shape", "16", "16", "4", "--no-progress",
+                  "--missing-series", "Kapp:0.5", "--missing-series", spec])
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert repr(spec) in message and reason in message
+    assert list(tmp_path.iterdir()) == []
+    # The library refuses it too, before writing anything.
+    with pytest.raises(ValueError, match="--missing-series"):
+        syn.generate_cohort(out, 3, shape=(16, 16, 4), missing_series=[spec])
+    assert list(tmp_path.iterdir()) == []

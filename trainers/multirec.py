@@ -90,3 +90,21 @@ class MultiRecTrainer_MRI_demo(_DemoLength, MultiRecTrainer_MRI):
 
 class MultiRecTrainer_T2_demo(_DemoLength, MultiRecTrainer_T2):
     """T2 only, no clinical data, at the demo's budget."""
+
+
+# ---------------------------------------------------------------------------------------------
+# missing series (README "Missing series")
+
+class MultiRecTrainer_ModalityDropout(MultiRecTrainer):
+    """"All" for cohorts where some patients lack diffusion series: the heads are told which series
+    are real, and half the training samples lose a random subset of ADC, Dapp, Kapp (never T2)."""
+    channel_availability = True
+    modality_dropout_rate = 0.5
+
+
+class MultiRecTrainer_ModalityDropout_smoke(MultiRecTrainer_ModalityDropout):
+    """For tests of the missing-series path."""
+    epochs = 3
+    iterations_per_epoch = 3
+    val_iterations_per_epoch = 2
+    save_every_epochs = 1

@@ -115,3 +115,9 @@ class nnUNetTrainer_quality(nnUNetTrainer):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("quality benchmark trainer: final validation skipped")
+
+
+class MultiRecTrainer_ModalityDropout_quality(MultiRecTrainer_quality):
+    """"All" trained for missing series (issue 13): availability flags + modality dropout 0.5."""
+    channel_availability = True
+    modality_dropout_rate = 0.5

@@ -1,0 +1,387 @@
+"""Split inference (``-num_parts N -part_id K``) and the merge of its parts (``--merge``).
+
+As with ``nnUNetv2_predict``, part K of N predicts the share ``sorted(cases)[K::N]`` of the input
+folder's cases (nnU-Net's own slicing in ``_manage_input_and_output_lists``). Each part writes
+into its **own** output folder: the segmentations of its share and a partial ``predictions.csv``
+/ ``predictions.json``, whose ``"part"`` record holds
+
+* ``part_id``, ``num_parts``;
+* ``cases`` (this part's share) and ``all_cases`` (every case of the input folder, sorted) with
+  ``all_cases_sha256``, so a merge can prove that nothing is missing and nothing overlaps;
+* ``input_folder`` and ``clinical_table_sha256`` (the bytes of the clinical table used).
+
+Together with the model provenance every part already records (trainer, plans, configuration,
+folds, checkpoint and its SHA-256 per fold, inference settings, versions), this lets
+``nnUNetv2_predict_multitask --merge PART_DIR [PART_DIR ...] -o OUT`` refuse parts of different
+models or settings, of different case lists, repeated parts, overlapping or missing cases, before
+it writes anything.
+
+The merged ``predictions.csv`` is the parts' rows, as written (text, not re-parsed numbers),
+sorted by case id: the same rows and values as a single run on all cases. The merged
+``predictions.json`` is the parts' common provenance with ``n_cases`` of the whole set and a
+``merged_from`` record instead of ``part``. The segmentations are **copied** into the merged
+folder (with nnU-Net's ``dataset.json`` and ``plans.json``, and ``saliency/`` maps when the parts
+have them), so the merged folder can be used as a single run's (``--seg-pred`` of the evaluation,
+the report); the part folders stay as they were.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from os.path import isdir, isfile, join
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import pandas as pd
+
+from nnunet_multitask.predictor import (PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError,
+                                        _atomic_write, _STAGING_PREFIX, output_folder_lock)
+
+PART_KEY = "part"
+#: provenance entries that differ between runs of one model on the same settings (time, paths,
+#: the part's own record); every other entry of predictions.json must agree between parts
+PER_RUN_KEYS = ("created", "n_cases", "model_folder", "clinical_table", PART_KEY, "merged_from")
+SALIENCY_FOLDER = "saliency"
+
+
+class PartMergeError(MultitaskPredictionError):
+    """Part folders that cannot be merged into one run (different models, overlapping or missing
+    cases or parts); the message names the folders and the problem."""
+
+
+def part_share(cases: Sequence[str], part_id: int, num_parts: int) -> List[str]:
+    """The cases part ``part_id`` of ``num_parts`` predicts: nnU-Net's ``sorted(cases)[part_id::num_parts]``."""
+    check_part_arguments(part_id, num_parts, len(cases))
+    return sorted(cases)[part_id::num_parts]
+
+
+def check_part_arguments(part_id: int, num_parts: int, n_cases: Optional[int] = None) -> None:
+    """``num_parts >= 1``, ``0 <= part_id < num_parts`` and, when known, no more parts than cases (an
+    empty part would have no table to merge)."""
+    if num_parts < 1:
+        raise MultitaskPredictionError(f"-num_parts {num_parts}: must be at least 1")
+    if not 0 <= part_id < num_parts:
+        raise MultitaskPredictionError(f"-part_id {part_id}: must be between 0 and -num_parts - 1 = {num_parts - 1} "
+                                       f"(parts are counted from 0, as in nnUNetv2_predict)")
+    if n_cases is not None and num_parts > n_cases:
+        raise MultitaskPredictionError(f"-num_parts {num_parts} is more than the {n_cases} case(s) of the input "
+                                       f"folder: some parts would predict nothing; use at most {n_cases} parts")
+
+
+def case_list_sha256(cases: Sequence[str]) -> str:
+    """SHA-256 of the sorted case ids, one per line."""
+    return hashlib.sha256("\n".join(sorted(cases)).encode()).hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def part_record(all_cases: Sequence[str], part_id: int, num_parts: int, input_folder: str,
+                clinical_table_source: Optional[str]) -> dict:
+    """The ``"part"`` record of a part's ``predictions.json`` (module docstring)."""
+    all_sorted = sorted(all_cases)
+    clinical_sha = (_file_sha256(clinical_table_source)
+                    if clinical_table_source and isfile(clinical_table_source) else None)
+    return {"part_id": int(part_id), "num_parts": int(num_parts), "cases": part_share(all_sorted, part_id, num_parts),
+            "all_cases": all_sorted, "all_cases_sha256": case_list_sha256(all_sorted),
+            "input_folder": os.path.abspath(input_folder), "clinical_table_sha256": clinical_sha}
+
+
+@contextlib.contextmanager
+def share_input_folder(input_folder: str, cases: Sequence[str], file_ending: str) -> Iterator[str]:
+    """A temporary folder of symbolic links to the given cases' image files only.
+
+    nnU-Net's sequential prediction path ignores ``part_id``/``num_parts``, so a part is predicted
+    from a folder that holds exactly its share; both of nnU-Net's paths then predict the same cases,
+    and every file of a case (whatever channels it has) comes along.
+    """
+    wanted = set(cases)
+    pattern = re.compile(r"(.+)_\d{4}" + re.escape(file_ending))
+    folder = tempfile.mkdtemp(prefix="nnunet_multitask_part_input_")
+    try:
+        for name in sorted(os.listdir(input_folder)):
+            m = pattern.fullmatch(name)
+            if m is not None and m.group(1) in wanted:
+                os.symlink(os.path.abspath(join(input_folder, name)), join(folder, name))
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def refuse_other_part_in_folder(output_folder: str, part_id: int, num_parts: int) -> None:
+    """Parts share no output folder: refuse when ``output_folder`` already holds another part of
+    the same split (``nnUNetv2_predict``'s parts may share one folder; ours each write a table)."""
+    path = join(output_folder, PREDICTIONS_JSON)
+    if not isfile(path):
+        return
+    try:
+        with open(path) as f:
+            existing = json.load(f).get(PART_KEY)
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(existing, dict) and existing.get("num_parts") == num_parts and existing.get("part_id") != part_id:
+        raise MultitaskPredictionError(
+            f"output folder {output_folder} already holds part {existing.get('part_id')} of {num_parts}: give each "
+            f"part its own output folder (each writes its own partial predictions.csv), then merge them with "
+            f"--merge PART_DIR [PART_DIR ...] -o OUT")
+
+
+def predict_part(predictor, input_folder: str, output_folder: str, cases: Sequence[str], part_id: int,
+                 num_parts: int, num_processes_preprocessing: int = 0,
+                 num_processes_segmentation_export: int = 0) -> pd.DataFrame:
+    """Predict part ``part_id`` of ``num_parts`` into ``output_folder`` (the caller,
+    :func:`~nnunet_multitask.predictor.predict_folder`, has checked every case and holds the
+    folder's lock): the share's segmentations and a partial ``predictions.csv`` /
+    ``predictions.json`` with the part record, all-or-nothing as a full run."""
+    from nnunet_multitask.predictor import _predict_into
+    share = part_share(cases, part_id, num_parts)
+    refuse_other_part_in_folder(output_folder, part_id, num_parts)
+    predictor.part_record = part_record(cases, part_id, num_parts, input_folder,
+                                        getattr(predictor, "clinical_table_source", None))
+    try:
+        with share_input_folder(input_folder, share, predictor.dataset_json["file_ending"]) as share_folder:
+            table = _predict_into(predictor, share_folder, output_folder, share, num_processes_preprocessing,
+                                  num_processes_segmentation_export)
+            args_json = join(output_folder, "predict_from_raw_data_args.json")
+            if isfile(args_json):  # nnU-Net's record names the real input folder, not the temporary share
+                with open(args_json) as f:
+                    text = f.read()
+                _atomic_write(args_json, text.replace(share_folder, os.path.abspath(input_folder)))
+    finally:
+        predictor.part_record = None
+    return table
+
+
+# ---------------------------------------------------------------------- merge
+def _read_part(folder: str) -> dict:
+    if not isdir(folder):
+        raise PartMergeError(f"--merge: part folder not found: {folder}")
+    for name in (PREDICTIONS_JSON, PREDICTIONS_CSV):
+        if not isfile(join(folder, name)):
+            raise PartMergeError(f"--merge: {folder} has no {name}: not the output of a finished "
+                                 f"nnUNetv2_predict_multitask -num_parts run")
+    try:
+        with open(join(folder, PREDICTIONS_JSON)) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)} cannot be read: {e}") from None
+    part = meta.get(PART_KEY) if isinstance(meta, dict) else None
+    if not isinstance(part, dict):
+        raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)} has no '{PART_KEY}' record: {folder} is a "
+                             f"complete run (or a merge), not one part of a -num_parts run; it needs no merging")
+    missing = [k for k in ("part_id", "num_parts", "cases", "all_cases", "all_cases_sha256") if k not in part]
+    if missing:
+        raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)}: the part record lacks {missing}")
+    try:
+        # text as written: the merged file repeats the parts' values exactly
+        table = pd.read_csv(join(folder, PREDICTIONS_CSV), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_CSV)} cannot be read: {e}") from None
+    return {"folder": folder, "meta": meta, "part": part, "table": table}
+
+
+def _model_identity(meta: dict, part: dict) -> dict:
+    identity = {k: v for k, v in meta.items() if k not in PER_RUN_KEYS}
+    identity["clinical_table_sha256"] = part.get("clinical_table_sha256")
+    return identity
+
+
+def check_parts(parts: List[dict]) -> List[str]:
+    """Refuse parts that do not make one run; return every case, sorted.
+
+    Checks, in order: one split (``num_parts``, the same full case list), one model and the same
+    settings (every provenance entry but :data:`PER_RUN_KEYS`, plus the clinical table's bytes),
+    each part once and every part present, each part's table holding exactly its share, no case
+    in two parts, every case present.
+    """
+    first = parts[0]
+    n = first["part"]["num_parts"]
+    for p in parts[1:]:
+        if p["part"]["num_parts"] != n:
+            raise PartMergeError(f"--merge: {first['folder']} is a part of {n} but {p['folder']} a part of "
+                                 f"{p['part']['num_parts']}: parts of different splits")
+        if p["part"]["all_cases_sha256"] != first["part"]["all_cases_sha256"]:
+            raise PartMergeError(f"--merge: {p['folder']} and {first['folder']} split different case lists "
+                                 f"({len(p['part']['all_cases'])} and {len(first['part']['all_cases'])} cases): "
+                                 f"parts of different input folders")
+    reference = _model_identity(first["meta"], first["part"])
+    for p in parts[1:]:
+        identity = _model_identity(p["meta"], p["part"])
+        differing = sorted(k for k in set(reference) | set(identity) if reference.get(k) != identity.get(k))
+        if differing:
+            detail = "; ".join(f"{k}: {reference.get(k)!r} vs {identity.get(k)!r}" for k in differing[:3])
+            raise PartMergeError(f"--merge: {p['folder']} and {first['folder']} come from different models or "
+                                 f"settings (differing {differing}: {detail}); parts of one run must share the "
+                                 f"model, its checkpoints, the clinical table and the prediction settings")
+    by_id: Dict[int, str] = {}
+    for p in parts:
+        k = p["part"]["part_id"]
+        if k in by_id:
+            raise PartMergeError(f"--merge: part {k} of {n} given twice ({by_id[k]} and {p['folder']})")
+        by_id[k] = p["folder"]
+    absent = [k for k in range(n) if k not in by_id]
+    if absent:
+        raise PartMergeError(f"--merge: part(s) {absent} of {n} missing (given: parts {sorted(by_id)}): merge every "
+                             f"part of the run")
+    all_cases = list(first["part"]["all_cases"])
+    owner: Dict[str, str] = {}
+    for p in parts:
+        cases = list(p["table"]["case_id"]) if "case_id" in p["table"].columns else []
+        overlap = sorted(c for c in cases if c in owner)
+        if overlap:
+            raise PartMergeError(f"--merge: case(s) {overlap[:5]} are in both {owner[overlap[0]]} and {p['folder']}: "
+                                 f"parts overlap")
+        if len(set(cases)) != len(cases):
+            raise PartMergeError(f"--merge: {join(p['folder'], PREDICTIONS_CSV)} repeats a case id")
+        share = part_share(all_cases, p["part"]["part_id"], n)
+        if sorted(cases) != share:
+            missing = sorted(set(share) - set(cases))
+            extra = sorted(set(cases) - set(share))
+            raise PartMergeError(f"--merge: {join(p['folder'], PREDICTIONS_CSV)} (part {p['part']['part_id']} of {n}) "
+                                 f"does not hold its share of the cases (missing {missing[:5]}, not its own "
+                                 f"{extra[:5]})")
+        owner.update({c: p["folder"] for c in cases})
+        if list(p["table"].columns) != list(first["table"].columns):
+            raise PartMergeError(f"--merge: {p['folder']} and {first['folder']} have different predictions.csv "
+                                 f"columns")
+    not_predicted = sorted(set(all_cases) - set(owner))
+    if not_predicted:
+        raise PartMergeError(f"--merge: case(s) {not_predicted[:5]} of the input folder are in no part")
+    return sorted(all_cases)
+
+
+def _segmentation_ending(folder: str) -> Optional[str]:
+    path = join(folder, "dataset.json")
+    if not isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("file_ending")
+
+
+def merge_parts(part_folders: Sequence[str], output_folder: str) -> pd.DataFrame:
+    """Merge the output folders of a ``-num_parts`` run into one run's output (module docstring).
+
+    Parameters
+    ----------
+    part_folders : sequence of str
+        Every part's output folder, in any order.
+    output_folder : str
+        Receives ``predictions.csv``, ``predictions.json``, the segmentations (copied),
+        ``dataset.json``, ``plans.json`` and ``saliency/`` when present; all of them are staged and
+        moved into place only after every check passed and every file was copied.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The merged table (as text, the way it is written).
+
+    Raises
+    ------
+    PartMergeError
+        See :func:`check_parts`; also a part lacking a segmentation of one of its cases, a folder
+        given twice, or an output folder that is one of the parts.
+    """
+    if not part_folders:
+        raise PartMergeError("--merge: no part folder given")
+    real = [os.path.realpath(f) for f in part_folders]
+    for i, r in enumerate(real):
+        if r in real[:i]:
+            raise PartMergeError(f"--merge: {part_folders[i]} given twice")
+    if os.path.realpath(output_folder) in real:
+        raise PartMergeError(f"--merge: the output folder {output_folder} is one of the part folders; merge into "
+                             f"a new folder")
+    parts = sorted((_read_part(f) for f in part_folders), key=lambda p: p["part"]["part_id"])
+    all_cases = check_parts(parts)
+    ending = _segmentation_ending(parts[0]["folder"])
+    copies = []  # (source, name in the merged folder)
+    for p in parts:
+        if ending is not None:
+            for c in p["part"]["cases"]:
+                src = join(p["folder"], c + ending)
+                if not isfile(src):
+                    raise PartMergeError(f"--merge: {p['folder']} lacks the segmentation {c + ending} of its case {c}")
+                copies.append((src, c + ending))
+        sal = join(p["folder"], SALIENCY_FOLDER)
+        if isdir(sal):
+            copies += [(join(sal, n), join(SALIENCY_FOLDER, n)) for n in sorted(os.listdir(sal))
+                       if any(n.startswith(c + ".") for c in p["part"]["cases"])]
+    copies += [(join(parts[0]["folder"], n), n) for n in ("dataset.json", "plans.json")
+               if isfile(join(parts[0]["folder"], n))]
+
+    table = pd.concat([p["table"] for p in parts], ignore_index=True)
+    table = table.set_index("case_id", drop=False).loc[all_cases].reset_index(drop=True)
+    meta = {k: v for k, v in parts[0]["meta"].items() if k != PART_KEY}
+    meta["n_cases"] = len(table)
+    meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["merged_from"] = [{"folder": os.path.abspath(p["folder"]), "part_id": p["part"]["part_id"],
+                            "num_parts": p["part"]["num_parts"], "n_cases": len(p["table"]),
+                            "created": p["meta"].get("created"), "model_folder": p["meta"].get("model_folder"),
+                            "input_folder": p["part"].get("input_folder")} for p in parts]
+    meta["merged_cases_sha256"] = parts[0]["part"]["all_cases_sha256"]
+
+    with output_folder_lock(output_folder):
+        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
+        try:
+            for src, name in copies:
+                os.makedirs(os.path.dirname(join(staging, name)), exist_ok=True)
+                shutil.copy2(src, join(staging, name))
+            _atomic_write(join(staging, PREDICTIONS_JSON), json.dumps(meta, indent=2))
+            _atomic_write(join(staging, PREDICTIONS_CSV), table.to_csv(index=False))
+            last = (PREDICTIONS_JSON, PREDICTIONS_CSV)
+            names = [n for n in sorted(os.listdir(staging)) if n not in last] + list(last)
+            for name in names:
+                target = join(output_folder, name)
+                if isdir(join(staging, name)) and isdir(target):
+                    shutil.rmtree(target)
+                os.replace(join(staging, name), target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return table
+
+
+def merge_main(argv: Sequence[str]) -> None:
+    """``nnUNetv2_predict_multitask --merge PART_DIR [PART_DIR ...] -o OUT [--report [-i IMAGES]
+    [--seg-gt MASKS]]``: refusals exit with status 2 and ``nnUNetv2_predict_multitask: error: ...``."""
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_predict_multitask",
+        description="Merge the output folders of a -num_parts N run (parts 0..N-1) into one predictions.csv, "
+                    "predictions.json and the segmentations, refusing parts of different models or settings and "
+                    "overlapping or missing cases.")
+    parser.add_argument("--merge", nargs="+", required=True, metavar="PART_DIR", help="every part's output folder")
+    parser.add_argument("-o", required=True, help="output folder of the merged run")
+    parser.add_argument("--report", action="store_true", help="also write the per-patient report of all cases")
+    parser.add_argument("-i", default=None, help="with --report: the input image folder (default: the one the "
+                                                 "parts recorded)")
+    parser.add_argument("--seg-gt", default=None, help="with --report: reference masks <case><ending>")
+    args = parser.parse_args(list(argv))
+    try:
+        table = merge_parts(args.merge, args.o)
+    except MultitaskPredictionError as e:
+        parser.error(str(e))
+    print(f"Merged {len(args.merge)} parts: {len(table)} patient-level predictions in {join(args.o, PREDICTIONS_CSV)} "
+          f"(segmentations copied beside it)")
+    if args.report:
+        from nnunet_multitask.report import ReportError, write_report
+        images = args.i
+        if images is None:
+            with open(join(args.o, PREDICTIONS_JSON)) as f:
+                images = (json.load(f).get("merged_from") or [{}])[0].get("input_folder")
+        try:
+            if not images:
+                raise ReportError("--report: give the input image folder with -i")
+            write_report(args.o, images, args.seg_gt)
+        except (ReportError, OSError) as e:
+            print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
+            sys.exit(2)
