@@ -15,6 +15,15 @@ What each declared column type becomes
 
 Features follow schema order, column by column (``age, sex=F, sex=M, cea, ct=T2, ...``).
 
+Input
+-----
+The preprocessor trusts the table readers: its input is a frame as
+:func:`clinical.tables.read_case_table` returns it (training and prediction read their tables with
+it). It parses no cell itself; every column goes through
+:func:`clinical.tables.parse_feature_column`, the readers' own parser, which leaves such a frame as
+it is and holds a frame built in memory (numbers, integer-coded categories, numeric text) to the same
+rules, with an error naming the column, the case and the value.
+
 Declared transforms of numeric columns
 --------------------------------------
 A skewed value whose effect is on a log scale (CEA in the LARC schema) declares
@@ -61,8 +70,6 @@ nnU-Net's checkpoint and a strict state-dict load works at inference. Its length
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import zlib
 from typing import Dict, List, Optional, Sequence
 
@@ -75,6 +82,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from clinical.schema import NUMERIC_TRANSFORMS, ClinicalSchema, ColumnSpec
+from clinical.tables import parse_feature_column
 
 __all__ = ["ClinicalPreprocessor", "ClinicalPreprocessingError"]
 
@@ -83,6 +91,8 @@ _FORMAT_VERSION = 1
 _HEADER_SIZE = 2  # fitted marker, layout fingerprint
 _STATE_WIDTH = {"numeric": 3, "binary": 1, "categorical": 1}
 _MAX_LISTED_BAD_VALUES = 20  # how many offending cells one error message lists
+# What a bad cell is, per declared type (categorical: not among the declared categories).
+_BAD_VALUE_TEXT = {"numeric": "not a finite number", "binary": "binary value must be '0' or '1'"}
 # Declared numeric transforms: name -> (numpy function, smallest value excluded from the domain,
 # domain in words). The value must be strictly greater than the bound.
 _TRANSFORMS = {"log": (np.log, 0.0, "values > 0"), "log1p": (np.log1p, -1.0, "values > -1")}
@@ -193,7 +203,12 @@ class ClinicalPreprocessor:
     def _validated_frame(self, df: pd.DataFrame, id_column: str) -> pd.DataFrame:
         """Return the used columns, typed for fitting: numeric/binary as float64 (numeric after the
         column's declared transform), categorical as object (declared category strings) with
-        ``np.nan`` for missing. Raises on anything else."""
+        ``np.nan`` for missing. Raises on anything else.
+
+        The cells are not parsed here: each column goes through
+        :func:`clinical.tables.parse_feature_column`, the parser of the table readers, so a frame
+        from :func:`clinical.tables.read_case_table` passes unchanged and any other frame is held
+        to the same rules (the message names the column, the cases and their values)."""
         if not isinstance(df, pd.DataFrame):
             raise TypeError(f"expected a pandas DataFrame, got {type(df).__name__}")
         missing = [c for c in self.columns if c not in df.columns]
@@ -203,35 +218,16 @@ class ClinicalPreprocessor:
         cases = self._case_labels(df, id_column)
         out = {}
         for spec in self._specs:
-            values = df[spec.name].tolist()
-            if spec.type == "numeric":
-                out[spec.name] = self._numeric_values(spec, values, cases)
-            elif spec.type == "binary":
-                out[spec.name] = self._binary_values(spec, values, cases)
-            else:
-                out[spec.name] = self._categorical_values(spec, values, cases)
+            parsed, bad = parse_feature_column(spec, df[spec.name].reset_index(drop=True))
+            if bad.any():
+                values = df[spec.name].tolist()
+                self._raise_bad_values(spec.name, [(cases[i], values[i]) for i in np.flatnonzero(bad)],
+                                       _BAD_VALUE_TEXT[spec.type] if spec.type in _BAD_VALUE_TEXT else
+                                       f"value not among the declared categories {list(spec.categories)}")
+            if spec.transform is not None:
+                parsed = self._transformed(spec, parsed, df[spec.name].tolist(), cases)
+            out[spec.name] = parsed
         return pd.DataFrame(out, index=df.index, columns=self.columns)
-
-    def _numeric_values(self, spec: ColumnSpec, values: list, cases: List[str]) -> np.ndarray:
-        parsed = np.full(len(values), np.nan)
-        bad = []
-        for i, v in enumerate(values):
-            if pd.isna(v):
-                continue
-            try:
-                x = float(v)  # also parses numeric strings such as "63.5"
-            except (TypeError, ValueError):
-                bad.append((cases[i], v))
-                continue
-            if isinstance(v, bool) or not math.isfinite(x):
-                bad.append((cases[i], v))
-                continue
-            parsed[i] = x
-        if bad:
-            self._raise_bad_values(spec.name, bad, "not a finite number")
-        if spec.transform is not None:
-            parsed = self._transformed(spec, parsed, values, cases)
-        return parsed
 
     def _transformed(self, spec: ColumnSpec, parsed: np.ndarray, values: list, cases: List[str]) -> np.ndarray:
         """Apply the column's declared transform to its parsed values.
@@ -259,45 +255,6 @@ class ClinicalPreprocessor:
         out = np.full_like(parsed, np.nan)
         out[observed] = function(parsed[observed])
         return out
-
-    def _binary_values(self, spec: ColumnSpec, values: list, cases: List[str]) -> np.ndarray:
-        parsed = np.full(len(values), np.nan)
-        bad = []
-        for i, v in enumerate(values):
-            if pd.isna(v):
-                continue
-            if isinstance(v, str) and v in ("0", "1"):
-                parsed[i] = float(v)
-            elif isinstance(v, numbers.Number) and not isinstance(v, str) and v in (0, 1):
-                parsed[i] = float(v)  # 0/1 (or True/False) as numbers, e.g. a CSV read without dtype=str
-            else:
-                bad.append((cases[i], v))
-        if bad:
-            self._raise_bad_values(spec.name, bad, "binary value must be '0' or '1'")
-        return parsed
-
-    def _categorical_values(self, spec: ColumnSpec, values: list, cases: List[str]) -> np.ndarray:
-        declared = set(spec.categories)
-        parsed = np.full(len(values), np.nan, dtype=object)
-        bad = []
-        for i, v in enumerate(values):
-            if pd.isna(v):
-                continue
-            text = v
-            # An integer-coded category (trg 2 read as the number 2 or 2.0) means the string "2";
-            # any other non-string is not a category.
-            if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-                text = str(int(v))
-            elif isinstance(v, numbers.Real) and not isinstance(v, bool) and float(v).is_integer():
-                text = str(int(v))
-            if isinstance(text, str) and text in declared:
-                parsed[i] = text
-            else:
-                bad.append((cases[i], v))
-        if bad:
-            self._raise_bad_values(spec.name, bad,
-                                   f"value not among the declared categories {list(spec.categories)}")
-        return parsed
 
     # ------------------------------------------------------------------ fitting
     def _sklearn_transformer(self) -> ColumnTransformer:

@@ -1,4 +1,5 @@
-"""PNG figures of the evaluation report (matplotlib, Agg backend, no display needed)."""
+"""PNG figures of the evaluation report (matplotlib, Agg backend, no display needed): Kaplan-Meier by
+risk group with numbers at risk, ROC and calibration at the horizon; :func:`write_figures` draws them all."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
 from evaluation.metrics import number_at_risk  # noqa: E402
+from evaluation.report import file_part  # noqa: E402
 
 GROUP_COLOURS = {"low risk": "tab:blue", "high risk": "tab:red"}
 
@@ -56,7 +58,7 @@ def plot_km_by_risk_group(path: Path, curves: dict, title: str, risk_ticks: Sequ
         y = -0.27 - 0.07 * row
         ax.text(-0.06, y, group, transform=ax.transAxes, ha="right", fontsize=8,
                 color=GROUP_COLOURS.get(group))
-        for tick, count in zip(risk_ticks, number_at_risk(times, risk_ticks)):
+        for tick, count in zip(risk_ticks, number_at_risk(times, risk_ticks), strict=True):
             ax.text(tick, y, str(count), transform=transform, ha="center", fontsize=8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -103,3 +105,56 @@ def plot_calibration(path: Path, calibration: dict, title: str, observed_label: 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_figures(output_dir: Path, report: dict, plot_data: dict, names: Sequence[str], set_order: Sequence[str],
+                  tag: str) -> list[str]:
+    """Every figure of the report into ``output_dir``: Kaplan-Meier by risk group per model and set,
+    then per set the ROC and the calibration curves of all models at the horizon.
+
+    Parameters
+    ----------
+    report : dict
+        metrics.json content so far (``models`` gives the thresholds, AUCs and log-rank p).
+    plot_data : dict
+        ``{(model, set): plots}`` as :func:`evaluation.set_metrics.evaluate_set` returns them.
+    names, set_order : sequence of str
+        Models and sets in report order.
+    tag : str
+        The horizon as written in column names (``"36"``).
+
+    Returns
+    -------
+    list of str
+        The file names written, in order.
+    """
+    written = []
+    for (name, set_name), plots in plot_data.items():
+        result = report["models"][name][set_name]
+        max_time = max(float(np.max(t)) for t in plots["km_times"].values())
+        ticks = list(np.arange(0, max_time + 1e-9, 12.0 if max_time > 24 else max(max_time / 4, 1.0)))
+        path = output_dir / f"km_{file_part(name)}_{file_part(set_name)}.png"
+        plot_km_by_risk_group(path, plots["km"], f"{name}, {set_name}: split at {result['risk_threshold']:.3g}",
+                              ticks, plots["km_times"], result["logrank_p"])
+        written.append(path.name)
+    for set_name in set_order:
+        rocs, calibrations = {}, {}
+        for name in names:
+            plots = plot_data.get((name, set_name))
+            if plots is None:
+                continue
+            result = report["models"][name][set_name]
+            if "roc" in plots:
+                rocs[f"{name} (AUC {result[f'auc_{tag}m']:.3f})"] = plots["roc"]
+            if "calibration" in plots:
+                calibrations[name] = plots["calibration"]
+        if rocs:
+            path = output_dir / f"roc_{tag}m_{file_part(set_name)}.png"
+            plot_roc(path, rocs, f"Recurrence by {tag} months, {set_name} (known status)")
+            written.append(path.name)
+        if calibrations:
+            path = output_dir / f"calibration_{tag}m_{file_part(set_name)}.png"
+            plot_calibration(path, calibrations, f"Calibration at {tag} months, {set_name}",
+                             f"Observed risk (1 - KM at {tag} months)")
+            written.append(path.name)
+    return written

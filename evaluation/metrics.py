@@ -10,12 +10,16 @@ here is only what those libraries lack:
   integer case weights lets one matrix product evaluate all of them;
 * DeLong's variance of (correlated) ROC AUCs, in the fast midrank form of Sun & Xu (2014);
 * percentile intervals and a Dice coefficient on binary masks.
+
+:func:`harrell_c` is the project's one definition of Harrell's C (NaN where undefined, never an
+exception for that); the training-time metric should be the same function.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import stats
 
 #: Same tolerance as ``sksurv.metrics.concordance_index_censored`` (absolute difference of risks
@@ -26,29 +30,71 @@ TIED_TOL = 1e-8
 # --------------------------------------------------------------------------------------------
 # Harrell's C: point estimate (sksurv) and vectorised bootstrap
 # --------------------------------------------------------------------------------------------
-def harrell_c(time, event, risk) -> float:
-    """Harrell's concordance index computed by ``sksurv.metrics.concordance_index_censored``.
+def harrell_c_with_reason(time: ArrayLike, event: ArrayLike, risk: ArrayLike) -> tuple[float, str | None]:
+    """Harrell's C and, when it is undefined, why (see :func:`harrell_c`).
+
+    Returns
+    -------
+    c_index : float
+        NaN when undefined.
+    reason : str or None
+        None when defined; else the cause: scikit-survival's own message (no comparable pair,
+        fewer than two cases, every case censored), ``"every event at the same time as every other
+        case"`` (comparable pairs exist in sksurv's iteration but none is usable) or a count of
+        non-finite risks.
+    """
+    from sksurv.metrics import concordance_index_censored
+
+    time, event = np.asarray(time, dtype=float), np.asarray(event).astype(bool)
+    risk = np.asarray(risk, dtype=float)
+    if not time.shape == event.shape == risk.shape or time.ndim != 1:
+        raise ValueError(f"time, event and risk must be 1-D of one length, got shapes {time.shape}, "
+                         f"{event.shape}, {risk.shape}")
+    if not np.all(np.isfinite(risk)):
+        return float("nan"), f"risk is NaN or infinite for {int((~np.isfinite(risk)).sum())} case(s)"
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            c_index = float(concordance_index_censored(event, time, risk, tied_tol=TIED_TOL)[0])
+    except (ValueError, ZeroDivisionError) as error:  # sksurv's NoComparablePairException is a ValueError
+        return float("nan"), str(error)
+    if not np.isfinite(c_index):  # sksurv divides 0 by 0 when every comparable set is empty
+        return float("nan"), "every event at the same time as every other case"
+    return c_index, None
+
+
+def harrell_c(time: ArrayLike, event: ArrayLike, risk: ArrayLike) -> float:
+    """Harrell's concordance index, by ``sksurv.metrics.concordance_index_censored``.
+
+    The one definition of the project: the evaluation reports it, and the trainer's per-epoch
+    validation metric is meant to be this function (``nnunet_multitask.metrics`` re-exporting it).
 
     Parameters
     ----------
-    time, event : array-like, shape (n,)
-        Follow-up time and event indicator (1 = event).
+    time : array-like, shape (n,)
+        Follow-up time (> 0).
+    event : array-like, shape (n,)
+        Event indicator (1 / True = event; cast to bool).
     risk : array-like, shape (n,)
         Risk score, higher = earlier event expected.
 
     Returns
     -------
     float
-        The C-index. Raises ``ValueError`` (sksurv's ``NoComparablePairException``) when the data
-        hold no comparable pair.
+        The C-index: the share of comparable pairs (i had an event before j's time, or at j's time
+        with j censored) in which i has the higher risk, risk ties (within :data:`TIED_TOL`) counting
+        one half. **NaN when it is undefined**, never an exception: no comparable pair (no event,
+        fewer than two cases, every event tied in time with every other case) or a NaN / infinite
+        risk (a diverged model). :func:`harrell_c_with_reason` also says why.
+
+    Raises
+    ------
+    ValueError
+        Only when the three arrays are not 1-D of one length.
     """
-    from sksurv.metrics import concordance_index_censored
-
-    return float(concordance_index_censored(np.asarray(event, dtype=bool), np.asarray(time, dtype=float),
-                                            np.asarray(risk, dtype=float), tied_tol=TIED_TOL)[0])
+    return harrell_c_with_reason(time, event, risk)[0]
 
 
-def harrell_pair_matrices(time, event, risks) -> tuple[np.ndarray, np.ndarray]:
+def harrell_pair_matrices(time: ArrayLike, event: ArrayLike, risks: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Pairwise comparability and concordance-credit matrices with sksurv's pair definition.
 
     A pair (i, j) is comparable when i had an event and either ``time[i] < time[j]`` or the times
@@ -97,7 +143,8 @@ def resample_counts(n_cases: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.bincount(flat.ravel(), minlength=n_resamples * n_cases).reshape(n_resamples, n_cases)
 
 
-def weighted_harrell_c(time, event, risks, weights, chunk: int = 256) -> np.ndarray:
+def weighted_harrell_c(time: ArrayLike, event: ArrayLike, risks: ArrayLike, weights: ArrayLike,
+                       chunk: int = 256) -> np.ndarray:
     """Harrell's C of case-weighted samples, all weight vectors at once.
 
     A bootstrap resample in which case a appears w_a times has, by sksurv's pair rule, exactly
@@ -140,7 +187,8 @@ def weighted_harrell_c(time, event, risks, weights, chunk: int = 256) -> np.ndar
     return out
 
 
-def bootstrap_harrell_c(time, event, risks, n_resamples: int, seed: int) -> np.ndarray:
+def bootstrap_harrell_c(time: ArrayLike, event: ArrayLike, risks: ArrayLike, n_resamples: int,
+                        seed: int) -> np.ndarray:
     """Harrell's C on ``n_resamples`` seeded bootstrap resamples of the cases.
 
     Returns
@@ -151,7 +199,7 @@ def bootstrap_harrell_c(time, event, risks, n_resamples: int, seed: int) -> np.n
     return weighted_harrell_c(time, event, risks, counts)
 
 
-def percentile_ci(values, level: float = 0.95) -> tuple[float, float] | None:
+def percentile_ci(values: ArrayLike, level: float = 0.95) -> tuple[float, float] | None:
     """Percentile interval of the finite values; None when there are none."""
     values = np.asarray(values, dtype=float)
     values = values[np.isfinite(values)]
@@ -165,7 +213,7 @@ def percentile_ci(values, level: float = 0.95) -> tuple[float, float] | None:
 # --------------------------------------------------------------------------------------------
 # DeLong
 # --------------------------------------------------------------------------------------------
-def delong_auc_covariance(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+def delong_auc_covariance(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """ROC AUCs of one or more scores and their DeLong covariance matrix.
 
     Hand-written because scikit-learn has no AUC variance. Fast midrank algorithm of
@@ -205,7 +253,7 @@ def delong_auc_covariance(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     return aucs, sx / m + sy / n
 
 
-def delong_ci(labels, scores, level: float = 0.95) -> tuple[float, tuple[float, float], float]:
+def delong_ci(labels: ArrayLike, scores: ArrayLike, level: float = 0.95) -> tuple[float, tuple[float, float], float]:
     """AUC with a DeLong normal-approximation interval (clipped to [0, 1]).
 
     Returns
@@ -218,7 +266,7 @@ def delong_ci(labels, scores, level: float = 0.95) -> tuple[float, tuple[float, 
     return auc, (float(max(0.0, auc - z * se)), float(min(1.0, auc + z * se))), se
 
 
-def delong_test(labels, scores_a, scores_b) -> dict:
+def delong_test(labels: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike) -> dict:
     """Two-sided DeLong test of equal AUCs for two scores on the same cases.
 
     Returns
@@ -242,7 +290,7 @@ def delong_test(labels, scores_a, scores_b) -> dict:
 # --------------------------------------------------------------------------------------------
 # Kaplan-Meier helpers and Dice
 # --------------------------------------------------------------------------------------------
-def km_survival_at(time, event, at: float) -> float:
+def km_survival_at(time: ArrayLike, event: ArrayLike, at: float) -> float:
     """Kaplan-Meier survival (``sksurv.nonparametric.kaplan_meier_estimator``) at time ``at``.
 
     Returns NaN when ``at`` lies beyond the last observed time (the curve is undefined there).
@@ -257,13 +305,13 @@ def km_survival_at(time, event, at: float) -> float:
     return 1.0 if index < 0 else float(km_surv[index])
 
 
-def number_at_risk(time, at_times: Sequence[float]) -> list[int]:
+def number_at_risk(time: ArrayLike, at_times: Sequence[float]) -> list[int]:
     """Number of cases still under observation (time >= t) at each t."""
     time = np.asarray(time, dtype=float)
     return [int((time >= t).sum()) for t in at_times]
 
 
-def dice_coefficient(prediction, reference) -> float:
+def dice_coefficient(prediction: ArrayLike, reference: ArrayLike) -> float:
     """Dice of two binary masks (foreground = label > 0); NaN when both are empty.
 
     Both-empty is NaN (as nnU-Net does) rather than 1, so a case without tumour cannot inflate a

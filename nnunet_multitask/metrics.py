@@ -7,20 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def harrell_c(time, event, risk) -> float:
-    """Harrell's C of ``risk`` (higher = earlier event); NaN when no pair is comparable."""
-    from sksurv.metrics import concordance_index_censored
-    time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
-    if event.sum() == 0 or len(time) < 2 or not np.all(np.isfinite(risk)):
-        return float("nan")
-    try:
-        return float(concordance_index_censored(event.astype(bool), time, risk)[0])
-    except (ValueError, ZeroDivisionError):  # no comparable pairs
-        return float("nan")
+# the project's one Harrell's C (NaN where undefined, never an exception for that); evaluation.metrics
+# imports nothing from this package, so there is no cycle
+from evaluation.metrics import harrell_c  # noqa: F401
 
 
-def roc_auc_or_nan(label, score) -> float:
+def roc_auc_or_nan(label: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC on cases with known label (NaN labels are unknown status and left out)."""
     from sklearn.metrics import roc_auc_score
     label, score = np.asarray(label, dtype=float), np.asarray(score, dtype=float)
