@@ -1,6 +1,6 @@
 """Synthetic locally advanced rectal cancer (LARC) cohort with known ground truth.
 
-Writes a cohort folder in the hospital-export layout of the data contract (see DESIGN.md)::
+Writes a cohort folder in the hospital-export layout the converter reads (README, "Your cohort")::
 
     DIR/clinical.csv                     one row per patient (columns of clinical/larc_schema.json)
     DIR/ground_truth.csv                 patient_id, centre, linear_predictor, tumour_volume_ml,
@@ -60,6 +60,8 @@ Command line::
     python -m dataset_conversion.synthetic_larc --out DIR --patients N --seed S \
         [--shape X Y Z] [--centres 3] [--censoring-rate R] [--follow-up-months MIN MAX] [--overwrite] \
         [--missing-series SERIES[,SERIES...]:FRACTION|centre=C ...]
+
+or the same flags after the console script ``multirec_synthetic_cohort``; bad input exits with status 2.
 """
 from __future__ import annotations
 
@@ -483,7 +485,8 @@ def _build_anatomy(rng: np.random.Generator, latents: dict, fov_centre: np.ndarr
         lumen_radius=lumen_radius, wall_thickness=wall_thickness, mesorectum_radius=mesorectum_radius,
         fascia_thickness=max(1.0, scale * 1.5), muscle_offset=scale * rng.uniform(2.0, 6.0),
         tumour_centre=tumour_centre, tumour_angle=angle, tumour_semi_axes=semi_axes,
-        tumour_shape_field=SmoothField(rng, (10.0 * scale, 25.0 * scale)), tumour_shape_amplitude=rng.uniform(0.15, 0.3),
+        tumour_shape_field=SmoothField(rng, (10.0 * scale, 25.0 * scale)),
+        tumour_shape_amplitude=rng.uniform(0.15, 0.3),
         tumour_threshold=0.0, tumour_texture=SmoothField(rng, (5.0 * scale, 15.0 * scale)),
         tumour_adc=latents["tumour_adc"], tumour_dapp=latents["tumour_dapp"], tumour_kapp=latents["tumour_kapp"])
 
@@ -928,14 +931,19 @@ def sample_outcome_model(n_patients: int, seed: int = 0, n_centres: int = 3,
 
 
 # --------------------------------------------------------------------------- command line
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``python -m dataset_conversion.synthetic_larc`` or ``multirec_synthetic_cohort``)."""
+    console_script = "multirec_synthetic_cohort"
     parser = argparse.ArgumentParser(
-        prog="python -m dataset_conversion.synthetic_larc",
+        prog=(console_script if Path(sys.argv[0]).name == console_script
+              else "python -m dataset_conversion.synthetic_larc"),
         description="Write a synthetic rectal-cancer cohort (T2, ADC, Dapp, Kapp, tumour mask, clinical "
                     "table with disease-free survival) with known ground truth.")
     parser.add_argument("--out", required=True, help="cohort folder to create")
     parser.add_argument("--patients", type=int, required=True, help="number of patients")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of everything drawn: images, clinical values, outcomes, centres and "
+                             "--missing-series fractions (default %(default)s)")
     parser.add_argument("--shape", type=int, nargs=3, default=list(DEFAULT_SHAPE), metavar=("X", "Y", "Z"),
                         help="T2 voxel counts (default %(default)s)")
     parser.add_argument("--centres", type=int, default=3, help="number of centres; the last is external (default 3)")
@@ -950,6 +958,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "fraction of all patients) or SERIES[,SERIES...]:centre=C (every patient of "
                              "centre C); only ADC, Dapp, Kapp; repeatable, specs combine "
                              "(e.g. Dapp,Kapp:centre=3)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Write the cohort as the command line says; 0 on success, 2 on bad input."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     # A bad --centres is left to generate_cohort's own message, not reported as an unknown centre.
     try:
@@ -968,7 +982,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {len(table)} patients to {Path(args.out).resolve()} in {time.perf_counter() - start:.1f} s "
-          f"(events: {int(table['dfs_event'].sum())}, centres: {table['centre'].value_counts().sort_index().to_dict()})")
+          f"(events: {int(table['dfs_event'].sum())}, "
+          f"centres: {table['centre'].value_counts().sort_index().to_dict()})")
     if missing_specs:
         removed = select_missing_series(missing_specs, args.patients, args.seed, args.centres)
         print(missing_series_summary(removed, args.patients))

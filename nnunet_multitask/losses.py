@@ -84,7 +84,8 @@ def _prepare_weights(weights: Optional[torch.Tensor], n: int, like: torch.Tensor
     return weights
 
 
-def _check_time_event(time: torch.Tensor, event: torch.Tensor, n: int, active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _check_time_event(time: torch.Tensor, event: torch.Tensor, n: int,
+                      active: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Validate time/event vectors of length ``n``; only ``active`` (weighted) samples must be valid."""
     time = _as_vector(time, "time")
     event = _as_vector(event, "event")
@@ -456,10 +457,9 @@ def gather_across_ranks(
     # time/event/weights need no gradient: plain all_gather, in float64 so times keep their
     # precision (ties must stay ties); event as float because gloo lacks bool
     # (case ids ride along as float64: exact for integers below 2**53)
+    ids_or_zeros = ids if ids is not None else torch.zeros(n, dtype=torch.long, device=log_risk.device)
     side = torch.stack([padded(time.to(torch.float64), 1.0), padded(event.to(torch.float64), 0.0),
-                        padded(weights.to(torch.float64), 0.0),
-                        padded((ids if ids is not None else torch.zeros(n, dtype=torch.long,
-                                                                        device=log_risk.device)).to(torch.float64), 0.0)])
+                        padded(weights.to(torch.float64), 0.0), padded(ids_or_zeros.to(torch.float64), 0.0)])
     side_all = [torch.zeros_like(side) for _ in range(world)]
     dist.all_gather(side_all, side.detach().contiguous())
     side_all = torch.stack(side_all)  # [world, 4, max_n]

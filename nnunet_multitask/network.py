@@ -73,7 +73,8 @@ def tumour_quantities(prob: torch.Tensor, image: torch.Tensor, voxel_volume_mm3:
         ``log(1 + sum(p) * voxel_volume_mm3)`` then ``sum(p * x_c) / max(sum(p), 1e-3)`` per channel.
     """
     if image.ndim != prob.ndim + 1 or image.shape[0] != prob.shape[0] or image.shape[2:] != prob.shape[1:]:
-        raise ValueError(f"prob {tuple(prob.shape)} and image {tuple(image.shape)} do not match ([B,*sp] and [B,C,*sp])")
+        raise ValueError(f"prob {tuple(prob.shape)} and image {tuple(image.shape)} do not match "
+                         f"([B,*sp] and [B,C,*sp])")
     p = prob.float().flatten(1)
     x = image.float().flatten(2)
     mass = p.sum(1)
@@ -324,8 +325,9 @@ class MultiTaskUNet(nn.Module):
         return seg
 
     # ------------------------------------------------------------------ patient level
-    def patient_heads(self, seg_logits: torch.Tensor, image: torch.Tensor, tile_records: List[Mapping[str, torch.Tensor]],
-                      clinical: Optional[torch.Tensor], availability: Optional[torch.Tensor] = None) -> tuple:
+    def patient_heads(self, seg_logits: torch.Tensor, image: torch.Tensor,
+                      tile_records: List[Mapping[str, torch.Tensor]], clinical: Optional[torch.Tensor],
+                      availability: Optional[torch.Tensor] = None) -> tuple:
         """Head outputs of one patient from the stitched whole-image segmentation logits [L, *sp],
         the whole preprocessed image [C_all, *sp] and the tiles' records; returns (heads, tumour mass).
         ``availability``: [C_all] 0/1, which series are real (models with ``channel_availability``)."""
@@ -352,6 +354,27 @@ class MultiTaskUNet(nn.Module):
             clinical = None if clinical.numel() == 0 else clinical.to(dev)
         heads = self.heads(feats, clinical)
         return {k: v.detach() for k, v in heads.items()}, mass
+
+
+def build_multitask_network(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
+                            enable_deep_supervision: bool = True) -> MultiTaskUNet:
+    """The planned U-Net wrapped with the heads the plans' ``multitask_model`` block describes
+    (:class:`nnunet_multitask.contract.HeadConfig`): what the trainer trains and the predictor
+    rebuilds from a model folder (without looking up the trainer class)."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunet_multitask.contract import HeadConfig
+    cfg = HeadConfig.from_plans(plans_manager.plans)
+    channels = cfg.input_channels
+    n_in = len(channels) if channels is not None else num_input_channels
+    base = get_network_from_plans(configuration_manager.network_arch_class_name,
+                                  configuration_manager.network_arch_init_kwargs,
+                                  configuration_manager.network_arch_init_kwargs_req_import,
+                                  n_in, num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+    return MultiTaskUNet(base, channels, cfg.n_clinical_features, cfg.clinical_state_size,
+                         survival_head=cfg.survival_head, n_time_bins=cfg.n_time_bins, hidden=cfg.head_hidden,
+                         risk_memory_size=cfg.risk_memory_size, image_features=cfg.image_features,
+                         n_input_channels=cfg.n_input_channels if cfg.n_input_channels is not None else n_in,
+                         voxel_volume_mm3=cfg.voxel_volume_mm3, channel_availability=cfg.channel_availability)
 
 
 def head_config_from_plans(plans: dict) -> dict:

@@ -42,10 +42,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -63,7 +61,6 @@ from torch._dynamo import OptimizedModule
 
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.file_path_utilities import get_output_folder
-from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -73,7 +70,8 @@ from clinical.tables import CASE_ID_COLUMN, read_case_table
 from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 from nnunet_multitask.aggregation import patient_level_prediction, survival_at_times
 from nnunet_multitask.dataset import REQUIRED_SERIES, MultitaskDatasetError, dataset_table_path, schema_from_block
-from nnunet_multitask.network import MultiTaskUNet, head_config_from_plans
+from nnunet_multitask.checkpoints import CheckpointError, file_sha256, load_checkpoint_safely
+from nnunet_multitask.network import MultiTaskUNet, build_multitask_network, head_config_from_plans
 
 from nnunet_multitask.columns import SURVIVAL_TIMES, recurrence_column, survival_column, survival_times  # noqa: E402
 PREDICTIONS_CSV = "predictions.csv"
@@ -86,78 +84,9 @@ _LOCK_NAME = ".nnunet_multitask.lock"
 _held_locks: Dict[str, int] = {}
 
 
-class UnsafeCheckpointError(RuntimeError):
-    """A checkpoint holds objects outside the allow-list (it could run code when unpickled)."""
-
-
 class MultitaskPredictionError(RuntimeError):
     """The model, an input case, the clinical table or the output folder cannot be used; the
     message names the case / file and the problem."""
-
-
-# ---------------------------------------------------------------------- safe loading
-def _allowed_globals() -> list:
-    # what nnU-Net's own checkpoints contain besides tensors and builtins: numpy scalars and arrays
-    # in the training log, and torch.device in init_args. Nothing callable beyond these constructors.
-    import numpy.dtypes as ndt
-    core = np._core if hasattr(np, "_core") else np.core
-    allowed = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype, torch.device]
-    allowed += [getattr(ndt, n) for n in ("Float64DType", "Float32DType", "Float16DType", "Int64DType",
-                                          "Int32DType", "BoolDType", "UInt8DType") if hasattr(ndt, n)]
-    return allowed
-
-
-def load_checkpoint_safely(path: str) -> dict:
-    """Load an nnU-Net checkpoint without executing code from it.
-
-    ``torch.load(weights_only=True)`` with a small allow-list (numpy scalars/arrays, ``torch.device``):
-    a checkpoint that carries any other pickled object (a callable, a class instance whose
-    ``__reduce__`` would run a command) is refused before anything in it is called.
-
-    Parameters
-    ----------
-    path : str
-        ``<model folder>/fold_<f>/<checkpoint name>``.
-
-    Returns
-    -------
-    dict
-        The checkpoint (``network_weights``, ``trainer_name``, ``init_args``, ...).
-
-    Raises
-    ------
-    UnsafeCheckpointError
-        The checkpoint holds objects outside the allow-list.
-    MultitaskPredictionError
-        The file is missing, unreadable, or not an nnU-Net checkpoint.
-    """
-    if not isfile(path):
-        raise MultitaskPredictionError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals(_allowed_globals()):
-            ckpt = torch.load(path, map_location=torch.device("cpu"), weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message starts with general advice; the offending global is named further down
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        reason = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), lines[0] if lines else "")
-        raise UnsafeCheckpointError(f"{path}: refused to load: the checkpoint holds objects outside the allow-list "
-                                    f"that could execute code when unpickled ({reason}); nnU-Net checkpoints "
-                                    f"hold only tensors, numbers and strings") from None
-    except (RuntimeError, EOFError, OSError) as e:  # truncated / not a torch file
-        raise MultitaskPredictionError(f"{path}: cannot be read as a torch checkpoint: "
-                                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    missing = [k for k in ("network_weights", "trainer_name", "init_args") if not isinstance(ckpt, dict) or k not in ckpt]
-    if missing:
-        raise MultitaskPredictionError(f"{path}: not an nnU-Net checkpoint (lacks {missing})")
-    return ckpt
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _unwrap(network) -> MultiTaskUNet:
@@ -255,8 +184,9 @@ class MultiTaskPredictor(nnUNetPredictor):
                                                f"(the checkpoint was saved before training started)")
             parameters.append(weights)
         configuration_manager = plans_manager.get_configuration(configuration_name)
-        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
-        network = trainer_class.build_network_architecture(
+        # the plans' multitask_model block describes the whole network: no trainer class is looked up,
+        # so a model folder predicts without the trainers' folder on nnUNet_extTrainer
+        network = build_multitask_network(
             plans_manager, configuration_manager,
             determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
             plans_manager.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
@@ -279,7 +209,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.provenance = {"model_folder": os.path.abspath(model_training_output_dir), "trainer": trainer_name,
                            "plans": plans_manager.plans_name, "configuration": configuration_name,
                            "folds": [str(f) for f in use_folds], "checkpoint": checkpoint_name,
-                           "checkpoint_sha256": {str(f): _sha256(p) for f, p in zip(use_folds, ckpt_paths)}}
+                           "checkpoint_sha256": {str(f): file_sha256(p) for f, p in zip(use_folds, ckpt_paths)}}
 
     @staticmethod
     def _check_fold_clinical_states(plans_manager, dataset_json, ckpt_paths, parameters):
@@ -1068,10 +998,6 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         _refuse_duplicate_folds(folds)
     except MultitaskPredictionError as e:
         parser.error(f"-f: {e}")
-    if not os.environ.get("nnUNet_extTrainer"):
-        # the trainers folder of this project, so checkpoints of our trainers resolve without extra set-up
-        import trainers
-        os.environ["nnUNet_extTrainer"] = os.path.dirname(trainers.__file__)
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise MultitaskPredictionError("-device cuda: no CUDA device is available (use -device cpu)")
@@ -1119,7 +1045,8 @@ def predict_entry_point(argv: Optional[List[str]] = None):
                 from nnunet_multitask.report import report_for_prediction
                 report_for_prediction(predictor, args.i, args.o, table, seg_gt_folder=args.seg_gt,
                                       saliency=args.saliency, saliency_blocks=args.saliency_blocks)
-    except (MultitaskPredictionError, SchemaError, MultitaskDatasetError, ClinicalPreprocessingError) as e:
+    except (MultitaskPredictionError, CheckpointError, SchemaError, MultitaskDatasetError,
+            ClinicalPreprocessingError) as e:
         # SchemaError covers clinical.tables.ClinicalTableError (bad values, undeclared categories)
         print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -31,7 +31,7 @@ import os
 import random
 from os.path import join
 from time import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,6 @@ from nnunetv2.training.logging.nnunet_logger import LocalLogger
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from clinical.outcomes import recurrence_label
 from clinical.preprocessing import ClinicalPreprocessor
@@ -52,7 +51,7 @@ from nnunet_multitask.contract import REQUIRED_SERIES, DatasetContract, HeadConf
 from nnunet_multitask.dataset import (MultitaskDatasetError, dataset_table_path, lookup_rows, read_features,
                                       read_outcomes, read_series_availability)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
-from nnunet_multitask.network import MultiTaskUNet, tumour_quantities
+from nnunet_multitask.network import MultiTaskUNet, build_multitask_network, tumour_quantities
 
 #: environment variable that seeds a training run (torch, numpy, random; see README "Seeds")
 SEED_ENV = "MULTIREC_SEED"
@@ -69,14 +68,14 @@ class MultiTaskLocalLogger(LocalLogger):
         for k in EXTRA_LOG_KEYS:
             self.my_fantastic_logging[k] = []
 
-    def load_checkpoint(self, checkpoint: dict):
+    def load_checkpoint(self, checkpoint: dict) -> None:
         super().load_checkpoint(checkpoint)
         # a checkpoint from before a key existed: fill that key's epochs with NaN so logging goes on
         n = len(self.my_fantastic_logging.get("epoch_end_timestamps", []))
         for k in EXTRA_LOG_KEYS:
             self.my_fantastic_logging.setdefault(k, [float("nan")] * n)
 
-    def plot_progress_png(self, output_folder):
+    def plot_progress_png(self, output_folder: str) -> None:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -130,7 +129,7 @@ class MultiTaskLoss(torch.nn.Module):
         self._trainer = [trainer]  # a list, so the trainer is not registered as a submodule
         self.last = {}
 
-    def forward(self, output, target):
+    def forward(self, output, target) -> torch.Tensor:
         seg = self.seg_loss(output, target)
         trainer = self._trainer[0]
         if trainer._step_context is None:
@@ -158,12 +157,12 @@ class SGDWithHeadOptimizer(torch.optim.SGD):
         super().__init__(params, **kwargs)
         self.head_optimizer = head_optimizer
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         state = super().state_dict()
         state["head_optimizer"] = self.head_optimizer.state_dict()
         return state
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         head = state_dict.pop("head_optimizer", None)
         super().load_state_dict(state_dict)
@@ -264,7 +263,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
     save_every_epochs: Optional[int] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008  (nnU-Net's trainer signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         for attr, name in (("epochs", "num_epochs"), ("iterations_per_epoch", "num_iterations_per_epoch"),
                            ("val_iterations_per_epoch", "num_val_iterations_per_epoch"),
@@ -297,7 +296,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
             input_channels=None if self.input_channels is None else tuple(int(c) for c in self.input_channels),
             channel_names=dataset_json["channel_names"],
             clinical_groups=tuple(self.clinical_groups),
-            clinical_columns={n: self.schema.columns[n].to_dict() for n in self.schema.group_columns(self.clinical_groups)},
+            clinical_columns={n: self.schema.columns[n].to_dict()
+                              for n in self.schema.group_columns(self.clinical_groups)},
             clinical_feature_names=tuple(prep.feature_names),
             n_clinical_features=int(prep.n_features),
             clinical_state_size=int(prep.state_size),
@@ -336,26 +336,15 @@ class MultiRecTrainerBase(nnUNetTrainer):
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> torch.nn.Module:
-        cfg = HeadConfig.from_plans(plans_manager.plans)
-        channels = cfg.input_channels
-        base = get_network_from_plans(configuration_manager.network_arch_class_name,
-                                      configuration_manager.network_arch_init_kwargs,
-                                      configuration_manager.network_arch_init_kwargs_req_import,
-                                      len(channels) if channels is not None else num_input_channels,
-                                      num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
-        return MultiTaskUNet(base, channels, cfg.n_clinical_features, cfg.clinical_state_size,
-                             survival_head=cfg.survival_head, n_time_bins=cfg.n_time_bins, hidden=cfg.head_hidden,
-                             risk_memory_size=cfg.risk_memory_size, image_features=cfg.image_features,
-                             n_input_channels=cfg.n_input_channels if cfg.n_input_channels is not None
-                             else (len(channels) if channels is not None else num_input_channels),
-                             voxel_volume_mm3=cfg.voxel_volume_mm3, channel_availability=cfg.channel_availability)
+        return build_multitask_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                       enable_deep_supervision)
 
     def mt_network(self) -> MultiTaskUNet:
         """The MultiTaskUNet under DDP and torch.compile wrappers."""
         mod = self.network.module if self.is_ddp else self.network
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> tuple:
         """nnU-Net's SGD and poly schedule for the U-Net; with ``head_optimizer = "adamw"`` the heads
         get their own AdamW, carried inside the SGD's state dict (:class:`SGDWithHeadOptimizer`)."""
         if self.head_optimizer == "sgd":
@@ -382,7 +371,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         outcomes = read_outcomes(outcomes_path, self.schema)
         return features, features_path, outcomes, outcomes_path
 
-    def prepare_fold_data(self):
+    def prepare_fold_data(self) -> None:
         """Fit the fold's clinical transform and time bins (unless restored from a checkpoint) and
         build the per-case lookup (clinical vector, time, event, label) of this fold's cases."""
         if self._case_data is not None:
@@ -438,7 +427,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
         """0/1 availability over the dataset's channels of every fold case (all ones for a dataset
         without an availability table); refuses a dataset with missing series that this model uses
         unless it was built for them (``channel_availability``)."""
-        table = read_series_availability(self.plans_manager.dataset_name, self.contract, self.dataset_json["channel_names"])
+        table = read_series_availability(self.plans_manager.dataset_name, self.contract,
+                                         self.dataset_json["channel_names"])
         ones = np.ones(len(self.channel_names), dtype=np.float32)
         if table is None:
             return {str(k): ones for k in keys}
@@ -552,7 +542,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         need = torch.clamp(self.min_tumour_fraction * tumour_voxels.to(voxels.device, torch.float32), min=1.0)
         return (voxels >= need).float()
 
-    def head_losses(self, target):
+    def head_losses(self, target) -> Tuple[torch.Tensor, torch.Tensor]:
         """(classification loss, survival loss) of the heads in the network's sink for this step."""
         ctx = self._step_context
         net = self.mt_network()
@@ -581,7 +571,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                             net.time_bin_edges.to(time_.device, torch.float32), weights=has_tumour)
         return cls_loss, surv_loss
 
-    def consistency_loss(self):
+    def consistency_loss(self) -> torch.Tensor:
         """Disagreement of the two horizon risks (``losses.head_consistency``) on the supervised
         patches; discrete-time head only (a Cox head has no absolute risk during training)."""
         net = self.mt_network()
@@ -614,7 +604,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         net.head_sink, net.clinical_input, net.availability_input, self._step_context = None, None, None, None
         return sink
 
-    def on_train_start(self):
+    def on_train_start(self) -> None:
         seed = os.environ.get(SEED_ENV)
         if seed not in (None, ""):
             seed_everything(int(seed))
@@ -667,7 +657,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         values = torch.stack([loss.detach().float()] + [parts[k].float() for k in ("seg", "cls", "surv")]).cpu().numpy()
         return {"loss": values[0], "seg": values[1], "cls": values[2], "surv": values[3]}
 
-    def on_train_epoch_end(self, train_outputs: List[dict]):
+    def on_train_epoch_end(self, train_outputs: List[dict]) -> None:
         super().on_train_epoch_end(train_outputs)
         for part, key in (("seg", "train_seg_losses"), ("cls", "train_cls_losses"), ("surv", "train_surv_losses")):
             vals = np.array([o[part] for o in train_outputs], dtype=float)
@@ -690,7 +680,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         return {c: {"risk_score": float(r), "p_recurrence": float(p)}
                 for c, r, p in zip(table["case_id"], table["risk_score"], table[col])}
 
-    def validation_metrics(self, preds: Dict[str, dict]):
+    def validation_metrics(self, preds: Dict[str, dict]) -> Tuple[float, float]:
         keys = sorted(preds)
         if not keys:
             return float("nan"), float("nan")
@@ -701,7 +691,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         label = np.array([self._case_data[k]["label"] for k in keys])
         return harrell_c(time_, event, risk), roc_auc_or_nan(label, p)
 
-    def on_validation_epoch_end(self, val_outputs: List[dict]):
+    def on_validation_epoch_end(self, val_outputs: List[dict]) -> None:
         super().on_validation_epoch_end(val_outputs)
         if self.whole_fold_validation:
             c, auc, n_cases, note = self._whole_fold_head_metrics()
@@ -769,7 +759,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self._last_whole_fold = (c, auc, len(preds), self.current_epoch)
         return c, auc, len(preds), f"whole fold, this epoch, {seconds:.1f} s; next in {every} epoch(s)"
 
-    def on_validation_epoch_start(self):
+    def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
         self._val_records = []
         self._val_patch_t0 = time()
@@ -785,7 +775,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self._val_patch_seconds = time() - self._val_patch_t0
         return out
 
-    def on_epoch_end(self):
+    def on_epoch_end(self) -> None:
         # nnU-Net's on_epoch_end with the best checkpoint chosen on the selection score (module docstring)
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
         lg = self.logger.get_value
@@ -799,7 +789,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                f"val AUC@{self.horizon:g}m {np.round(lg('val_auc', step=-1), 4)} (patient level, "
                                f"{lg('val_head_cases', step=-1)} of {len(self._val_keys)} validation cases; "
                                f"{self._val_head_note})")
-        self.print_to_log_file(f"Epoch time: {np.round(lg('epoch_end_timestamps', -1) - lg('epoch_start_timestamps', -1), 2)} s")
+        epoch_seconds = lg("epoch_end_timestamps", -1) - lg("epoch_start_timestamps", -1)
+        self.print_to_log_file(f"Epoch time: {np.round(epoch_seconds, 2)} s")
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
         score = lg("ema_selection_score", step=-1)
@@ -812,7 +803,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self.current_epoch += 1
 
     # ------------------------------------------------------------------ final validation
-    def perform_actual_validation(self, save_probabilities: bool = False):
+    def perform_actual_validation(self, save_probabilities: bool = False) -> None:
         """nnU-Net's validation (segmentations + summary.json), then the patient-level head predictions
         of the validation cases, written beside it as ``validation/head_predictions.csv`` and
         ``validation/head_summary.json``."""

@@ -255,7 +255,7 @@ def test_cox_gradient_matches_finite_differences():
     eta = torch.tensor(np.random.default_rng(0).normal(size=20), requires_grad=True)
     for ties in ("breslow", "efron"):
         assert torch.autograd.gradcheck(
-            lambda v: cox_partial_likelihood(v, torch.tensor(time), torch.tensor(event), ties=ties), (eta,))
+            lambda v, ties=ties: cox_partial_likelihood(v, torch.tensor(time), torch.tensor(event), ties=ties), (eta,))
 
 
 def test_cox_numerically_stable_and_shift_invariant():

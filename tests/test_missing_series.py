@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import SimpleITK as sitk
 import torch
 
 from conftest import REPO, bin_of, nnunet_env, run, train_env

@@ -87,7 +87,8 @@ def test_tumour_quantities_on_a_known_mask():
     from nnunet_multitask.network import tumour_quantities
     mask = torch.zeros(1, 4, 6, 6)
     mask[0, 1:3, 2:5, 2:4] = 1  # 12 voxels
-    image = torch.stack([torch.full((4, 6, 6), 2.0), torch.arange(4 * 6 * 6, dtype=torch.float32).reshape(4, 6, 6)])[None]
+    image = torch.stack([torch.full((4, 6, 6), 2.0),
+                         torch.arange(4 * 6 * 6, dtype=torch.float32).reshape(4, 6, 6)])[None]
     q = tumour_quantities(mask, image, voxel_volume_mm3=1.5)
     assert q.shape == (1, 3)
     assert q[0, 0].item() == pytest.approx(np.log1p(12 * 1.5))

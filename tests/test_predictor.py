@@ -23,16 +23,17 @@ import torch
 
 from conftest import DATASET_ID, bin_of, run
 from clinical.tables import ClinicalTableError
+from nnunet_multitask.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint_safely
 from nnunet_multitask.predictor import (SURVIVAL_TIMES, MultiTaskPredictor, MultitaskPredictionError,
-                                        UnsafeCheckpointError, _check_inputs, _check_output_folder,
-                                        load_checkpoint_safely, predict_folder)
+                                        _check_inputs, _check_output_folder,
+                                        predict_folder)
 
 TRAINER = "MultiRecTrainer_smoke"
 MODEL_DIR = f"{TRAINER}__nnUNetPlans__3d_fullres"
 HORIZON = 36
 VALUE_COLUMNS = ["risk_score", f"p_recurrence_{HORIZON}m"] + [f"surv_prob_{t}m" for t in SURVIVAL_TIMES]
 EXPECTED_COLUMNS = (["case_id"] + VALUE_COLUMNS + [f"{c}_sd" for c in VALUE_COLUMNS]
-                    + ["n_folds", "tumour_found", "clinical_imputed", "n_clinical_values_imputed"])
+                    + ["n_folds", "tumour_found", "clinical_imputed", "n_clinical_values_imputed", "series_available"])
 # what nnUNetv2_predict would pass as flags; mirroring off keeps each CLI run short
 CLI_COMMON = ["-d", DATASET_ID, "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu",
               "--disable_tta", "--disable_progress_bar"]
@@ -162,6 +163,7 @@ def test_csv_schema_dtypes_and_ranges(batch_run):
     for c in ("tumour_found", "clinical_imputed"):
         assert table[c].dtype == bool, c
     assert not table["clinical_imputed"].any() and (table["n_clinical_values_imputed"] == 0).all()
+    assert (table["series_available"] == "T2;ADC;Dapp;Kapp").all()
     probs = table[[f"p_recurrence_{HORIZON}m"] + [f"surv_prob_{t}m" for t in SURVIVAL_TIMES]].to_numpy()
     assert ((probs >= 0) & (probs <= 1)).all()
     surv = table[[f"surv_prob_{t}m" for t in SURVIVAL_TIMES]].to_numpy()
@@ -448,8 +450,8 @@ def test_checkpoint_with_pickled_callable_is_refused(api_env, tmp_path):
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "checkpoint_final.pth"
     path.write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(MultitaskPredictionError, match="cannot be read as a torch checkpoint"):
+    with pytest.raises(CheckpointError, match="cannot be read as a torch checkpoint"):
         load_checkpoint_safely(str(path))
-    with pytest.raises(MultitaskPredictionError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint_safely(str(tmp_path / "absent.pth"))
 

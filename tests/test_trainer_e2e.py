@@ -111,7 +111,7 @@ def test_seeded_training_is_repeatable(smoke_model, tmp_path):
     assert first.keys() == second.keys()
     for k in first:
         if first[k].is_floating_point():
-            torch.testing.assert_close(first[k], second[k], rtol=0, atol=2e-3, msg=lambda m: f"{k}: {m}")
+            torch.testing.assert_close(first[k], second[k], rtol=0, atol=2e-3, msg=lambda m, k=k: f"{k}: {m}")
         else:
             assert torch.equal(first[k], second[k]), k
 
@@ -156,9 +156,10 @@ def test_training_killed_mid_run_resumes_with_heads_transform_and_memory(preproc
     torch.testing.assert_close(w["time_bin_edges"], killed["network_weights"]["time_bin_edges"])
     # the memory resumed: every case held at the kill is still held (one entry per case, none
     # evicted below capacity), each case once; an entry unchanged since the kill kept its value
-    held = lambda c: {int(i): float(r) for i, r, v in zip(c["network_weights"]["risk_memory.case_id"],
-                                                          c["network_weights"]["risk_memory.log_risk"],
-                                                          c["network_weights"]["risk_memory.valid"]) if v}
+    def held(c):
+        w_ = c["network_weights"]
+        return {int(i): float(r) for i, r, v in zip(w_["risk_memory.case_id"], w_["risk_memory.log_risk"],
+                                                    w_["risk_memory.valid"]) if v}
     before, after = held(killed), held(final)
     assert before and set(before) <= set(after)
     ids = [int(i) for i, v in zip(w["risk_memory.case_id"], w["risk_memory.valid"]) if v]
@@ -166,5 +167,6 @@ def test_training_killed_mid_run_resumes_with_heads_transform_and_memory(preproc
     for k in ("classification_head.weight", "survival_output.weight"):
         assert k in w
     # the heads' AdamW resumed with its moments: more steps recorded after --c than at the kill
-    steps = lambda c: max(float(s["step"]) for s in c["optimizer_state"]["head_optimizer"]["state"].values())
+    def steps(c):
+        return max(float(s["step"]) for s in c["optimizer_state"]["head_optimizer"]["state"].values())
     assert steps(final) > steps(killed) > 0
