@@ -8,7 +8,8 @@ DEMO_DIR ?= demo_run
 export nnUNet_compile ?= f
 
 export nnUNet_def_n_proc ?= 2
-export nnUNet_extTrainer := $(CURDIR)/trainers
+# product trainers first, then the benchmark variants (nnU-Net splits the list on os.pathsep)
+export nnUNet_extTrainer := $(CURDIR)/trainers:$(CURDIR)/benchmarks/trainers
 
 .PHONY: install test demo bench clean
 
@@ -21,6 +22,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)

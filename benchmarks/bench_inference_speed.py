@@ -2,8 +2,8 @@
 """Benchmark b: inference wall time of ``nnUNetv2_predict_multitask`` against ``nnUNetv2_predict``.
 
 Two short models are trained on the bench dataset (Dataset502, 3d_fullres, fold 0) with the real
-``nnUNetv2_train`` (``trainers/bench_variants.py``: one epoch of a few iterations, same length for
-both): ``MultiRecTrainer_bench`` (the default MultiRec configuration) and ``nnUNetTrainer_bench``.
+``nnUNetv2_train`` (``benchmarks/trainers/bench_variants.py``: one epoch of a few iterations, same
+length for both): ``MultiRecTrainer_bench`` (the default MultiRec configuration) and ``nnUNetTrainer_bench``.
 Then, on the same test cases (the first ``--cases`` of ``imagesTs``), the same fold and the same
 ``-npp/-nps``, three commands are timed as subprocesses, in rotating order, ``--repeats`` times
 (the reference command 3. ``--reference-repeats`` times):
@@ -151,7 +151,8 @@ def main(argv=None) -> int:
         "load_average_start": load_start, "load_average_end": load_end,
         "dataset": {"name": data["dataset_name"], "size": args.size, "patients": data["patients"], "seed": data["seed"],
                     **common.plan_summary(data["preprocessed"])},
-        "cases": cases, "repeats": args.repeats, "reference_repeats": args.reference_repeats, "fold": FOLD, "npp": args.npp, "nps": args.nps, "tta": bool(args.tta),
+        "cases": cases, "repeats": args.repeats, "reference_repeats": args.reference_repeats, "fold": FOLD,
+        "npp": args.npp, "nps": args.nps, "tta": bool(args.tta),
         "models": {"multirec": MULTIREC_TRAINER, "nnunet": NNUNET_TRAINER},
         "model_training_seconds": round(train_seconds, 1),
         "timing": stats,
@@ -161,8 +162,10 @@ def main(argv=None) -> int:
         "bench_seconds": round(time.perf_counter() - started, 1),
     }
     path = common.write_result(args.out, result, "inference_speed" + ("" if args.size == "bench" else f"_{args.size}"))
-    print(f"[b] inference, {len(cases)} cases, median of {args.repeats} runs: multitask {stats[mt]['wall_s_median']:.1f} s, "
-          f"nnUNetv2_predict same model {stats[ref]['wall_s_median']:.1f} s (x{ratios['wall_multitask_over_predict_same_model']:.3f}), "
+    print(f"[b] inference, {len(cases)} cases, median of {args.repeats} runs: "
+          f"multitask {stats[mt]['wall_s_median']:.1f} s, "
+          f"nnUNetv2_predict same model {stats[ref]['wall_s_median']:.1f} s "
+          f"(x{ratios['wall_multitask_over_predict_same_model']:.3f}), "
           f"plain nnU-Net model {stats[plain]['wall_s_median']:.1f} s; target <= {TARGET_RATIO}: "
           f"{'met' if result['target_met'] else 'MISSED'}; load {load_start[0]}->{load_end[0]}; {path}")
     return 0

@@ -1,7 +1,7 @@
 """Row c of BENCHMARKS.md: quality on a synthetic cohort with known ground truth.
 
-Trains each model combination at the same budget (``trainers/quality_variants.py``) on fold 0,
-predicts the internal and external test sets with ``nnUNetv2_predict_multitask``, and evaluates
+Trains each model combination at the same budget (``benchmarks/trainers/quality_variants.py``) on
+fold 0, predicts the internal and external test sets with ``nnUNetv2_predict_multitask``, and evaluates
 them with ``evaluation/survival_eval.py`` beside:
 
 * ``oracle``: the true linear predictor (the ceiling);
@@ -231,7 +231,8 @@ def main(argv=None) -> int:
         # the radiomics baseline measures volume and ADC on the first model's predicted mask of this seed
         baselines = coxph_baselines(ds, runs[s][0]["predictions"], work / f"seed{s}")
         names = [r["trainer"] for r in runs[s]] + list(oracles) + list(baselines)
-        preds = [r["predictions"] / "predictions.csv" for r in runs[s]] + list(oracles.values()) + list(baselines.values())
+        preds = ([r["predictions"] / "predictions.csv" for r in runs[s]] + list(oracles.values())
+                 + list(baselines.values()))
         segs = [r["predictions"] for r in runs[s]] + ["none"] * (len(oracles) + len(baselines))
         report = root / f"report_seed{s}"
         run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *preds, "--names", *names,
@@ -257,7 +258,8 @@ def main(argv=None) -> int:
               "load_average_start": load_start, "load_average_end": load_average(),
               "dataset": {"id": DATASET_ID, "patients": a.patients, "seed": a.seed, "shape": a.shape,
                           "internal_test": len(mt["internal_test"]), "external_test": len(mt["external_test"])},
-              "budget": "trainers/quality_variants.py: QUALITY_EPOCHS x QUALITY_ITERATIONS iterations, fold 0",
+              "budget": ("benchmarks/trainers/quality_variants.py: QUALITY_EPOCHS x QUALITY_ITERATIONS iterations, "
+                         "fold 0"),
               "seeds": seeds,
               "training_seconds": {f"{r['trainer']}@seed{s}": r["train_seconds"] for s in seeds for r in runs[s]},
               "per_seed": per_seed, "summary": summary, "nnUNetTrainer_quality_dice": nnunet_dice,
@@ -276,7 +278,8 @@ def main(argv=None) -> int:
 def _fmt(stat: dict) -> str:
     if stat["mean"] is None:
         return "n/a"
-    return f"{stat['mean']:.3f}" + (f"+-{stat['sd']:.3f}" if stat["sd"] is not None else "") + f" (n={len(stat['values'])})"
+    return (f"{stat['mean']:.3f}" + (f"+-{stat['sd']:.3f}" if stat["sd"] is not None else "")
+            + f" (n={len(stat['values'])})")
 
 
 if __name__ == "__main__":

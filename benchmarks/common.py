@@ -106,10 +106,12 @@ def nnunet_env(root: Path, results: Optional[Path] = None) -> Dict[str, str]:
         "nnUNet_raw": str(root / "nnUNet_raw"),
         "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
         "nnUNet_results": str(results if results is not None else root / "nnUNet_results"),
-        "nnUNet_extTrainer": str(REPO / "trainers"),
+        # product trainers first, then the benchmark variants (nnU-Net splits on os.pathsep)
+        "nnUNet_extTrainer": os.pathsep.join([str(REPO / "trainers"), str(REPO / "benchmarks" / "trainers")]),
         "nnUNet_compile": "f",
         "nnUNet_def_n_proc": os.environ.get("nnUNet_def_n_proc", "2"),
-        "PYTHONPATH": os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
+        "PYTHONPATH": os.pathsep.join([str(REPO)]
+                                      + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
     })
     return env
 
@@ -124,7 +126,8 @@ def bin_of(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
-def run_command(cmd: Sequence[str], env: Dict[str, str], timeout: float = 1800, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def run_command(cmd: Sequence[str], env: Dict[str, str], timeout: float = 1800,
+                cwd: Path = REPO) -> subprocess.CompletedProcess:
     """Run a command; on failure raise with the tail of its output (nnU-Net's traceback is the useful part)."""
     proc = subprocess.run([str(c) for c in cmd], env=env, cwd=str(cwd), capture_output=True, text=True,
                           timeout=timeout)

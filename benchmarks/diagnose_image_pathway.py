@@ -48,9 +48,10 @@ def _pool(t: torch.Tensor) -> np.ndarray:
 
 def collect(model_folder: Path, dataset_root: Path) -> tuple:
     import os
-    os.environ.setdefault("nnUNet_extTrainer", str(Path(__file__).resolve().parents[1] / "trainers"))
+    repo = Path(__file__).resolve().parents[1]
+    os.environ.setdefault("nnUNet_extTrainer", os.pathsep.join([str(repo / "trainers"),
+                                                                str(repo / "benchmarks" / "trainers")]))
     from nnunet_multitask.predictor import MultiTaskPredictor
-    from nnunet_multitask.aggregation import patient_level_prediction
     from nnunet_multitask.network import foreground_probability, tumour_quantities
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
@@ -78,7 +79,8 @@ def collect(model_folder: Path, dataset_root: Path) -> tuple:
             pre.append(_pool(grabbed["pre"]))
             post.append(_pool(grabbed["post"]))
             prob = foreground_probability(logits[None].float())
-            quant.append(tumour_quantities(prob, net.select_channels(x[None]), net.voxel_volume_mm3)[0].double().numpy())
+            quant.append(tumour_quantities(prob, net.select_channels(x[None]),
+                                           net.voxel_volume_mm3)[0].double().numpy())
             rows.append({"case_id": k, "split": "train" if k in splits["train"] else "val",
                          "risk_score": pred["risk_score"]})
     finally:

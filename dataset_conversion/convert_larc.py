@@ -36,6 +36,9 @@ Usage::
         [--folds 5] [--seed 0] [--horizon 36] [--overwrite] [--allow-constant-series] \
         [--allow-missing-series]
 
+or the same flags after the console script ``nnUNetv2_convert_larc``. Bad input exits with status 2 and an
+``error:`` line (as ``nnUNetv2_predict_multitask`` and the evaluation).
+
 Every image is read completely (a ``.nii.gz`` cut short is refused, see
 :mod:`dataset_conversion.nifti_integrity`), and a constant series (e.g. an all-zero T2 or ADC from
 a failed export) is refused unless ``--allow-constant-series`` is given.
@@ -56,15 +59,17 @@ import re
 import shutil
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import nibabel
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
+from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
 from tqdm import tqdm
 
 from clinical.schema import GROUPS, ClinicalSchema
@@ -73,7 +78,8 @@ from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, r
 
 __all__ = [
     "CHANNELS", "OPTIONAL_CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "SERIES_AVAILABILITY_FILE",
-    "ConversionError", "convert_cohort", "split_internal_test", "make_folds", "main",
+    "ConversionError", "EXIT_BAD_INPUT", "convert_cohort", "split_internal_test", "make_folds", "build_parser",
+    "main",
 ]
 
 #: nnU-Net channel index -> series name; also the file stem in the cohort folder.
@@ -93,6 +99,13 @@ SPACING_RTOL = 1e-3
 ORIGIN_TOL_VOXELS = 0.01
 DIRECTION_ATOL = 1e-4
 MULTITASK_VERSION = 1
+#: Exit status of the command line on bad input (as the predictor and the evaluation, and argparse's own
+#: usage errors).
+EXIT_BAD_INPUT = 2
+CONSOLE_SCRIPT = "nnUNetv2_convert_larc"
+#: dataset.json's "licence" and "converted_by" (generate_dataset_json writes both, with placeholders otherwise)
+DATASET_LICENCE = "the data-use terms of the source cohort"
+CONVERTED_BY = "dataset_conversion.convert_larc (nnunet-multitask)"
 
 
 class ConversionError(ValueError):
@@ -415,16 +428,15 @@ def make_folds(ids: Sequence[str], events: Sequence[int], centres: Sequence[str]
     if len(ids) < n_folds:
         raise ConversionError(f"the development cohort has {len(ids)} patients, fewer than the {n_folds} "
                               f"folds requested; lower --folds or --internal-test-fraction")
-    for stratification, labels in (("event+centre", _stratum_labels(events, centres, n_folds)),
-                                   ("event", _stratum_labels(events, np.full(len(ids), "any", dtype=object),
-                                                             n_folds))):
+    stratification, folds = "none", None
+    for candidate, labels in (("event+centre", _stratum_labels(events, centres, n_folds)),
+                              ("event", _stratum_labels(events, np.full(len(ids), "any", dtype=object), n_folds))):
         if len(np.unique(labels)) < 2 or np.unique(labels, return_counts=True)[1].min() < n_folds:
             continue
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-        folds = list(splitter.split(ids, labels))
+        stratification, folds = candidate, list(splitter.split(ids, labels))
         break
-    else:
-        stratification = "none"
+    if folds is None:
         folds = list(KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(ids))
     return [{"train": sorted(ids[tr]), "val": sorted(ids[va])} for tr, va in folds], stratification
 
@@ -438,17 +450,39 @@ def _dataset_folder_name(dataset_id: int, name: str) -> str:
     return f"Dataset{int(dataset_id):03d}_{name}"
 
 
-def _check_dataset_id_free(dataset_id: int, folder_name: str, roots: Sequence[Path]) -> None:
-    """nnU-Net resolves a dataset id by folder prefix in all its roots: the id must be unambiguous."""
-    prefix = f"Dataset{int(dataset_id):03d}_"
-    for root in roots:
-        if not root.is_dir():
+def _check_dataset_id_free(dataset_id: int, folder_name: str, raw_root: Path) -> None:
+    """nnU-Net resolves a dataset id by folder prefix in its three roots: the id must be unambiguous.
+
+    The lookup is nnU-Net's own (``find_candidate_datasets``, what ``-d ID`` resolves against). It reads
+    the roots from the environment, so ``nnUNet_raw`` is pointed at the root the dataset is written to
+    (``--raw-root`` may differ from ``$nnUNet_raw``) for the duration of the call.
+    """
+    env = {"nnUNet_raw": str(raw_root)}
+    with _environment(env):
+        candidates = [str(c) for c in find_candidate_datasets(int(dataset_id))]
+    roots = [raw_root] + [p for p in (_env_path("nnUNet_preprocessed"), _env_path("nnUNet_results")) if p]
+    for other in candidates:
+        if other == folder_name:
             continue
-        for other in sorted(root.iterdir()):
-            if other.is_dir() and other.name.startswith(prefix) and other.name != folder_name:
-                raise ConversionError(f"{other} already uses dataset id {int(dataset_id):03d} with another name; "
-                                      f"nnU-Net resolves ids by prefix, so {folder_name} would be ambiguous. "
-                                      f"Choose another --dataset-id or remove that folder")
+        where = next((root / other for root in roots if (root / other).is_dir()), Path(other))
+        raise ConversionError(f"{where} already uses dataset id {int(dataset_id):03d} with another name; "
+                              f"nnU-Net resolves ids by prefix, so {folder_name} would be ambiguous. "
+                              f"Choose another --dataset-id or remove that folder")
+
+
+@contextmanager
+def _environment(values: Dict[str, str]):
+    """Set environment variables for the duration of a ``with`` block, then restore them."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _env_path(variable: str) -> Optional[Path]:
@@ -611,19 +645,11 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
         if raw_root is None:
             raise ConversionError("no raw_root given and the environment variable nnUNet_raw is not set")
     raw_root = Path(raw_root)
-    try:
-        horizon_ok = math.isfinite(float(horizon_months)) and float(horizon_months) > 0
-    except (TypeError, ValueError):
-        horizon_ok = False
-    if not horizon_ok:
-        raise ConversionError(f"--horizon must be a finite number of months > 0, got {horizon_months}")
-    if float(horizon_months).is_integer():
-        horizon_months = int(horizon_months)
+    horizon_months = _checked_horizon(horizon_months)
     folder_name = _dataset_folder_name(dataset_id, name)
     target = raw_root / folder_name
     preprocessed_root = _env_path("nnUNet_preprocessed")
-    _check_dataset_id_free(dataset_id, folder_name,
-                           [p for p in (raw_root, preprocessed_root, _env_path("nnUNet_results")) if p is not None])
+    _check_dataset_id_free(dataset_id, folder_name, raw_root)
     if target.exists() and not overwrite:
         raise ConversionError(f"{target} already exists; pass --overwrite to replace it")
 
@@ -631,14 +657,8 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
     plan = _plan(cohort_dir, schema, name, external_centres, internal_test_fraction, n_folds, seed)
 
     preprocessed_splits = preprocessed_root / folder_name / "splits_final.json" if preprocessed_root else None
-    if preprocessed_splits is not None and preprocessed_splits.is_file() and not overwrite:
-        try:
-            existing = json.loads(preprocessed_splits.read_text())
-        except json.JSONDecodeError:
-            existing = None
-        if existing != plan.splits:
-            raise ConversionError(f"{preprocessed_splits} exists with different folds; pass --overwrite to "
-                                  f"replace it (and rerun nnUNetv2_plan_and_preprocess with --clean)")
+    if preprocessed_splits is not None and not overwrite:
+        _check_preprocessed_splits(preprocessed_splits, plan.splits)
 
     raw_root.mkdir(parents=True, exist_ok=True)
     # A leading dot keeps the half-built folder invisible to nnU-Net's "Dataset###" prefix lookup.
@@ -646,17 +666,7 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
     try:
         availability = _write_dataset(tmp, plan, schema, cohort_dir, folder_name, name, horizon_months,
                                       progress, allow_constant_series, allow_missing_series)
-        if target.exists():  # overwrite: swap, then drop the old folder
-            old = raw_root / f".old_{folder_name}_{uuid.uuid4().hex[:8]}"
-            target.rename(old)
-            try:
-                tmp.rename(target)
-            except BaseException:
-                old.rename(target)
-                raise
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
+        _move_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -673,6 +683,46 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
     if summary:
         print(summary, file=sys.stderr)
     return target
+
+
+def _checked_horizon(horizon_months) -> float:
+    """``horizon_months`` as a finite number > 0 (an int when whole), else a ConversionError."""
+    try:
+        horizon_ok = math.isfinite(float(horizon_months)) and float(horizon_months) > 0
+    except (TypeError, ValueError):
+        horizon_ok = False
+    if not horizon_ok:
+        raise ConversionError(f"--horizon must be a finite number of months > 0, got {horizon_months}")
+    return int(horizon_months) if float(horizon_months).is_integer() else horizon_months
+
+
+def _check_preprocessed_splits(preprocessed_splits: Path, splits: List[Dict[str, List[str]]]) -> None:
+    """Without --overwrite, an existing preprocessed ``splits_final.json`` must hold the same folds."""
+    if not preprocessed_splits.is_file():
+        return
+    try:
+        existing = json.loads(preprocessed_splits.read_text())
+    except json.JSONDecodeError:
+        existing = None
+    if existing != splits:
+        raise ConversionError(f"{preprocessed_splits} exists with different folds; pass --overwrite to "
+                              f"replace it (and rerun nnUNetv2_plan_and_preprocess with --clean)")
+
+
+def _move_into_place(tmp: Path, target: Path) -> None:
+    """Rename the finished temporary folder to ``target``; an existing target (--overwrite) is swapped
+    out first and dropped only once the new folder is in place (put back if the rename fails)."""
+    if not target.exists():
+        tmp.rename(target)
+        return
+    old = target.parent / f".old_{target.name}_{uuid.uuid4().hex[:8]}"
+    target.rename(old)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old)
 
 
 def _missing_series_summary(availability: pd.DataFrame, test_cases: set) -> Optional[str]:
@@ -736,39 +786,53 @@ def _write_dataset(out: Path, plan: _Plan, schema: ClinicalSchema, cohort_dir: P
     availability_table.index.name = CASE_ID_COLUMN
     availability_table.to_csv(out / SERIES_AVAILABILITY_FILE)
 
-    dataset_json = {
-        "channel_names": {str(i): series for i, series in enumerate(CHANNELS)},
-        "labels": dict(LABELS),
-        "numTraining": len(plan.development),
-        "file_ending": FILE_ENDING,
-        "name": name,
-        "description": (f"LARC multitask dataset converted from cohort '{cohort_dir.name}': T2 with ADC, Dapp "
-                        f"and Kapp resampled onto the T2 grid, tumour labels; {len(plan.development)} development, "
-                        f"{len(plan.internal_test)} internal test, {len(plan.external_test)} external test cases"),
-        "multitask": build_multitask_block(schema, horizon_months, plan.internal_test, plan.external_test,
-                                           cohort_dir.resolve().name, plan.stratification),
-    }
-    _write_json(dataset_json, out / "dataset.json")
+    # nnU-Net's own writer (it normalises channel keys to str and label values to int); the multitask
+    # block travels as an extra key
+    generate_dataset_json(
+        str(out), channel_names={str(i): series for i, series in enumerate(CHANNELS)}, labels=dict(LABELS),
+        num_training_cases=len(plan.development), file_ending=FILE_ENDING, dataset_name=name,
+        description=(f"LARC multitask dataset converted from cohort '{cohort_dir.name}': T2 with ADC, Dapp "
+                     f"and Kapp resampled onto the T2 grid, tumour labels; {len(plan.development)} development, "
+                     f"{len(plan.internal_test)} internal test, {len(plan.external_test)} external test cases"),
+        license=DATASET_LICENCE, converted_by=CONVERTED_BY,
+        multitask=build_multitask_block(schema, horizon_months, plan.internal_test, plan.external_test,
+                                        cohort_dir.resolve().name, plan.stratification))
     return availability_table
 
 
 # ---------------------------------------------------------------------------- CLI
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _prog(console_script: str, module_form: str) -> str:
+    """The program name for usage lines: the console script when called as one, else ``python -m ...``."""
+    return console_script if Path(sys.argv[0]).name == console_script else module_form
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``python -m dataset_conversion.convert_larc`` or ``nnUNetv2_convert_larc``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m dataset_conversion.convert_larc",
-        description="Convert a LARC cohort folder into an nnU-Net v2 raw dataset with a multitask block.")
+        prog=_prog(CONSOLE_SCRIPT, "python -m dataset_conversion.convert_larc"),
+        description="Convert a LARC cohort folder into an nnU-Net v2 raw dataset with a multitask block. "
+                    f"Exit status {EXIT_BAD_INPUT} on bad input, with an 'error:' line naming the patient, the file "
+                    "and the problem; nothing is left written.")
     parser.add_argument("--cohort", required=True, help="cohort folder (clinical.csv + images/<patient_id>/)")
     parser.add_argument("--dataset-id", type=int, required=True, help="nnU-Net dataset id, e.g. 501")
     parser.add_argument("--name", required=True, help="dataset name, e.g. LARC (case ids are NAME_0001, ...)")
     parser.add_argument("--schema", default=None, help="clinical schema JSON (default clinical/larc_schema.json)")
-    parser.add_argument("--raw-root", default=None, help="default: $nnUNet_raw")
+    parser.add_argument("--raw-root", default=None,
+                        help="nnU-Net raw root the dataset folder is written into (default: $nnUNet_raw)")
     parser.add_argument("--external-centres", nargs="*", default=["3"],
                         help="centre values forming the external test set (default 3; give none for no external set)")
-    parser.add_argument("--internal-test-fraction", type=float, default=0.2)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--internal-test-fraction", type=float, default=0.2,
+                        help="fraction (0 < f < 1) of the non-external patients held out as internal test, "
+                             "stratified by event and centre (default %(default)s)")
+    parser.add_argument("--folds", type=int, default=5,
+                        help="cross-validation folds over the development cohort, stratified by event and centre "
+                             "(default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the internal-test selection and the folds (default %(default)s)")
     parser.add_argument("--horizon", type=float, default=36, help="recurrence horizon in months (default 36)")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing dataset folder and a differing preprocessed splits_final.json "
+                             "(the old folder stays as it was if the conversion fails)")
     parser.add_argument("--allow-constant-series", action="store_true",
                         help="convert an image series whose voxels are all one value (e.g. all 0) with a warning "
                              "instead of refusing it")
@@ -776,7 +840,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="convert patients lacking ADC, Dapp or Kapp (T2 and the mask stay required): a missing "
                              "channel is written as zeros on the T2 grid for training cases and left out for test "
                              "cases; series_availability.csv records which series are real")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Convert as the command line says; 0 on success, :data:`EXIT_BAD_INPUT` on bad input."""
+    args = build_parser().parse_args(argv)
     try:
         target = convert_cohort(args.cohort, args.dataset_id, args.name, raw_root=args.raw_root,
                                 schema_path=args.schema, external_centres=args.external_centres,
@@ -786,7 +855,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 allow_missing_series=args.allow_missing_series)
     except ValueError as e:  # ConversionError, ClinicalTableError, SchemaError
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_BAD_INPUT
     block = json.loads((target / "dataset.json").read_text())
     print(f"wrote {target}: {block['numTraining']} development, {len(block['multitask']['internal_test'])} "
           f"internal test, {len(block['multitask']['external_test'])} external test cases")

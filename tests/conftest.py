@@ -24,7 +24,9 @@ def nnunet_env(root: Path) -> dict:
         "nnUNet_raw": str(root / "nnUNet_raw"),
         "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
         "nnUNet_results": str(root / "nnUNet_results"),
-        "nnUNet_extTrainer": str(REPO / "trainers"),
+        # product trainers first, then the benchmark variants (nnU-Net splits on os.pathsep)
+        "nnUNet_extTrainer": os.pathsep.join([str(REPO / "trainers"),
+                                              str(REPO / "benchmarks" / "trainers")]),
         "nnUNet_compile": "f",
         "nnUNet_def_n_proc": "1",
         "PYTHONPATH": str(REPO),

@@ -87,7 +87,7 @@ def convert_cli(cohort_dir, capsys, *extra):
 
 def assert_converter_refused(cohort_dir, roots, capsys, expected, *extra):
     rc, out, err = convert_cli(cohort_dir, capsys, *extra)
-    assert rc == 1, (out, err)
+    assert rc == 2, (out, err)
     assert "Traceback" not in err
     for part in expected:
         assert part in err, f"{part!r} not in {err!r}"
@@ -135,7 +135,7 @@ def test_convert_truncated_float_file_is_a_message_and_overwrite_keeps_the_old_d
     before = tree(roots["raw"] / FOLDER)
     truncate_gzip(image_path(cohort, "HX004", "ADC"), 0.6)  # float32
     rc, out, err = convert_cli(cohort, capsys, "--overwrite")
-    assert rc == 1
+    assert rc == 2
     assert "Traceback" not in err and "EOFError" not in err
     assert "patient HX004" in err and "ADC.nii.gz" in err and "cut short" in err
     assert tree(roots["raw"] / FOLDER) == before
@@ -199,7 +199,8 @@ def fake_model(tmp_path):
     (folder / "dataset.json").write_text(json.dumps({"channel_names": CHANNEL_NAMES, "file_ending": ".nii.gz",
                                                      "labels": {"background": 0, "tumour": 1}}))
     env = dict(os.environ, nnUNet_results=str(results), nnUNet_raw=str(tmp_path / "raw"),
-               nnUNet_preprocessed=str(tmp_path / "pre"), nnUNet_extTrainer=str(REPO / "trainers"),
+               nnUNet_preprocessed=str(tmp_path / "pre"),
+               nnUNet_extTrainer=os.pathsep.join([str(REPO / "trainers"), str(REPO / "benchmarks" / "trainers")]),
                PYTHONPATH=str(REPO), nnUNet_compile="f")
     return {"folder": folder, "env": env}
 

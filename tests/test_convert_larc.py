@@ -5,6 +5,7 @@ import contextlib
 import gzip
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import SimpleITK as sitk
 from clinical.schema import ClinicalSchema
 from clinical.tables import (ClinicalTableError, read_case_table, read_clinical_table, read_outcomes_table,
                              write_case_table)
-from dataset_conversion.convert_larc import CHANNELS, ConversionError, convert_cohort, main, make_folds
+from dataset_conversion.convert_larc import (CHANNELS, EXIT_BAD_INPUT, ConversionError, build_parser, convert_cohort,
+                                            main, make_folds)
 
 try:
     from cohort_factory import (DIFFUSION_SPACING, T2_ORIGIN, T2_SPACING, physical_points, t2_centre_mm,
@@ -235,6 +237,22 @@ def test_other_dataset_with_same_id_is_refused(cohort, nnunet_env):
     assert_fails_cleanly(cohort, nnunet_env["raw"], ["Dataset501_Other", "dataset id 501"])
 
 
+def test_same_id_lookup_covers_the_raw_root_written_to(cohort, nnunet_env, tmp_path):
+    """nnU-Net's lookup (find_candidate_datasets) runs over --raw-root, not $nnUNet_raw, and the
+    environment is left as it was."""
+    other_raw = tmp_path / "other_raw"
+    (other_raw / "Dataset501_Other").mkdir(parents=True)
+    with pytest.raises(ConversionError, match="dataset id 501") as info:
+        convert(cohort, raw_root=other_raw)
+    assert str(other_raw / "Dataset501_Other") in str(info.value)
+    assert sorted(p.name for p in other_raw.iterdir()) == ["Dataset501_Other"]
+    assert os.environ["nnUNet_raw"] == str(nnunet_env["raw"])
+    (nnunet_env["raw"] / "Dataset501_Elsewhere").mkdir()  # not where this dataset goes
+    fresh_raw = tmp_path / "fresh_raw"
+    assert convert(cohort, raw_root=fresh_raw) == fresh_raw / FOLDER
+    assert os.environ["nnUNet_raw"] == str(nnunet_env["raw"])
+
+
 def test_existing_target_needs_overwrite(cohort, nnunet_env):
     target = convert(cohort)
     marker = target / "marker.txt"
@@ -257,9 +275,18 @@ def test_differing_preprocessed_splits_need_overwrite(cohort, nnunet_env):
     assert json.loads(splits_file.read_text()) == json.loads((target / "splits_final.json").read_text())
 
 
+def test_every_flag_has_help_and_usage_errors_exit_2(capsys):
+    parser = build_parser()
+    assert [a.dest for a in parser._actions if not a.help] == []
+    with pytest.raises(SystemExit) as info:  # argparse's usage error: the same status as bad input
+        main(["--dataset-id", "501"])
+    assert info.value.code == EXIT_BAD_INPUT == 2
+    capsys.readouterr()
+
+
 def test_command_line(cohort, nnunet_env, capsys):
     arguments = ["--cohort", str(cohort), "--dataset-id", "501", "--name", "LARC", "--folds", "2"]
-    assert main(arguments + ["--external-centres", "7"]) == 1
+    assert main(arguments + ["--external-centres", "7"]) == 2  # bad input: 2, as argparse's usage errors
     assert "error: external centre(s) ['7'] not found" in capsys.readouterr().err
     assert not (nnunet_env["raw"] / FOLDER).exists()
     assert main(arguments + ["--external-centres", "2", "3", "--horizon", "60"]) == 0
@@ -292,6 +319,8 @@ def test_dataset_json_and_multitask_block(converted):
     assert dataset["channel_names"] == {"0": "T2", "1": "ADC", "2": "Dapp", "3": "Kapp"}
     assert dataset["labels"] == {"background": 0, "tumour": 1}
     assert dataset["file_ending"] == ".nii.gz" and dataset["name"] == "LARC" and dataset["description"]
+    # written by nnU-Net's generate_dataset_json, which adds these two
+    assert dataset["licence"] and dataset["converted_by"].startswith("dataset_conversion.convert_larc")
     block = dataset["multitask"]
     assert block["version"] == 1 and block["case_id_column"] == "case_id"
     assert (block["clinical_table"], block["outcomes_table"], block["test_outcomes_table"],
@@ -557,7 +586,7 @@ def test_misnamed_series_is_not_taken_for_a_missing_one(cohort, nnunet_env):
 def test_command_line_allow_missing_series(cohort, nnunet_env, capsys):
     patient_image(cohort, "HX001", "Dapp").unlink()
     arguments = ["--cohort", str(cohort), "--dataset-id", "501", "--name", "LARC", "--folds", "2"]
-    assert main(arguments) == 1
+    assert main(arguments) == 2
     err = capsys.readouterr().err
     assert "error: patient HX001: missing file" in err and "--allow-missing-series" in err
     assert not (nnunet_env["raw"] / FOLDER).exists()

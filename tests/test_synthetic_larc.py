@@ -331,6 +331,10 @@ def test_command_line(tmp_path, capsys):
     assert set(pd.read_csv(out / "clinical.csv")["centre"]) == {1}
 
 
+def test_every_flag_has_help():
+    assert [a.dest for a in syn.build_parser()._actions if not a.help] == []
+
+
 # ----------------------------------------------------------------- missing series
 MISSING_N = 10
 MISSING_SHAPE = ("16", "16", "6")
