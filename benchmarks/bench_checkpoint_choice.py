@@ -75,7 +75,8 @@ def main(argv=None) -> int:
                                    for st in ("internal_test", "external_test")))
     for k, v in summary.items():
         if v["mean"] is not None:
-            print(f"{k}: {v['mean']:+.3f}" + (f" +- {v['sd']:.3f}" if v["sd"] is not None else "") + f" (n={len(v['values'])})")
+            sd = f" +- {v['sd']:.3f}" if v["sd"] is not None else ""
+            print(f"{k}: {v['mean']:+.3f}" + sd + f" (n={len(v['values'])})")
     print(f"wrote {path}")
     return 0
 

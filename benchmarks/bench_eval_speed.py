@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     }
     path = common.write_result(args.out, result, "eval_speed")
     print(f"[d] survival_eval.py, {args.patients} patients, {args.bootstrap} bootstrap: median "
-          f"{wall:.1f} s wall ({common.median(cpu_seconds):.1f} s CPU) over {args.repeats} runs (target < {TARGET_SECONDS:g} s: "
+          f"{wall:.1f} s wall ({common.median(cpu_seconds):.1f} s CPU) over {args.repeats} runs "
+          f"(target < {TARGET_SECONDS:g} s: "
           f"{'met' if result['target_met'] else 'MISSED'}); load {load_start[0]}->{load_end[0]}; {path}")
     return 0
 

@@ -112,7 +112,8 @@ def volume_tracking(ds: dict, pred_dir: Path) -> dict:
                      "risk": pred.loc[c, "risk_score"]})
     df = pd.DataFrame(rows)
     return {"n": len(df),
-            "spearman_predicted_volume_vs_true": round(float(spearmanr(df.predicted_volume_ml, df.true_volume_ml)[0]), 3),
+            "spearman_predicted_volume_vs_true": round(
+                float(spearmanr(df.predicted_volume_ml, df.true_volume_ml)[0]), 3),
             "spearman_risk_vs_true_volume": round(float(spearmanr(df.risk, df.true_volume_ml)[0]), 3),
             "spearman_risk_vs_true_adc": round(float(spearmanr(df.risk, df.true_adc)[0]), 3)}
 
@@ -138,9 +139,11 @@ def main(argv=None) -> int:
     for s in [int(x) for x in a.seeds.split(",") if x != ""]:
         r = train_and_predict(ds, s)
         report = root / f"report_seed{s}"
-        run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", r["predictions"] / "predictions.csv",
+        run_command([sys.executable, "evaluation/survival_eval.py",
+                     "--predictions", r["predictions"] / "predictions.csv",
                      *oracle_paths.values(), "--names", TRAINER, *oracle_paths, "--dataset", DATASET_ID,
-                     "--seg-pred", r["predictions"], *(["none"] * len(oracle_paths)), "--seg-gt", ds["raw"] / "labelsTs",
+                     "--seg-pred", r["predictions"], *(["none"] * len(oracle_paths)),
+                     "--seg-gt", ds["raw"] / "labelsTs",
                      "--bootstrap", a.bootstrap, "--seed", "0", "-o", report], ds["env"], timeout=3600)
         metrics = json.loads((report / "metrics.json").read_text())["models"]
         per_seed[s] = {"train_seconds": r["train_seconds"], "volume_tracking": volume_tracking(ds, r["predictions"]),

@@ -269,7 +269,8 @@ def main(argv=None) -> int:
         "load_average_start": load_start, "load_average_end": load_end,
         "dataset": {"name": data["dataset_name"], "size": args.size, "patients": data["patients"], "seed": data["seed"],
                     "fold": 0, **common.plan_summary(data["preprocessed"])},
-        "settings": {"compile": args.compile, "amp": args.device == "cuda", "warmup": args.warmup, "blocks": args.blocks, "iters_per_block": args.iters_per_block,
+        "settings": {"compile": args.compile, "amp": args.device == "cuda", "warmup": args.warmup,
+                     "blocks": args.blocks, "iters_per_block": args.iters_per_block,
                      "memory_iters": args.memory_iters, "nnUNet_n_proc_DA": 0,
                      "torch_threads": timing["torch_threads"]},
         "n_parameters": timing["n_parameters"],
@@ -288,7 +289,6 @@ def main(argv=None) -> int:
     path = common.write_result(args.out, result, "training_speed" + ("" if args.size == "bench" else f"_{args.size}")
                                + ("_compile" if args.compile else ""))
     it = stats["iteration_with_loader_s"]
-    fx = stats["fixed_batch_step_s"]
     print(f"[a] training s/iter (median, with loader): nnU-Net {it[nn]['median']:.3f}, MultiRec {it[mr]['median']:.3f} "
           f"(x{ratios['iteration_with_loader_s']:.3f}); fixed batch x{ratios['fixed_batch_step_s']:.3f} wall, "
           f"x{ratios['fixed_batch_step_cpu_s']:.3f} CPU; "

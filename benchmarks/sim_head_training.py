@@ -44,7 +44,8 @@ def load(root: Path):
     for k in ids:
         d, s, _, _ = ds.load_case(k)
         m = torch.from_numpy(np.asarray(s[:])[0] > 0).float()
-        x.append(tumour_quantities(m[None], torch.from_numpy(np.asarray(d[:], dtype=np.float32))[None], 1.47)[0].numpy())
+        adc = torch.from_numpy(np.asarray(d[:], dtype=np.float32))
+        x.append(tumour_quantities(m[None], adc[None], 1.47)[0].numpy())
     return np.array(x), out.loc[ids, "dfs_months"].to_numpy(float), out.loc[ids, "dfs_event"].to_numpy(float)
 
 

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,11 +20,11 @@ from dataset_conversion.convert_larc import (CHANNELS, EXIT_BAD_INPUT, Conversio
                                             main, make_folds)
 
 try:
-    from cohort_factory import (DIFFUSION_SPACING, T2_ORIGIN, T2_SPACING, physical_points, t2_centre_mm,
-                                write_cohort, write_image)
+    from cohort_factory import (T2_ORIGIN, T2_SPACING, physical_points, t2_centre_mm, write_cohort,
+                                write_image)
 except ImportError:  # tests/ imported as a package
-    from tests.cohort_factory import (DIFFUSION_SPACING, T2_ORIGIN, T2_SPACING, physical_points, t2_centre_mm,
-                                      write_cohort, write_image)
+    from tests.cohort_factory import (T2_ORIGIN, T2_SPACING, physical_points, t2_centre_mm, write_cohort,
+                                      write_image)
 
 FOLDER = "Dataset501_LARC"
 N_PATIENTS = 10

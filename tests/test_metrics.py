@@ -92,7 +92,8 @@ def test_fast_delong_equals_structural_components_definition():
 
     auc, (low, high), se = M.delong_ci(labels, score_a)
     assert se == pytest.approx(np.sqrt(ref_cov[0, 0]))
-    assert low == pytest.approx(auc - 1.959963984540054 * se) and high == pytest.approx(min(1, auc + 1.959963984540054 * se))
+    assert low == pytest.approx(auc - 1.959963984540054 * se)
+    assert high == pytest.approx(min(1, auc + 1.959963984540054 * se))
 
     test = M.delong_test(labels, score_a, score_b)
     z = (ref_aucs[0] - ref_aucs[1]) / np.sqrt(ref_cov[0, 0] + ref_cov[1, 1] - 2 * ref_cov[0, 1])

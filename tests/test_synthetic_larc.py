@@ -206,7 +206,7 @@ def test_ground_truth_volume_and_adc_are_what_the_images_show(cohort):
 def test_tumour_contrast_against_rectal_wall(cohort):
     clinical = pd.read_csv(cohort / "clinical.csv")
     wall_label, tumour_label = syn.TISSUES.index("wall"), syn.TISSUES.index("tumour")
-    for index, (pid, centre) in enumerate(zip(clinical["patient_id"], clinical["centre"])):
+    for index, (pid, _centre) in enumerate(zip(clinical["patient_id"], clinical["centre"])):
         patient = syn.simulate_patient(SEED, index, 3, SMALL_SHAPE, syn.DEFAULT_LOSS_TO_FOLLOW_UP_RATE,
                                        syn.DEFAULT_ADMIN_CENSORING_MONTHS)
         labels = patient["tissue_labels"]
