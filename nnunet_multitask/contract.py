@@ -55,6 +55,13 @@ def survival_times(horizon: float) -> Tuple[float, ...]:
     return tuple(sorted(set(float(t) for t in SURVIVAL_TIMES) | {float(horizon)}))
 
 
+def _refuse_unknown_keys(cls, block: Mapping, name: str, source: str) -> None:
+    """A key the dataclass does not know is an error: a typo must not fall back to a default."""
+    unknown = sorted(set(block) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ContractError(f"{source}: unknown key(s) {unknown} in the '{name}' block")
+
+
 # ---------------------------------------------------------------------- dataset.json "multitask"
 @dataclass(frozen=True)
 class DatasetContract:
@@ -86,14 +93,11 @@ class DatasetContract:
 
     @classmethod
     def from_block(cls, block: Mapping, source: str = "dataset.json") -> "DatasetContract":
-        """Read a ``"multitask"`` block; unknown keys are an error (a typo must not fall back to a default)."""
+        """Read a ``"multitask"`` block; unknown keys are an error."""
         if not block:
             raise ContractError(f"{source} has no 'multitask' block: convert the cohort with "
                                 f"`python -m dataset_conversion.convert_larc` (see README)")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(block) - names)
-        if unknown:
-            raise ContractError(f"{source}: unknown key(s) {unknown} in the 'multitask' block")
+        _refuse_unknown_keys(cls, block, "multitask", source)
         lacking = [k for k in ("time_column", "event_column", "clinical_columns") if k not in block]
         if lacking:
             raise ContractError(f"{source}: the 'multitask' block lacks {lacking}")
@@ -161,10 +165,7 @@ class HeadConfig:
         if block is None:
             raise ContractError(f"{source} has no 'multitask_model' block: this model was not trained with a "
                                 f"MultiRec trainer")
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(block) - names)
-        if unknown:
-            raise ContractError(f"{source}: unknown key(s) {unknown} in the 'multitask_model' block")
+        _refuse_unknown_keys(cls, block, "multitask_model", source)
         values = dict(block)
         values["clinical_groups"] = tuple(values.get("clinical_groups", ()))
         values["clinical_feature_names"] = tuple(values.get("clinical_feature_names", ()))
