@@ -75,6 +75,7 @@ from tqdm import tqdm
 from clinical.schema import GROUPS, ClinicalSchema
 from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
 from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
+from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract
 
 __all__ = [
     "CHANNELS", "OPTIONAL_CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "SERIES_AVAILABILITY_FILE",
@@ -98,7 +99,6 @@ MIN_FOV_COVERAGE = 0.95
 SPACING_RTOL = 1e-3
 ORIGIN_TOL_VOXELS = 0.01
 DIRECTION_ATOL = 1e-4
-MULTITASK_VERSION = 1
 #: Exit status of the command line on bad input (as the predictor and the evaluation, and argparse's own
 #: usage errors).
 EXIT_BAD_INPUT = 2
@@ -504,27 +504,17 @@ def build_multitask_block(schema: ClinicalSchema, horizon_months: float, interna
     Besides the keys of the contract it records ``split_stratification`` (what the internal-test
     selection and the folds could be stratified by: "event+centre", "event" or "none").
     """
-    return {
-        "version": MULTITASK_VERSION,
-        "case_id_column": CASE_ID_COLUMN,
-        "clinical_table": "clinical.csv",
-        "outcomes_table": "outcomes.csv",
-        "test_outcomes_table": "outcomes_test.csv",
-        "series_availability_table": SERIES_AVAILABILITY_FILE,
-        "time_column": schema.time_column,
-        "event_column": schema.event_column,
-        "time_unit": schema.time_unit,
-        "horizon_months": horizon_months,
-        "centre_column": schema.centre_column,
-        "clinical_columns": schema.to_dict()["columns"],
-        "clinical_groups": {group: schema.group_columns([group]) for group in GROUPS},
-        "internal_test": internal_test,
-        "external_test": external_test,
-        "splits_file": "splits_final.json",
-        "split_stratification": stratification,
-        "patient_mapping": "patient_mapping.csv",
-        "source_cohort": source_cohort,
-    }
+    # the dataclass the trainer, predictor and evaluation read it back into (one set of keys and defaults)
+    return DatasetContract(
+        version=MULTITASK_VERSION, case_id_column=CASE_ID_COLUMN, clinical_table="clinical.csv",
+        outcomes_table="outcomes.csv", test_outcomes_table="outcomes_test.csv",
+        series_availability_table=SERIES_AVAILABILITY_FILE, time_column=schema.time_column,
+        event_column=schema.event_column, time_unit=schema.time_unit, horizon_months=horizon_months,
+        centre_column=schema.centre_column, clinical_columns=schema.to_dict()["columns"],
+        clinical_groups={group: schema.group_columns([group]) for group in GROUPS},
+        internal_test=tuple(internal_test), external_test=tuple(external_test), splits_file="splits_final.json",
+        split_stratification=stratification, patient_mapping="patient_mapping.csv", source_cohort=source_cohort,
+    ).to_dict()
 
 
 def _write_json(obj, path: Path) -> None:

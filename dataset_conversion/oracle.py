@@ -28,7 +28,7 @@ from dataset_conversion.synthetic_larc import (ADC_POPULATION_MEAN, ADC_POPULATI
                                                COEFFICIENTS, VOLUME_LOG_SD, VOLUME_MEDIAN_ML, WEIBULL_SCALE_MONTHS,
                                                WEIBULL_SHAPE)
 
-from nnunet_multitask.columns import SURVIVAL_TIMES, recurrence_column, survival_column  # noqa: E402
+from nnunet_multitask.contract import recurrence_column, survival_column, survival_times  # noqa: E402
 ORACLE_TERMS = ("all", "image", "volume")
 
 
@@ -78,7 +78,7 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0, terms
 
     out = pd.DataFrame({"case_id": merged["case_id"], "risk_score": lp,
                         recurrence_column(horizon): 1.0 - survival(horizon)})
-    for t in sorted(set(float(t) for t in SURVIVAL_TIMES) | {float(horizon)}):
+    for t in survival_times(horizon):
         out[survival_column(t)] = survival(float(t))
     return out.sort_values("case_id").reset_index(drop=True)
 
@@ -86,8 +86,9 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0, terms
 def held_out_test_cases(raw_dataset_dir) -> set:
     """Case ids of the internal and external test sets (from the dataset's multitask block)."""
     import json
-    from nnunet_multitask.dataset import held_out_cases, multitask_block
-    return held_out_cases(multitask_block(json.loads((Path(raw_dataset_dir) / "dataset.json").read_text())))
+    from nnunet_multitask.contract import DatasetContract
+    return set(DatasetContract.from_dataset_json(json.loads((Path(raw_dataset_dir) / "dataset.json").read_text()))
+               .held_out_cases)
 
 
 def main(argv=None):

@@ -17,10 +17,11 @@ import numpy as np
 import pandas as pd
 
 from clinical.tables import ClinicalTableError, read_follow_up_table
-from nnunet_multitask import columns
+from nnunet_multitask import contract
+from nnunet_multitask.contract import ContractError, DatasetContract
 
 #: Times (months) of the ``surv_prob_<t>m`` columns read from prediction files.
-SURV_PROB_TIMES = columns.SURVIVAL_TIMES
+SURV_PROB_TIMES = contract.SURVIVAL_TIMES
 
 PathLike = str | os.PathLike
 
@@ -32,7 +33,7 @@ class EvaluationInputError(ValueError):
 def horizon_tag(horizon: float) -> str:
     """``36`` for 36.0, ``18.5`` for 18.5: the <H> in ``p_recurrence_<H>m`` and ``auc_<H>m`` (the
     predictor names its columns with the same function)."""
-    return columns.horizon_tag(horizon)
+    return contract.horizon_tag(horizon)
 
 
 def check_positive_months(value: object, what: str) -> float:
@@ -171,11 +172,11 @@ def find_dataset_json(dataset_id: int, raw_dir: PathLike | None = None) -> Path:
     return matches[0]
 
 
-def _test_outcomes(json_path: Path, block: dict, time_column: str, event_column: str) -> pd.DataFrame:
+def _test_outcomes(json_path: Path, dataset: DatasetContract) -> pd.DataFrame:
     """The test cases of ``test_outcomes_table``, their set checked against the block's lists."""
-    listed = {name: set(map(str, block.get(name) or [])) for name in ("internal_test", "external_test")}
-    test_path = json_path.parent / block["test_outcomes_table"]
-    test = load_outcomes_csv(test_path, time_column, event_column, default_set="")
+    listed = {"internal_test": set(dataset.internal_test), "external_test": set(dataset.external_test)}
+    test_path = json_path.parent / dataset.test_outcomes_table
+    test = load_outcomes_csv(test_path, dataset.time_column, dataset.event_column, default_set="")
     if (test["set"] == "").any():  # no set column: assign from the lists in the block
         for name, ids in listed.items():
             test.loc[test["case_id"].isin(ids), "set"] = name
@@ -208,23 +209,22 @@ def load_outcomes_from_dataset(dataset_id: int, raw_dir: PathLike | None = None)
     block = json.loads(json_path.read_text()).get("multitask")
     if not isinstance(block, dict):
         raise EvaluationInputError(f"{json_path}: no 'multitask' block")
-    time_column = block.get("time_column", "dfs_months")
-    event_column = block.get("event_column", "dfs_event")
-    frames = []
-    if block.get("test_outcomes_table"):
-        frames.append(_test_outcomes(json_path, block, time_column, event_column))
-    if block.get("outcomes_table"):
-        development = load_outcomes_csv(json_path.parent / block["outcomes_table"], time_column,
-                                        event_column, default_set="development")
+    try:
+        dataset = DatasetContract.from_block(block, source=str(json_path))
+    except ContractError as e:
+        raise EvaluationInputError(str(e)) from None
+    time_column, event_column = dataset.time_column, dataset.event_column
+    frames = [_test_outcomes(json_path, dataset)]
+    if "outcomes_table" in block:  # development cases are evaluated only when predictions include them
+        development = load_outcomes_csv(json_path.parent / dataset.outcomes_table, time_column, event_column,
+                                        default_set="development")
         development["set"] = "development"
         frames.append(development)
-    if not frames:
-        raise EvaluationInputError(f"{json_path}: 'multitask' block names no outcomes table")
     outcomes = pd.concat(frames, ignore_index=True)
     in_two = outcomes["case_id"][outcomes["case_id"].duplicated()].unique().tolist()
     if in_two:
         raise EvaluationInputError(f"{json_path}: case(s) {in_two[:10]} appear in more than one outcomes "
                                    "table / set")
-    info = {"dataset_json": str(json_path), "horizon_months": block.get("horizon_months"),
+    info = {"dataset_json": str(json_path), "horizon_months": block.get("horizon_months"),  # checked by the caller
             "time_column": time_column, "event_column": event_column}
     return outcomes, info

@@ -73,7 +73,7 @@ class DatasetContract:
 
     time_column: str
     event_column: str
-    clinical_columns: Mapping[str, dict]
+    clinical_columns: Mapping[str, dict] = field(default_factory=dict)
     clinical_table: str = "clinical.csv"
     outcomes_table: str = "outcomes.csv"
     test_outcomes_table: str = "outcomes_test.csv"
@@ -98,7 +98,7 @@ class DatasetContract:
             raise ContractError(f"{source} has no 'multitask' block: convert the cohort with "
                                 f"`python -m dataset_conversion.convert_larc` (see README)")
         _refuse_unknown_keys(cls, block, "multitask", source)
-        lacking = [k for k in ("time_column", "event_column", "clinical_columns") if k not in block]
+        lacking = [k for k in ("time_column", "event_column") if k not in block]
         if lacking:
             raise ContractError(f"{source}: the 'multitask' block lacks {lacking}")
         values = dict(block)

@@ -327,7 +327,8 @@ def test_evaluate_refuses_a_bad_horizon_in_dataset_json(tmp_path, monkeypatch, c
     pd.DataFrame({**OUTCOMES, "set": ["internal_test"] * 6}).to_csv(dataset / "outcomes_test.csv", index=False)
     (dataset / "dataset.json").write_text(json.dumps({"multitask": {
         "test_outcomes_table": "outcomes_test.csv", "internal_test": OUTCOMES["case_id"], "external_test": [],
-        "horizon_months": stored}}))
+        "horizon_months": stored, "time_column": "dfs_months", "event_column": "dfs_event",
+        "clinical_columns": {}}}))
     predictions = tmp_path / "model.csv"
     pd.DataFrame(PREDICTIONS).to_csv(predictions, index=False)
     monkeypatch.setenv("nnUNet_raw", str(raw))

@@ -147,7 +147,8 @@ def test_evaluation_refuses_time_0_in_a_converted_dataset(tmp_path):
     write_outcomes(folder / "outcomes_test.csv", change=("dfs_months", "0"),
                    extra={"set": ["internal_test"] * 3})
     (folder / "dataset.json").write_text(json.dumps({"multitask": {
-        "test_outcomes_table": "outcomes_test.csv", "internal_test": ["a", "b", "c"], "external_test": []}}))
+        "test_outcomes_table": "outcomes_test.csv", "internal_test": ["a", "b", "c"], "external_test": [],
+        "time_column": "dfs_months", "event_column": "dfs_event", "clinical_columns": {}}}))
     with pytest.raises(EvaluationInputError, match=r"outcomes_test.csv: 1 problem\(s\):\n  case_id b: column "
                                                    r"'dfs_months': '0' is not a number > 0"):
         load_outcomes_from_dataset(501, tmp_path / "raw")
