@@ -106,10 +106,11 @@ def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int, device
 def _clinical_design(ds: dict):
     """Clinical features of every case with the ClinicalPreprocessor fitted on the development cohort."""
     from clinical.preprocessing import ClinicalPreprocessor
-    from nnunet_multitask.dataset import read_features, read_outcomes, schema_from_block
+    from nnunet_multitask.contract import DatasetContract
+    from nnunet_multitask.dataset_tables import read_features, read_outcomes
     dj = json.loads((ds["raw"] / "dataset.json").read_text())
     mt = dj["multitask"]
-    schema = schema_from_block(mt)
+    schema = DatasetContract.from_block(mt).schema()
     feats = read_features(ds["raw"] / mt["clinical_table"], schema)
     dev = read_outcomes(ds["raw"] / mt["outcomes_table"], schema)
     prep = ClinicalPreprocessor(schema).fit(feats.loc[dev.index].reset_index())
@@ -162,11 +163,11 @@ def coxph_baselines(ds: dict, seg_dir_for_test: Path, work: Path) -> dict:
 def _oracles(ds: dict, work: Path, mt: dict) -> dict:
     """The full oracle and the image-only / volume-only ones, on the held-out cases."""
     from dataset_conversion.oracle import oracle_predictions
-    from nnunet_multitask.dataset import held_out_cases
+    from nnunet_multitask.contract import DatasetContract
     paths = {}
     for name, terms in (("oracle", "all"), ("oracle_image", "image"), ("oracle_volume", "volume")):
         pred = oracle_predictions(ds["cohort"], ds["raw"], HORIZON, terms=terms)
-        pred = pred[pred.case_id.isin(held_out_cases(mt))]
+        pred = pred[pred.case_id.isin(DatasetContract.from_block(mt).held_out_cases)]
         paths[name] = work / f"{name}.csv"
         pred.to_csv(paths[name], index=False)
     return paths

@@ -69,7 +69,8 @@ from clinical.schema import ClinicalSchema, SchemaError
 from clinical.tables import CASE_ID_COLUMN, read_case_table
 from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 from nnunet_multitask.aggregation import patient_level_prediction, survival_at_times
-from nnunet_multitask.dataset import REQUIRED_SERIES, MultitaskDatasetError, dataset_table_path, schema_from_block
+from nnunet_multitask.contract import REQUIRED_SERIES, DatasetContract
+from nnunet_multitask.dataset_tables import MultitaskDatasetError, dataset_table_path
 from nnunet_multitask.checkpoints import CheckpointError, file_sha256, load_checkpoint_safely
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network, head_config_from_plans
 
@@ -220,7 +221,7 @@ class MultiTaskPredictor(nnUNetPredictor):
             return
         block = dict(dataset_json["multitask"], clinical_columns=cfg["clinical_columns"])
         try:
-            schema = schema_from_block(block)
+            schema = DatasetContract.from_block(block).schema()
         except SchemaError as e:
             raise MultitaskPredictionError(f"plans.json 'multitask_model' clinical columns: {e}") from None
         for path, weights in zip(ckpt_paths, parameters):
@@ -253,7 +254,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         columns = {n: declared[n] for n in extra_columns if n in declared}
         columns.update(self.head_config["clinical_columns"])
         block = dict(mt, clinical_columns=columns)
-        return schema_from_block(block)
+        return DatasetContract.from_block(block).schema()
 
     def set_clinical_table(self, table: Optional[pd.DataFrame | str] = None, impute_missing: bool = False):
         """Clinical rows of the cases to predict.

@@ -48,7 +48,7 @@ from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask import losses as L
 from nnunet_multitask.aggregation import group_patch_records, patient_prediction
 from nnunet_multitask.contract import REQUIRED_SERIES, DatasetContract, HeadConfig, horizon_tag, recurrence_column
-from nnunet_multitask.dataset import (MultitaskDatasetError, dataset_table_path, lookup_rows, read_features,
+from nnunet_multitask.dataset_tables import (MultitaskDatasetError, dataset_table_path, lookup_rows, read_features,
                                       read_outcomes, read_series_availability)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network, tumour_quantities

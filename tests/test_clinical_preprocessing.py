@@ -373,7 +373,7 @@ def test_larc_schema_declares_log_cea(schema):
 def test_log_transform_carried_by_state_vector_to_prediction(schema):
     """Fit on a training fold, keep only the state vector (the checkpoint buffer), rebuild at
     prediction from the schema as dataset.json carries it: the log is applied there too."""
-    from nnunet_multitask.dataset import schema_from_block
+    from nnunet_multitask.contract import DatasetContract
 
     train = make_table(schema, 40, 30, missing_rate=0.2)
     new = make_table(schema, 12, 31, missing_rate=0.3, prefix="new")
@@ -382,7 +382,7 @@ def test_log_transform_carried_by_state_vector_to_prediction(schema):
 
     block = json.loads(json.dumps({"clinical_columns": schema.to_dict()["columns"],
                                    "time_column": schema.time_column, "event_column": schema.event_column}))
-    at_prediction = schema_from_block(block)
+    at_prediction = DatasetContract.from_block(block).schema()
     assert at_prediction.columns["cea"].transform == "log"
     loaded = ClinicalPreprocessor.from_state_vector(at_prediction, ALL, vec.copy())
     x_new = loaded.transform(new)
@@ -473,8 +473,8 @@ def test_schema_rejects_bad_transforms(schema):
     with pytest.raises(ValueError, match=r"column 'mrf' of type binary cannot declare a transform"):
         ClinicalSchema.from_dict(_with_transform(schema, "mrf", "log1p"))
     # the multitask block of dataset.json is validated by the same code
-    from nnunet_multitask.dataset import schema_from_block
+    from nnunet_multitask.contract import DatasetContract
     block = {"clinical_columns": _with_transform(schema, "age", "exp")["columns"],
              "time_column": "dfs_months", "event_column": "dfs_event"}
     with pytest.raises(ValueError, match=r"column 'age'.*'exp'"):
-        schema_from_block(block)
+        DatasetContract.from_block(block).schema()

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from clinical.preprocessing import ClinicalPreprocessor
-from nnunet_multitask.dataset import read_features, schema_from_block
+from nnunet_multitask.contract import DatasetContract
+from nnunet_multitask.dataset_tables import read_features
 from conftest import DATASET_ID, SMOKE_SEED, bin_of, run, train_env
 
 HEAD_KEYS = ("classification_head.weight", "survival_output.weight", "clinical_embedding.0.weight",
@@ -51,7 +52,7 @@ def test_smoke_training_has_heads_metrics_and_fold_fitted_transform(smoke_model)
     dj = json.loads((raw / "dataset.json").read_text())
     mt = dj["multitask"]
     splits = json.loads((smoke_model["root"] / "nnUNet_preprocessed" / raw.name / "splits_final.json").read_text())
-    schema = schema_from_block(mt)
+    schema = DatasetContract.from_block(mt).schema()
     feats = read_features(raw / mt["clinical_table"], schema)
     expected = ClinicalPreprocessor(schema, ("pretreatment", "postoperative")).fit(
         feats.loc[splits[0]["train"]].reset_index())

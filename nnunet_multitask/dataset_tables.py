@@ -1,4 +1,5 @@
-"""Locating and reading the multitask side of a converted dataset (clinical table, outcomes).
+"""Locating and reading the multitask tables of a converted dataset (clinical table, outcomes,
+series availability); what the tables are called is in :mod:`nnunet_multitask.contract`.
 
 The converter writes ``clinical.csv`` (features of every case, no outcomes), ``outcomes.csv``
 (follow-up of the development cohort only) and ``outcomes_test.csv`` (evaluation only) into the
@@ -19,28 +20,6 @@ from nnunet_multitask.contract import REQUIRED_SERIES
 
 class MultitaskDatasetError(RuntimeError):
     pass
-
-
-def multitask_block(dataset_json: dict) -> dict:
-    mt = dataset_json.get("multitask")
-    if not mt:
-        raise MultitaskDatasetError(
-            "dataset.json has no 'multitask' block: convert the cohort with "
-            "`python -m dataset_conversion.convert_larc` (see README)")
-    return mt
-
-
-def held_out_cases(mt: dict) -> set:
-    """Case ids of the internal and external test sets of a multitask block: they never enter
-    training or model selection."""
-    return set(mt.get("internal_test", [])) | set(mt.get("external_test", []))
-
-
-def schema_from_block(mt: dict) -> ClinicalSchema:
-    return ClinicalSchema.from_dict({"columns": mt["clinical_columns"], "id_column": mt.get("case_id_column", "case_id"),
-                                     "centre_column": mt.get("centre_column", "centre"),
-                                     "time_column": mt["time_column"], "event_column": mt["event_column"],
-                                     "time_unit": mt.get("time_unit", "months")}, source="dataset.json multitask block")
 
 
 def dataset_table_path(dataset_name: str, file_name: str) -> Path:
