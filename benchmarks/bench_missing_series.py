@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_quality import (DATASET, DATASET_ID, HORIZON, _oracles, _summary_over_seeds,  # noqa: E402
-                                      prepare, train_and_predict)
+from benchmarks.bench_quality import (DATASET, DATASET_ID, _oracles, _summary_over_seeds,  # noqa: E402
+                                      evaluate_seed, prepare, seed_record, train_and_predict)
 from benchmarks.common import (BENCH_RUN, bin_of, command_line, load_average, machine_info,  # noqa: E402
                                run_command, write_result)
 
@@ -100,15 +100,9 @@ def main(argv=None) -> int:
         names = list(preds[s]) + list(oracles)
         files = [v / "predictions.csv" for v in preds[s].values()] + list(oracles.values())
         segs = list(preds[s].values()) + ["none"] * len(oracles)
-        report = root / f"report_missing_series_seed{s}"
-        run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *files, "--names", *names,
-                     "--dataset", DATASET_ID, "--seg-pred", *segs, "--seg-gt", ds["raw"] / "labelsTs",
-                     "--bootstrap", a.bootstrap, "--seed", "0", "-o", report], ds["env"], timeout=3600)
-        metrics = json.loads((report / "metrics.json").read_text())
+        metrics = evaluate_seed(ds, names, files, segs, root / f"report_missing_series_seed{s}", a.bootstrap)
         for name, sets in metrics["models"].items():
-            per_seed.setdefault(name, {})[s] = {
-                st: {k: v.get(k) for k in ("n", "events", "c_index", "c_index_ci", f"auc_{HORIZON}m",
-                                           f"auc_{HORIZON}m_ci", "dice_mean")} for st, v in sets.items()}
+            per_seed.setdefault(name, {})[s] = seed_record(sets)
     summary = _summary_over_seeds(per_seed)
     timing = {s: (ds["root"] / f"nnUNet_results_seed{s}" / DATASET / f"{DROPOUT}__nnUNetPlans__3d_fullres" / "fold_0" /
                   "bench_train_seconds.txt") for s in seeds}

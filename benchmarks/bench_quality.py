@@ -173,6 +173,20 @@ def _oracles(ds: dict, work: Path, mt: dict) -> dict:
     return paths
 
 
+def evaluate_seed(ds: dict, names, prediction_files, seg_folders, report: Path, bootstrap: int) -> dict:
+    """One ``evaluation/survival_eval.py`` run over every model of a seed; its metrics.json."""
+    run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *prediction_files, "--names", *names,
+                 "--dataset", DATASET_ID, "--seg-pred", *seg_folders, "--seg-gt", ds["raw"] / "labelsTs",
+                 "--bootstrap", bootstrap, "--seed", "0", "-o", report], ds["env"], timeout=3600)
+    return json.loads((report / "metrics.json").read_text())
+
+
+def seed_record(sets: dict) -> dict:
+    """What the summary keeps of one model's metrics per set."""
+    return {st: {k: v.get(k) for k in ("n", "events", "c_index", "c_index_ci", f"auc_{HORIZON}m",
+                                       f"auc_{HORIZON}m_ci", "dice_mean")} for st, v in sets.items()}
+
+
 def _summary_over_seeds(per_seed: dict) -> dict:
     """mean, sd (ddof 1) and the per-seed values of C, AUC and Dice per model and set."""
     out = {}
@@ -235,15 +249,9 @@ def main(argv=None) -> int:
         preds = ([r["predictions"] / "predictions.csv" for r in runs[s]] + list(oracles.values())
                  + list(baselines.values()))
         segs = [r["predictions"] for r in runs[s]] + ["none"] * (len(oracles) + len(baselines))
-        report = root / f"report_seed{s}"
-        run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *preds, "--names", *names,
-                     "--dataset", DATASET_ID, "--seg-pred", *segs, "--seg-gt", ds["raw"] / "labelsTs",
-                     "--bootstrap", a.bootstrap, "--seed", "0", "-o", report], ds["env"], timeout=3600)
-        metrics_of_seed[s] = json.loads((report / "metrics.json").read_text())
+        metrics_of_seed[s] = evaluate_seed(ds, names, preds, segs, root / f"report_seed{s}", a.bootstrap)
         for name, sets in metrics_of_seed[s]["models"].items():
-            per_seed.setdefault(name, {})[s] = {
-                st: {k: v.get(k) for k in ("n", "events", "c_index", "c_index_ci", f"auc_{HORIZON}m",
-                                           f"auc_{HORIZON}m_ci", "dice_mean")} for st, v in sets.items()}
+            per_seed.setdefault(name, {})[s] = seed_record(sets)
 
     nnunet_dice = None
     if nnunet is not None:
