@@ -1,7 +1,8 @@
 """`make bench`: every benchmark in turn; each writes bench_run/<name>.json and prints a summary.
 
 Rows of BENCHMARKS.md: a. training speed and memory, b. inference speed, c. quality (long: about an
-hour per model on a 2-core CPU; skip with BENCH_SKIP_QUALITY=1), d. evaluation speed.
+hour per model on a 2-core CPU; skip with BENCH_SKIP_QUALITY=1, which also skips c.9, missing
+series), d. evaluation speed.
 """
 import os
 import subprocess
@@ -9,13 +10,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_training_speed.py", "bench_inference_speed.py", "bench_eval_speed.py", "bench_quality.py"]
+SCRIPTS = ["bench_training_speed.py", "bench_inference_speed.py", "bench_eval_speed.py", "bench_quality.py",
+           "bench_missing_series.py"]
+QUALITY = ("bench_quality.py", "bench_missing_series.py")
 
 
 def main() -> int:
     failed = []
     for script in SCRIPTS:
-        if script == "bench_quality.py" and os.environ.get("BENCH_SKIP_QUALITY"):
+        if script in QUALITY and os.environ.get("BENCH_SKIP_QUALITY"):
             print("[bench] quality benchmark skipped (BENCH_SKIP_QUALITY set)")
             continue
         print(f"\n[bench] {script}", flush=True)
