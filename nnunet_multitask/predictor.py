@@ -974,6 +974,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_part_and_report_options(parser: argparse.ArgumentParser, args) -> None:
+    """``-num_parts``/``-part_id`` and the report's options, refused (exit status 2) before anything
+    is loaded or predicted."""
+    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
+        parser.error(f"-part_id {args.part_id} -num_parts {args.num_parts}: need -num_parts >= 1 and "
+                     f"0 <= -part_id < -num_parts (parts are counted from 0, as in nnUNetv2_predict)")
+    if (args.saliency or args.seg_gt is not None) and not args.report:
+        parser.error("--saliency and --seg-gt are drawn in the per-patient report: add --report")
+    if args.saliency_blocks < 1:
+        parser.error(f"--saliency-blocks {args.saliency_blocks}: must be at least 1")
+    if args.report:
+        from nnunet_multitask.report import ReportError, check_report_inputs
+        try:
+            check_report_inputs(args.i, args.seg_gt)
+        except ReportError as e:
+            parser.error(str(e))
+
+
+def _finished_message(args, table: pd.DataFrame) -> str:
+    if (args.part_id, args.num_parts) == (0, 1):
+        return f"Wrote {len(table)} patient-level predictions to {join(args.o, PREDICTIONS_CSV)}"
+    return (f"Wrote part {args.part_id} of {args.num_parts}: {len(table)} patient-level predictions to "
+            f"{join(args.o, PREDICTIONS_CSV)}; when every part has finished, merge their output folders with "
+            f"nnUNetv2_predict_multitask --merge PART_DIR [PART_DIR ...] -o OUT")
+
+
 def predict_entry_point(argv: Optional[List[str]] = None):
     """Console script ``nnUNetv2_predict_multitask``; errors are printed (naming the case, file and
     problem) with exit status 2, without a traceback."""
@@ -984,13 +1010,7 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         return
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
-        parser.error(f"-part_id {args.part_id} -num_parts {args.num_parts}: need -num_parts >= 1 and "
-                     f"0 <= -part_id < -num_parts (parts are counted from 0, as in nnUNetv2_predict)")
-    if (args.saliency or args.seg_gt is not None) and not args.report:
-        parser.error("--saliency and --seg-gt are drawn in the per-patient report: add --report")
-    if args.saliency_blocks < 1:
-        parser.error(f"--saliency-blocks {args.saliency_blocks}: must be at least 1")
+    _check_part_and_report_options(parser, args)
     try:
         folds = [f if f == "all" else int(f) for f in args.f]
     except ValueError:
@@ -1009,9 +1029,6 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
         if not isdir(model_folder):
             raise MultitaskPredictionError(f"no trained model at {model_folder}")
-        if args.report:  # what the report needs is checked before anything is predicted
-            from nnunet_multitask.report import check_report_inputs
-            check_report_inputs(args.i, args.seg_gt)
         # the input images are checked (in full) before any checkpoint is loaded; the model folder's
         # dataset.json says which channels and file ending to expect
         checked_cases, early_json = None, None
@@ -1051,12 +1068,7 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         # SchemaError covers clinical.tables.ClinicalTableError (bad values, undeclared categories)
         print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
         sys.exit(2)
-    if (args.part_id, args.num_parts) != (0, 1):
-        print(f"Wrote part {args.part_id} of {args.num_parts}: {len(table)} patient-level predictions to "
-              f"{join(args.o, PREDICTIONS_CSV)}; when every part has finished, merge their output folders with "
-              f"nnUNetv2_predict_multitask --merge PART_DIR [PART_DIR ...] -o OUT")
-    else:
-        print(f"Wrote {len(table)} patient-level predictions to {join(args.o, PREDICTIONS_CSV)}")
+    print(_finished_message(args, table))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
 """`make demo`: the whole flow on a synthetic cohort, on the CPU, in one command.
 
 generate cohort -> convert_larc -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (MultiRecTrainer_demo,
-fold 0) -> nnUNetv2_predict_multitask (internal + external test) -> evaluation/survival_eval.py
-(model and oracle side by side) -> results table.
+fold 0) -> nnUNetv2_predict_multitask --report (internal + external test, with the per-patient report) ->
+evaluation/survival_eval.py (model and oracle side by side) -> results table.
 
-Everything lands in $DEMO_DIR (default demo_run/); the report is $DEMO_DIR/report/metrics.json.
+Everything lands in $DEMO_DIR (default demo_run/); the evaluation is $DEMO_DIR/report/metrics.json, the
+per-patient report $DEMO_DIR/predictions/report/index.html (one PNG per test patient, the cohort sorted by
+risk; open it in a browser, no server needed). DEMO_SALIENCY (1: occlusion saliency of the risk in the
+per-patient report; 0, the default: without) and DEMO_SALIENCY_BLOCKS (4: occluded blocks per patient, each one more
+prediction of the patient).
 Sizes: DEMO_PATIENTS (default 120), DEMO_SHAPE (T2 voxels x y z, default "48 48 12": a small field of view
 keeps a 3D U-Net iteration around a second on 2 CPU cores), DEMO_SEED (0: the cohort's seed), DEMO_TRAIN_SEED
 (0: MULTIREC_SEED of the training), DEMO_TRAINER (MultiRecTrainer_demo; MultiRecTrainer_Pre_demo,
@@ -27,6 +31,10 @@ SEED = os.environ.get("DEMO_SEED", "0")
 SHAPE = os.environ.get("DEMO_SHAPE", "48 48 12").split()
 TRAINER = os.environ.get("DEMO_TRAINER", "MultiRecTrainer_demo")
 TRAIN_SEED = os.environ.get("DEMO_TRAIN_SEED", "0")
+# off by default: 4 blocks add about 4.5 min for the 43 test patients, which would bring the demo
+# close to its 15-minute budget on 2 cores
+SALIENCY = os.environ.get("DEMO_SALIENCY", "0") not in ("0", "", "false", "no")
+SALIENCY_BLOCKS = os.environ.get("DEMO_SALIENCY_BLOCKS", "4")
 DATASET = "Dataset501_LARC"
 BIN = Path(sys.executable).parent
 
@@ -46,8 +54,10 @@ def main() -> int:
     t_start = time.time()
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.update({"nnUNet_raw": str(DEMO_DIR / "nnUNet_raw"), "nnUNet_preprocessed": str(DEMO_DIR / "nnUNet_preprocessed"),
-                "nnUNet_results": str(DEMO_DIR / "nnUNet_results"), "nnUNet_extTrainer": str(REPO / "trainers"),
+    env.update({"nnUNet_raw": str(DEMO_DIR / "nnUNet_raw"),
+                "nnUNet_preprocessed": str(DEMO_DIR / "nnUNet_preprocessed"),
+                "nnUNet_results": str(DEMO_DIR / "nnUNet_results"),
+                "nnUNet_extTrainer": os.pathsep.join([str(REPO / "trainers"), str(REPO / "benchmarks" / "trainers")]),
                 "nnUNet_compile": "f", "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "2")})
     env.pop("nnUNet_n_proc_DA", None)  # planning must not see 0 (see tests/conftest.py)
     for d in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "report"):
@@ -66,11 +76,14 @@ def main() -> int:
     step(f"4/6 nnUNetv2_train 501 3d_fullres 0 -tr {TRAINER} -device cpu (MULTIREC_SEED={TRAIN_SEED})")
     run([BIN / "nnUNetv2_train", "501", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"],
         dict(env, nnUNet_n_proc_DA=env.get("DEMO_N_PROC_DA", "1"), MULTIREC_SEED=TRAIN_SEED))
-    step("5/6 nnUNetv2_predict_multitask on the internal and external test sets (imagesTs)")
+    step("5/6 nnUNetv2_predict_multitask on the internal and external test sets (imagesTs), with the "
+         "per-patient report")
     pred = DEMO_DIR / "predictions"
     # test-time mirroring off: 8x fewer forward passes, which the CPU budget spends on training instead
+    saliency = ["--saliency", "--saliency-blocks", SALIENCY_BLOCKS] if SALIENCY else []
     run([BIN / "nnUNetv2_predict_multitask", "-i", raw / "imagesTs", "-o", pred, "-d", "501", "-c", "3d_fullres",
-         "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta"], env)
+         "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_tta",
+         "--report", "--seg-gt", raw / "labelsTs", *saliency], env)
     step("6/6 evaluation: model and oracle (the true linear predictor)")
     run([py, "-m", "dataset_conversion.oracle", "--cohort", cohort, "--raw-dataset", raw, "--test-only",
          "-o", DEMO_DIR / "oracle.csv"],
@@ -91,6 +104,9 @@ def main() -> int:
             print(f"{name:<24}{set_name:<15}{m.get('n', 0):>4}{m.get('events', 0):>8}  "
                   f"{'n/a' if c is None else f'{c:.3f} ({ci[0]:.2f}-{ci[1]:.2f})':<22}"
                   f"{'n/a' if auc is None else f'{auc:.3f}':>9}{'' if dice is None else f'{dice:.3f}':>7}")
+    page = pred / "report" / "index.html"
+    print(f"\nPer-patient report ({len(list((pred / 'report').glob('*.png')))} test patients, sorted by risk): open "
+          f"{page.as_uri()}")
     print(f"\nDemo finished in {(time.time() - t_start) / 60:.1f} min; outputs in {DEMO_DIR}")
     return 0
 
