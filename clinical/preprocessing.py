@@ -47,7 +47,7 @@ The fitting is done by scikit-learn (``SimpleImputer``, ``StandardScaler`` and
 ``OneHotEncoder(categories=declared, handle_unknown="error")`` in a ``ColumnTransformer``). The
 fitted numbers (medians, means, scales, modes) are then copied out, and one small numpy function,
 :meth:`ClinicalPreprocessor._apply`, applies them in every path: right after ``fit``, after
-:meth:`from_state_vector` and after :meth:`from_dict`. Rebuilding fitted scikit-learn objects by
+:meth:`from_state_vector`. Rebuilding fitted scikit-learn objects by
 setting their private attributes is fragile across scikit-learn versions, and a second code path
 for inference could drift from the training one; with a single transform the training and the
 inference outputs cannot differ. The test suite checks that this transform equals the fitted
@@ -86,8 +86,6 @@ from clinical.tables import parse_feature_column
 
 __all__ = ["ClinicalPreprocessor", "ClinicalPreprocessingError"]
 
-_FORMAT_NAME = "ClinicalPreprocessor"
-_FORMAT_VERSION = 1
 _HEADER_SIZE = 2  # fitted marker, layout fingerprint
 _STATE_WIDTH = {"numeric": 3, "binary": 1, "categorical": 1}
 _MAX_LISTED_BAD_VALUES = 20  # how many offending cells one error message lists
@@ -101,14 +99,6 @@ assert set(_TRANSFORMS) == set(NUMERIC_TRANSFORMS)
 
 class ClinicalPreprocessingError(ValueError):
     """The clinical table (or a saved state) does not fit the preprocessor."""
-
-
-def _schema_from_dict(d: dict) -> ClinicalSchema:
-    """``ClinicalSchema.from_dict`` that also accepts zero columns (the MRI-only model, groups=())."""
-    if d.get("columns"):
-        return ClinicalSchema.from_dict(d, source="<ClinicalPreprocessor dict>")
-    kw = {k: d[k] for k in ("id_column", "centre_column", "time_column", "event_column", "time_unit") if k in d}
-    return ClinicalSchema(columns={}, source="<ClinicalPreprocessor dict>", **kw)
 
 
 class ClinicalPreprocessor:
@@ -157,7 +147,7 @@ class ClinicalPreprocessor:
         self.state_size: int = _HEADER_SIZE + sum(_STATE_WIDTH[s.type] for s in self._specs)
         self._fingerprint: int = self._layout_fingerprint()
 
-        # Fitted numbers, per column name (set by fit / from_state_vector / from_dict).
+        # Fitted numbers, per column name (set by fit / from_state_vector).
         self._numeric_stats: Optional[Dict[str, tuple]] = None  # name -> (median, mean, scale)
         self._binary_mode: Optional[Dict[str, float]] = None  # name -> 0.0 / 1.0
         self._categorical_mode: Optional[Dict[str, str]] = None  # name -> declared category
@@ -185,7 +175,7 @@ class ClinicalPreprocessor:
     def _require_fitted(self) -> None:
         if not self.is_fitted:
             raise NotFittedError("ClinicalPreprocessor is not fitted: call fit() on the training fold, "
-                                 "or load it with from_state_vector()/from_dict()")
+                                 "or load it with from_state_vector()")
 
     # ------------------------------------------------------------------ validation
     @staticmethod
@@ -439,49 +429,3 @@ class ClinicalPreprocessor:
             pos += _STATE_WIDTH[spec.type]
         pre._numeric_stats, pre._binary_mode, pre._categorical_mode = numeric_stats, binary_mode, categorical_mode
         return pre
-
-    # ------------------------------------------------------------------ JSON
-    def to_dict(self) -> dict:
-        """JSON-serialisable description: schema subset, groups and (when fitted) the fitted numbers."""
-        d = {"format": _FORMAT_NAME, "version": _FORMAT_VERSION, "groups": list(self.groups),
-             "schema": self.schema.to_dict(), "feature_names": list(self.feature_names),
-             "fitted": self.is_fitted}
-        if self.is_fitted:
-            d["state"] = {
-                "numeric": {n: {"median": m, "mean": mu, "scale": s} for n, (m, mu, s) in self._numeric_stats.items()},
-                "binary": {n: {"mode": int(v)} for n, v in self._binary_mode.items()},
-                "categorical": {n: {"mode": v} for n, v in self._categorical_mode.items()},
-            }
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ClinicalPreprocessor":
-        """Inverse of :meth:`to_dict`."""
-        if not isinstance(d, dict) or d.get("format") != _FORMAT_NAME:
-            raise ClinicalPreprocessingError("not a ClinicalPreprocessor dict (missing format marker)")
-        if d.get("version") != _FORMAT_VERSION:
-            raise ClinicalPreprocessingError(
-                f"ClinicalPreprocessor dict version {d.get('version')!r} is not supported (expected {_FORMAT_VERSION})")
-        pre = cls(_schema_from_dict(d["schema"]), d["groups"])
-        if d.get("feature_names") is not None and list(d["feature_names"]) != pre.feature_names:
-            raise ClinicalPreprocessingError("ClinicalPreprocessor dict: feature_names do not match its schema")
-        if not d.get("fitted"):
-            return pre
-        state = d["state"]
-        try:
-            numeric_stats = {n: (float(state["numeric"][n]["median"]), float(state["numeric"][n]["mean"]),
-                                 float(state["numeric"][n]["scale"]))
-                             for n in pre.columns if pre.schema.columns[n].type == "numeric"}
-            binary_mode = {n: float(state["binary"][n]["mode"])
-                           for n in pre.columns if pre.schema.columns[n].type == "binary"}
-            categorical_mode = {n: str(state["categorical"][n]["mode"])
-                                for n in pre.columns if pre.schema.columns[n].type == "categorical"}
-        except KeyError as e:
-            raise ClinicalPreprocessingError(f"ClinicalPreprocessor dict: fitted state lacks {e}") from None
-        for n, mode in categorical_mode.items():
-            if mode not in pre.schema.columns[n].categories:
-                raise ClinicalPreprocessingError(
-                    f"ClinicalPreprocessor dict: column '{n}' has mode {mode!r}, not a declared category")
-        pre._numeric_stats, pre._binary_mode, pre._categorical_mode = numeric_stats, binary_mode, categorical_mode
-        # Route through the state vector so the same range checks apply to both formats.
-        return cls.from_state_vector(pre.schema, pre.groups, pre.state_vector())

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--horizon", type=float, default=None,
                         help="months (default: the dataset's horizon_months, else 36)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     parser.add_argument("--train-predictions", nargs="+",
                         help="training-fold prediction CSV per model; median risk = risk-group threshold")
     parser.add_argument("--seg-pred", nargs="+", help="predicted segmentation folder per model ('none' skips)")
@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uno-tau", type=float, default=None, help="Uno's C truncation (default: horizon)")
     parser.add_argument("--allow-unmatched", action="store_true",
                         help="count and exclude prediction cases absent from the outcomes instead of failing")
-    parser.add_argument("--no-figures", action="store_true")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="metrics.json and report.md only, no Kaplan-Meier / ROC / calibration figures")
     parser.add_argument("-o", "--output", required=True, help="report folder")
     return parser
 

@@ -375,10 +375,3 @@ def build_multitask_network(plans_manager, configuration_manager, num_input_chan
                          risk_memory_size=cfg.risk_memory_size, image_features=cfg.image_features,
                          n_input_channels=cfg.n_input_channels if cfg.n_input_channels is not None else n_in,
                          voxel_volume_mm3=cfg.voxel_volume_mm3, channel_availability=cfg.channel_availability)
-
-
-def head_config_from_plans(plans: dict) -> dict:
-    """The ``multitask_model`` block the trainer writes into the plans (and so into plans.json)."""
-    if "multitask_model" not in plans:
-        raise KeyError("plans have no 'multitask_model' block: this model was not trained with a MultiRec trainer")
-    return plans["multitask_model"]

@@ -49,6 +49,7 @@ import shutil
 import sys
 import tempfile
 from collections import deque
+from dataclasses import replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from os.path import basename, isdir, isfile, join
@@ -69,16 +70,15 @@ from clinical.schema import ClinicalSchema, SchemaError
 from clinical.tables import CASE_ID_COLUMN, read_case_table
 from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 from nnunet_multitask.aggregation import patient_level_prediction, survival_at_times
-from nnunet_multitask.contract import REQUIRED_SERIES, DatasetContract
+from nnunet_multitask.contract import (REQUIRED_SERIES, SERIES_COLUMN, SURVIVAL_TIMES, ContractError,  # noqa: F401
+                                       DatasetContract, HeadConfig, recurrence_column, survival_column,
+                                       survival_times)
 from nnunet_multitask.dataset_tables import MultitaskDatasetError, dataset_table_path
 from nnunet_multitask.checkpoints import CheckpointError, file_sha256, load_checkpoint_safely
-from nnunet_multitask.network import MultiTaskUNet, build_multitask_network, head_config_from_plans
+from nnunet_multitask.network import MultiTaskUNet, build_multitask_network
 
-from nnunet_multitask.columns import SURVIVAL_TIMES, recurrence_column, survival_column, survival_times  # noqa: E402
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
-#: predictions.csv column naming the series each case was predicted with
-SERIES_COLUMN = "series_available"
 _STAGING_PREFIX = ".nnunet_multitask_partial_"
 #: Held (flock) by the run writing into an output folder; removed when the run ends.
 _LOCK_NAME = ".nnunet_multitask.lock"
@@ -104,6 +104,56 @@ def _version_or_unknown(name: str) -> str:
         return version(name)
     except PackageNotFoundError:
         return "unknown"
+
+
+def _read_model_folder(folder: str) -> tuple:
+    """(dataset.json, plans.json, :class:`HeadConfig`) of a model folder, with the checks that it
+    is a multitask model of a converted dataset whose channels the heads were trained with."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    for name in ("dataset.json", "plans.json"):
+        if not isfile(join(folder, name)):
+            raise MultitaskPredictionError(f"{folder}: {name} missing: not an nnU-Net model folder")
+    dataset_json = load_json(join(folder, "dataset.json"))
+    plans = load_json(join(folder, "plans.json"))
+    if "multitask_model" not in plans:
+        raise MultitaskPredictionError(f"{join(folder, 'plans.json')} has no 'multitask_model' block: this model "
+                                       f"was trained without heads (use nnUNetv2_predict for it)")
+    if not dataset_json.get("multitask"):
+        raise MultitaskPredictionError(f"{join(folder, 'dataset.json')} has no 'multitask' block: the model "
+                                       f"folder does not come from a converted LARC dataset")
+    try:
+        cfg = HeadConfig.from_plans(plans, source=join(folder, "plans.json"))
+        DatasetContract.from_dataset_json(dataset_json, source=join(folder, "dataset.json"))
+    except ContractError as e:
+        raise MultitaskPredictionError(str(e)) from None
+    if cfg.channel_names is not None and dict(cfg.channel_names) != dataset_json["channel_names"]:
+        raise MultitaskPredictionError(
+            f"{folder}: the heads were trained with channels {dict(cfg.channel_names)} but dataset.json declares "
+            f"{dataset_json['channel_names']}")
+    return dataset_json, plans, cfg
+
+
+def _load_fold_checkpoints(ckpt_paths: Sequence[str]) -> tuple:
+    """(network weights per fold, trainer name, configuration, mirroring axes), loaded safely; every
+    fold must come from the same trainer and configuration and carry a fitted clinical transform."""
+    parameters, trainer_name, configuration_name, mirroring = [], None, None, None
+    for i, path in enumerate(ckpt_paths):
+        ckpt = load_checkpoint_safely(path)
+        if i == 0:
+            trainer_name = ckpt["trainer_name"]
+            configuration_name = ckpt["init_args"]["configuration"]
+            mirroring = ckpt.get("inference_allowed_mirroring_axes")
+        elif (ckpt["trainer_name"], ckpt["init_args"]["configuration"]) != (trainer_name, configuration_name):
+            raise MultitaskPredictionError(
+                f"{path}: trained with {ckpt['trainer_name']} / {ckpt['init_args']['configuration']}, but "
+                f"{ckpt_paths[0]} with {trainer_name} / {configuration_name}: folds of different models "
+                f"cannot be ensembled")
+        weights = ckpt["network_weights"]
+        if "fold_state_fitted" in weights and not bool(weights["fold_state_fitted"]):
+            raise MultitaskPredictionError(f"{path}: the clinical transform and time bins were never fitted "
+                                           f"(the checkpoint was saved before training started)")
+        parameters.append(weights)
+    return parameters, trainer_name, configuration_name, mirroring
 
 
 class MultiTaskPredictor(nnUNetPredictor):
@@ -134,7 +184,6 @@ class MultiTaskPredictor(nnUNetPredictor):
         the folder has the heads' configuration, every fold's checkpoint exists, comes from the same
         trainer and configuration, carries a fitted clinical transform, and loads strictly into the
         network the plans describe."""
-        from batchgenerators.utilities.file_and_folder_operations import load_json
         if use_folds is None:
             use_folds = nnUNetPredictor.auto_detect_available_folds(model_training_output_dir, checkpoint_name)
         if isinstance(use_folds, (str, int)):
@@ -143,47 +192,14 @@ class MultiTaskPredictor(nnUNetPredictor):
         _refuse_duplicate_folds(use_folds)
         if not use_folds:
             raise MultitaskPredictionError(f"{model_training_output_dir}: no fold folder has {checkpoint_name}")
-        for name in ("dataset.json", "plans.json"):
-            if not isfile(join(model_training_output_dir, name)):
-                raise MultitaskPredictionError(f"{model_training_output_dir}: {name} missing: not an nnU-Net "
-                                               f"model folder")
-        dataset_json = load_json(join(model_training_output_dir, "dataset.json"))
-        plans = load_json(join(model_training_output_dir, "plans.json"))
-        if "multitask_model" not in plans:
-            raise MultitaskPredictionError(f"{join(model_training_output_dir, 'plans.json')} has no "
-                                           f"'multitask_model' block: this model was trained without heads "
-                                           f"(use nnUNetv2_predict for it)")
-        if not dataset_json.get("multitask"):
-            raise MultitaskPredictionError(f"{join(model_training_output_dir, 'dataset.json')} has no 'multitask' "
-                                           f"block: the model folder does not come from a converted LARC dataset")
-        cfg = plans["multitask_model"]
-        if cfg.get("channel_names") is not None and cfg["channel_names"] != dataset_json["channel_names"]:
-            raise MultitaskPredictionError(
-                f"{model_training_output_dir}: the heads were trained with channels {cfg['channel_names']} but "
-                f"dataset.json declares {dataset_json['channel_names']}")
+        dataset_json, plans, cfg = _read_model_folder(model_training_output_dir)
         ckpt_paths = [join(model_training_output_dir, f"fold_{f}", checkpoint_name) for f in use_folds]
         absent = [p for p in ckpt_paths if not isfile(p)]
         if absent:
             raise MultitaskPredictionError(f"checkpoint(s) not found: {absent}")
 
         plans_manager = PlansManager(plans)
-        parameters, trainer_name, configuration_name, mirroring = [], None, None, None
-        for i, path in enumerate(ckpt_paths):
-            ckpt = load_checkpoint_safely(path)
-            if i == 0:
-                trainer_name = ckpt["trainer_name"]
-                configuration_name = ckpt["init_args"]["configuration"]
-                mirroring = ckpt.get("inference_allowed_mirroring_axes")
-            elif (ckpt["trainer_name"], ckpt["init_args"]["configuration"]) != (trainer_name, configuration_name):
-                raise MultitaskPredictionError(
-                    f"{path}: trained with {ckpt['trainer_name']} / {ckpt['init_args']['configuration']}, but "
-                    f"{ckpt_paths[0]} with {trainer_name} / {configuration_name}: folds of different models "
-                    f"cannot be ensembled")
-            weights = ckpt["network_weights"]
-            if "fold_state_fitted" in weights and not bool(weights["fold_state_fitted"]):
-                raise MultitaskPredictionError(f"{path}: the clinical transform and time bins were never fitted "
-                                               f"(the checkpoint was saved before training started)")
-            parameters.append(weights)
+        parameters, trainer_name, configuration_name, mirroring = _load_fold_checkpoints(ckpt_paths)
         configuration_manager = plans_manager.get_configuration(configuration_name)
         # the plans' multitask_model block describes the whole network: no trainer class is looked up,
         # so a model folder predicts without the trainers' folder on nnUNet_extTrainer
@@ -200,8 +216,8 @@ class MultiTaskPredictor(nnUNetPredictor):
             except RuntimeError as e:
                 raise MultitaskPredictionError(
                     f"{path}: the weights do not fit the network described by plans.json's 'multitask_model' "
-                    f"block (input channels {cfg.get('input_channels') or dataset_json['channel_names']}, "
-                    f"{cfg.get('n_clinical_features')} clinical features): {str(e).splitlines()[0]} "
+                    f"block (input channels {cfg.input_channels or dataset_json['channel_names']}, "
+                    f"{cfg.n_clinical_features} clinical features): {str(e).splitlines()[0]} "
                     f"{' '.join(str(e).splitlines()[1:3])}") from None
         self._check_fold_clinical_states(plans_manager, dataset_json, ckpt_paths, parameters)
         network.load_state_dict(parameters[0])
@@ -216,45 +232,50 @@ class MultiTaskPredictor(nnUNetPredictor):
     def _check_fold_clinical_states(plans_manager, dataset_json, ckpt_paths, parameters):
         """Each fold's fitted clinical transform must match the clinical columns (names, types,
         categories) the plans declare, so a mismatch is reported now, naming the checkpoint."""
-        cfg = head_config_from_plans(plans_manager.plans)
-        if int(cfg["n_clinical_features"]) == 0:
+        cfg = HeadConfig.from_plans(plans_manager.plans)
+        if not cfg.uses_clinical_data:
             return
-        block = dict(dataset_json["multitask"], clinical_columns=cfg["clinical_columns"])
         try:
-            schema = DatasetContract.from_block(block).schema()
+            schema = replace(DatasetContract.from_dataset_json(dataset_json),
+                             clinical_columns=cfg.clinical_columns).schema()
         except SchemaError as e:
             raise MultitaskPredictionError(f"plans.json 'multitask_model' clinical columns: {e}") from None
         for path, weights in zip(ckpt_paths, parameters):
             try:
-                ClinicalPreprocessor.from_state_vector(schema, tuple(cfg["clinical_groups"]),
+                ClinicalPreprocessor.from_state_vector(schema, cfg.clinical_groups,
                                                        weights["clinical_state"].cpu().numpy())
             except (ClinicalPreprocessingError, SchemaError) as e:
                 raise MultitaskPredictionError(
                     f"{path}: its fitted clinical transform does not match the clinical columns of plans.json "
-                    f"({list(cfg['clinical_columns'])}): {e}") from None
+                    f"({list(cfg.clinical_columns)}): {e}") from None
 
     # ------------------------------------------------------------------ clinical data
     @property
-    def head_config(self) -> dict:
-        return head_config_from_plans(self.plans_manager.plans)
+    def head_config(self) -> HeadConfig:
+        """The model's ``multitask_model`` block (:class:`nnunet_multitask.contract.HeadConfig`)."""
+        return HeadConfig.from_plans(self.plans_manager.plans)
+
+    @property
+    def contract(self) -> DatasetContract:
+        """The model's dataset contract (its dataset.json ``multitask`` block)."""
+        return DatasetContract.from_dataset_json(self.dataset_json)
 
     @property
     def uses_clinical_data(self) -> bool:
-        return int(self.head_config["n_clinical_features"]) > 0
+        return self.head_config.uses_clinical_data
 
     def model_clinical_columns(self) -> List[str]:
         """The clinical columns the model was trained with (empty for an image-only model)."""
-        return list(self.head_config.get("clinical_columns", {})) if self.uses_clinical_data else []
+        return list(self.head_config.clinical_columns) if self.uses_clinical_data else []
 
     def _clinical_schema(self, extra_columns: Sequence[str] = ()) -> ClinicalSchema:
         """The model's clinical columns (types and categories as trained, from plans.json), plus any
         other column the dataset declares that a table happens to carry (validated, not used)."""
-        mt = self.dataset_json["multitask"]
-        declared = dict(mt["clinical_columns"])
+        contract = self.contract
+        declared = dict(contract.clinical_columns)
         columns = {n: declared[n] for n in extra_columns if n in declared}
-        columns.update(self.head_config["clinical_columns"])
-        block = dict(mt, clinical_columns=columns)
-        return DatasetContract.from_block(block).schema()
+        columns.update(self.head_config.clinical_columns)
+        return replace(contract, clinical_columns=columns).schema()
 
     def set_clinical_table(self, table: Optional[pd.DataFrame | str] = None, impute_missing: bool = False):
         """Clinical rows of the cases to predict.
@@ -282,9 +303,8 @@ class MultiTaskPredictor(nnUNetPredictor):
             return
         needed = self.model_clinical_columns()
         if table is None:
-            mt = self.dataset_json["multitask"]
             try:
-                table = str(dataset_table_path(self.plans_manager.dataset_name, mt["clinical_table"]))
+                table = str(dataset_table_path(self.plans_manager.dataset_name, self.contract.clinical_table))
             except MultitaskDatasetError as e:
                 raise MultitaskPredictionError(f"{e}; pass the new cases' clinical rows with --clinical") from None
         if isinstance(table, pd.DataFrame):
@@ -302,7 +322,7 @@ class MultiTaskPredictor(nnUNetPredictor):
             if lacking:
                 raise MultitaskPredictionError(
                     f"{source}: lacks clinical column(s) {lacking} that the model was trained with "
-                    f"({self.head_config['trainer']}, groups {self.head_config['clinical_groups']})")
+                    f"({self.head_config.trainer}, groups {list(self.head_config.clinical_groups)})")
             frame = read_case_table(source, self._clinical_schema(extra_columns=header))
         lacking = [c for c in needed if c not in frame.columns]
         if lacking:
@@ -330,7 +350,7 @@ class MultiTaskPredictor(nnUNetPredictor):
         if not self.uses_clinical_data:
             return np.zeros((0,), dtype=np.float32), False, 0
         cfg = self.head_config
-        prep = ClinicalPreprocessor.from_state_vector(self._clinical_schema(), tuple(cfg["clinical_groups"]),
+        prep = ClinicalPreprocessor.from_state_vector(self._clinical_schema(), cfg.clinical_groups,
                                                       clinical_state.cpu().numpy())
         if self.clinical_table is None:
             self.set_clinical_table(impute_missing=self.impute_missing_clinical)
@@ -363,11 +383,11 @@ class MultiTaskPredictor(nnUNetPredictor):
         clinical_t = torch.as_tensor(clinical, dtype=torch.float32) if len(clinical) else None
         cfg = self.head_config
         avail_t = None if availability is None else torch.as_tensor(np.asarray(availability), dtype=torch.float32)
-        pred = patient_level_prediction(net, logits, data, tiles, clinical_t, cfg["horizon_months"],
+        pred = patient_level_prediction(net, logits, data, tiles, clinical_t, cfg.horizon_months,
                                         availability=avail_t)
         if pred["survival_logits"] is not None:
             edges = net.time_bin_edges.cpu().numpy()
-            times = survival_times(cfg["horizon_months"])
+            times = survival_times(cfg.horizon_months)
             pred["survival"] = dict(zip(times, survival_at_times(pred["survival_logits"], edges, times)))
         return logits, pred
 
@@ -401,7 +421,8 @@ class MultiTaskPredictor(nnUNetPredictor):
                                       "n_clinical_values_imputed": n_missing, "availability": availability}
         return prediction
 
-    def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+    def _manage_input_and_output_lists(self, list_of_lists_or_source_folder,
+                                       output_folder_or_list_of_truncated_output_files,
                                        folder_with_segs_from_prev_stage=None, overwrite=True, part_id=0, num_parts=1,
                                        save_probabilities=False):
         lists, outs, prev = super()._manage_input_and_output_lists(
@@ -433,7 +454,7 @@ class MultiTaskPredictor(nnUNetPredictor):
     def predictions_table(self) -> pd.DataFrame:
         """One row per case: fold-ensembled outputs (log-risks and probabilities averaged) and their
         spread over folds (sample sd; NaN for a single fold)."""
-        horizon = float(self.head_config["horizon_months"])
+        horizon = self.head_config.horizon_months
         rows = []
         for case_id in sorted(self.head_results):
             res = self.head_results[case_id]
@@ -464,20 +485,21 @@ class MultiTaskPredictor(nnUNetPredictor):
         return ";".join(n for n, a in zip(names, availability) if a > 0)
 
     def provenance_record(self, table: pd.DataFrame) -> dict:
+        cfg = self.head_config
         meta = dict(self.provenance)
         meta.update({"nnunetv2_version": _version_or_unknown("nnunetv2"),
                      "nnunet_multitask_version": _version_or_unknown("nnunet-multitask"),
                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "n_cases": len(table), "horizon_months": self.head_config["horizon_months"],
-                     "survival_head": self.head_config["survival_head"],
+                     "n_cases": len(table), "horizon_months": cfg.horizon_months,
+                     "survival_head": cfg.survival_head,
                      "clinical_table": self.clinical_table_source,
                      "clinical_columns": self.model_clinical_columns(),
                      "impute_missing_clinical": self.impute_missing_clinical,
                      "allow_missing_series": self.allow_missing_series,
-                     "channel_availability": bool(self.head_config.get("channel_availability", False)),
+                     "channel_availability": cfg.channel_availability,
                      "patient_level": "heads once on tumour-level features of the stitched whole-image "
                                       "segmentation (nnunet_multitask.aggregation.patient_level_prediction); "
-                                      "image_features=" + str(self.head_config.get("image_features", "global_pool")),
+                                      "image_features=" + cfg.image_features,
                      "fold_ensemble": "mean of risk scores (log-risks) and of probabilities; *_sd = sample sd "
                                       "over folds (NaN for one fold)",
                      "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
@@ -640,16 +662,15 @@ def check_missing_series_support(predictor: "MultiTaskPredictor", availability: 
     """Refuse cases lacking a series the model uses when the model was not trained for missing
     series (``channel_availability``): it would read the filler as an image."""
     cfg = predictor.head_config
-    if cfg.get("channel_availability", False):
+    if cfg.channel_availability:
         return
     names = predictor.dataset_json["channel_names"]
-    used = cfg.get("input_channels")
-    used = range(len(names)) if used is None else used
+    used = cfg.used_channels(len(names))
     for case in sorted(availability):
         lacking = [names[str(c)] for c in used if availability[case][c] == 0]
         if lacking:
             raise MultitaskPredictionError(
-                f"case {case} lacks {', '.join(lacking)}, which {cfg.get('trainer', 'this model')} uses, and the model "
+                f"case {case} lacks {', '.join(lacking)}, which {cfg.trainer} uses, and the model "
                 f"was trained without channel availability: it cannot tell a missing series from an image. Predict "
                 f"it with a model trained for missing series (MultiRecTrainer_ModalityDropout) or one that does not "
                 f"use {', '.join(lacking)} (MultiRecTrainer_T2)")
@@ -931,12 +952,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", required=True, help="configuration")
     parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (log-risks and "
                         "probabilities are averaged over them; the spread is reported)")
-    parser.add_argument("-chk", default="checkpoint_final.pth")
-    parser.add_argument("-step_size", type=float, default=0.5)
-    parser.add_argument("--disable_tta", action="store_true")
-    parser.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"])
-    parser.add_argument("-npp", type=int, default=int(os.environ.get("nnUNet_npp", 3)))
-    parser.add_argument("-nps", type=int, default=int(os.environ.get("nnUNet_nps", 3)))
+    parser.add_argument("-chk", default="checkpoint_final.pth",
+                        help="checkpoint file name in each fold folder (default checkpoint_final.pth; the measured "
+                             "choice, BENCHMARKS.md c.8)")
+    parser.add_argument("-step_size", type=float, default=0.5,
+                        help="sliding-window step as a fraction of the patch size (nnU-Net's default 0.5)")
+    parser.add_argument("--disable_tta", action="store_true",
+                        help="no test-time mirroring (up to 8x faster in 3-D; as nnUNetv2_predict)")
+    parser.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"],
+                        help="where to run the network (default cuda; cpu uses every core)")
+    parser.add_argument("-npp", type=int, default=int(os.environ.get("nnUNet_npp", 3)),
+                        help="preprocessing worker processes (default $nnUNet_npp or 3; 0 with -nps 0: nnU-Net's "
+                             "sequential path, no workers)")
+    parser.add_argument("-nps", type=int, default=int(os.environ.get("nnUNet_nps", 3)),
+                        help="segmentation export worker processes (default $nnUNet_nps or 3)")
     parser.add_argument("--clinical", default=None, help="CSV with the new cases' clinical rows keyed by case_id "
                         "(case_id, centre and the model's clinical columns; default: the dataset's clinical table)")
     parser.add_argument("--impute-missing-clinical", action="store_true",
@@ -969,8 +998,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(costs (1 + --saliency-blocks) x folds extra predictions per case)")
     parser.add_argument("--saliency-blocks", type=int, default=DEFAULT_MAX_BLOCKS,
                         help=f"at most this many occluded blocks per case (default {DEFAULT_MAX_BLOCKS})")
-    parser.add_argument("--disable_progress_bar", action="store_true")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--disable_progress_bar", action="store_true", help="no tqdm progress bar")
+    parser.add_argument("--verbose", action="store_true", help="nnU-Net's verbose prediction and preprocessing output")
     return parser
 
 

@@ -51,7 +51,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from nnunet_multitask.columns import horizon_tag, recurrence_column, survival_column
+from nnunet_multitask.contract import horizon_tag, recurrence_column, survival_column
 from nnunet_multitask.predictor import PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError, _STAGING_PREFIX
 
 REPORT_FOLDER = "report"

@@ -83,8 +83,6 @@ def test_empty_groups_give_empty_features(schema):
     assert x.shape == (7, 0) and x.dtype == np.float32
     again = ClinicalPreprocessor.from_state_vector(schema, (), pre.state_vector())
     assert again.transform(df).shape == (7, 0)
-    d = json.loads(json.dumps(pre.to_dict()))
-    assert ClinicalPreprocessor.from_dict(d).transform(df).shape == (7, 0)
 
 
 # ---------------------------------------------------------------------- the encoding itself
@@ -265,26 +263,6 @@ def test_state_vector_rejects_wrong_input(schema):
         ClinicalPreprocessor.from_state_vector(schema, ALL, bad)
 
 
-def test_dict_json_round_trip(schema, tmp_path):
-    train = make_table(schema, 30, 14)
-    val = make_table(schema, 8, 15)
-    pre = ClinicalPreprocessor(schema, ("pretreatment",)).fit(train)
-    path = tmp_path / "clinical_preprocessor.json"
-    path.write_text(json.dumps(pre.to_dict()))
-    d = json.loads(path.read_text())
-    assert d["groups"] == ["pretreatment"]
-    assert set(d["schema"]["columns"]) == set(schema.group_columns(["pretreatment"]))
-    loaded = ClinicalPreprocessor.from_dict(d)  # no schema needed: the dict carries it
-    assert loaded.feature_names == pre.feature_names
-    np.testing.assert_array_equal(loaded.transform(val), pre.transform(val))
-    np.testing.assert_array_equal(loaded.state_vector(), pre.state_vector())
-    # an unfitted preprocessor round-trips as unfitted
-    unfitted = ClinicalPreprocessor.from_dict(json.loads(json.dumps(ClinicalPreprocessor(schema).to_dict())))
-    assert not unfitted.is_fitted and unfitted.n_features == 25
-    with pytest.raises(ClinicalPreprocessingError, match="format"):
-        ClinicalPreprocessor.from_dict({"groups": []})
-
-
 # ---------------------------------------------------------------------- errors
 def test_undeclared_category_names_case_column_value(schema):
     pre = ClinicalPreprocessor(schema, ALL).fit(make_table(schema, 20, 16))
@@ -422,9 +400,6 @@ def test_log_transform_carried_by_state_vector_to_prediction(schema):
         ClinicalPreprocessor.from_state_vector(plain_schema, ALL, vec)
     with pytest.raises(ClinicalPreprocessingError, match="different column layout"):
         ClinicalPreprocessor.from_state_vector(schema, ALL, plain.state_vector())
-    # the JSON form carries it as well
-    np.testing.assert_array_equal(
-        ClinicalPreprocessor.from_dict(json.loads(json.dumps(fitted.to_dict()))).transform(new), x_new)
 
 
 def test_log1p_transform_by_hand(schema):

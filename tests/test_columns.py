@@ -8,14 +8,16 @@ import json
 import numpy as np
 import pandas as pd
 
-from nnunet_multitask.columns import recurrence_column, survival_column, survival_times
+from types import SimpleNamespace
+
+from nnunet_multitask.contract import recurrence_column, survival_column, survival_times
 from nnunet_multitask.predictor import MultiTaskPredictor
 
 
 def _table_at(horizon: float, n: int = 12) -> pd.DataFrame:
     rng = np.random.default_rng(4)
     class _TablePredictor(MultiTaskPredictor):  # only the table-building state
-        head_config = {"horizon_months": horizon}
+        head_config = SimpleNamespace(horizon_months=horizon)
 
     predictor = _TablePredictor.__new__(_TablePredictor)
     predictor.dataset_json = {"channel_names": {"0": "T2", "1": "ADC", "2": "Dapp", "3": "Kapp"}}

@@ -2,7 +2,10 @@
 patients lack Dapp and Kapp is converted with --allow-missing-series, planned and preprocessed,
 trained with MultiRecTrainer_ModalityDropout_smoke, and predicted on a folder in which one case
 lacks Dapp and Kapp and another ADC. Plus the unit-level pieces (availability in the heads, the
-dropout draw, the standardisation over real series)."""
+dropout draw, the standardisation over real series).
+
+The cohort is converted with a non-integer horizon (18.5 months), so the same run is the end-to-end
+test of issue 11.1's column naming: training, prediction and evaluation all name it ``18.5m``."""
 from __future__ import annotations
 
 import json
@@ -20,6 +23,7 @@ from conftest import REPO, bin_of, nnunet_env, run, train_env
 from nnunet_multitask.trainer import MultiRecTrainerBase, quantity_statistics
 
 DATASET_ID = "504"
+HORIZON = "18.5"
 DATASET_NAME = "Dataset504_LARCGAPS"
 TRAINER = "MultiRecTrainer_ModalityDropout_smoke"
 SERIES = ("T2", "ADC", "Dapp", "Kapp")
@@ -102,7 +106,7 @@ def gaps_dataset(tmp_path_factory):
                               "--dataset-id", DATASET_ID, "--name", "LARCGAPS"], env=env, cwd=REPO,
                              capture_output=True, text=True)
     run([sys.executable, "-m", "dataset_conversion.convert_larc", "--cohort", str(cohort), "--dataset-id",
-         DATASET_ID, "--name", "LARCGAPS", "--allow-missing-series"], env, cwd=REPO)
+         DATASET_ID, "--name", "LARCGAPS", "--allow-missing-series", "--horizon", HORIZON], env, cwd=REPO)
     run([bin_of("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres", "-np", "1", "-npfp", "1",
          "--verify_dataset_integrity"], env, cwd=REPO)
     raw = root / "nnUNet_raw" / DATASET_NAME
@@ -202,6 +206,19 @@ def test_predict_with_missing_series(dropout_model, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".nnunet_multitask")], "temporary input left"
     meta = json.loads((out / "predictions.json").read_text())
     assert meta["allow_missing_series"] is True and meta["channel_availability"] is True
+    assert meta["horizon_months"] == 18.5 and f"p_recurrence_{HORIZON}m" in table.columns
+    assert f"surv_prob_{HORIZON}m" in table.columns
+    # the training's own head validation and the evaluation name the same non-integer horizon
+    summary = json.loads((dropout_model["folder"] / "fold_0" / "validation" / "head_summary.json").read_text())
+    assert f"auc_{HORIZON}m" in summary
+    report = tmp_path / "report"
+    run([sys.executable, "evaluation/survival_eval.py", "--predictions", str(out / "predictions.csv"),
+         "--dataset", DATASET_ID, "--bootstrap", "20", "-o", str(report)], env, cwd=REPO)
+    metrics = json.loads((report / "metrics.json").read_text())
+    counts = metrics["counts"]["models"]["predictions"]
+    assert counts["p_recurrence_column"] == f"p_recurrence_{HORIZON}m"  # not a fallback on risk_score
+    assert counts["surv_prob_horizon_column"] == f"surv_prob_{HORIZON}m"
+    assert metrics["settings"]["horizon_months"] == 18.5
 
     # the availability reaches the heads: the same case with all its series, and with Dapp/Kapp
     # taken away, gets different risks

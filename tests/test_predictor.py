@@ -338,7 +338,7 @@ def test_missing_clinical_row_imputed_and_flagged(api_env, tmp_path):
     assert np.isfinite(row["risk_score"]) and 0 <= row[f"p_recurrence_{HORIZON}m"] <= 1
     # the vector used is the fitted transform of an all-missing row (medians / modes)
     vec, imputed, n = p.clinical_vector(case, p.network.clinical_state)
-    assert imputed and n == len(p.model_clinical_columns()) and vec.shape == (p.head_config["n_clinical_features"],)
+    assert imputed and n == len(p.model_clinical_columns()) and vec.shape == (p.head_config.n_clinical_features,)
 
 
 def test_model_folder_without_heads_is_refused(api_env, tmp_path):
