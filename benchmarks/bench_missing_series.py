@@ -17,15 +17,14 @@ Reuses bench_run/quality/ (trainings and predictions of row c are not repeated).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_quality import (DATASET, DATASET_ID, _oracles, _summary_over_seeds,  # noqa: E402
-                                      evaluate_seed, prepare, seed_record, train_and_predict)
+from benchmarks.bench_quality import (DATASET, DATASET_ID, _summary_over_seeds, evaluate_seed,  # noqa: E402
+                                      evaluation_inputs, prepare, seed_record, train_and_predict)
 from benchmarks.common import (BENCH_RUN, bin_of, command_line, load_average, machine_info,  # noqa: E402
                                run_command, write_result)
 
@@ -91,10 +90,7 @@ def main(argv=None) -> int:
         log("trainings and predictions done (--train-only)")
         return 0
 
-    mt = json.loads((ds["raw"] / "dataset.json").read_text())["multitask"]
-    work = root / "eval_inputs"
-    work.mkdir(parents=True, exist_ok=True)
-    oracles = _oracles(ds, work, mt)
+    mt, _, oracles = evaluation_inputs(ds, root)
     per_seed: dict = {}
     for s in seeds:
         names = list(preds[s]) + list(oracles)

@@ -173,6 +173,14 @@ def _oracles(ds: dict, work: Path, mt: dict) -> dict:
     return paths
 
 
+def evaluation_inputs(ds: dict, root: Path) -> tuple:
+    """(multitask block, work folder, oracle prediction files) shared by every seed's evaluation."""
+    mt = json.loads((ds["raw"] / "dataset.json").read_text())["multitask"]
+    work = root / "eval_inputs"
+    work.mkdir(parents=True, exist_ok=True)
+    return mt, work, _oracles(ds, work, mt)
+
+
 def evaluate_seed(ds: dict, names, prediction_files, seg_folders, report: Path, bootstrap: int) -> dict:
     """One ``evaluation/survival_eval.py`` run over every model of a seed; its metrics.json."""
     run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *prediction_files, "--names", *names,
@@ -236,10 +244,7 @@ def main(argv=None) -> int:
         log("trainings and predictions done (--train-only)")
         return 0
 
-    mt = json.loads((ds["raw"] / "dataset.json").read_text())["multitask"]
-    work = root / "eval_inputs"
-    work.mkdir(parents=True, exist_ok=True)
-    oracles = _oracles(ds, work, mt)
+    mt, work, oracles = evaluation_inputs(ds, root)
     per_seed: dict = {}
     metrics_of_seed = {}
     for s in seeds:

@@ -39,6 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import pandas as pd
 
+from nnunet_multitask.checkpoints import file_sha256
 from nnunet_multitask.predictor import (PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError,
                                         _atomic_write, _STAGING_PREFIX, output_folder_lock)
 
@@ -78,19 +79,11 @@ def case_list_sha256(cases: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(cases)).encode()).hexdigest()
 
 
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def part_record(all_cases: Sequence[str], part_id: int, num_parts: int, input_folder: str,
                 clinical_table_source: Optional[str]) -> dict:
     """The ``"part"`` record of a part's ``predictions.json`` (module docstring)."""
     all_sorted = sorted(all_cases)
-    clinical_sha = (_file_sha256(clinical_table_source)
+    clinical_sha = (file_sha256(clinical_table_source)
                     if clinical_table_source and isfile(clinical_table_source) else None)
     return {"part_id": int(part_id), "num_parts": int(num_parts), "cases": part_share(all_sorted, part_id, num_parts),
             "all_cases": all_sorted, "all_cases_sha256": case_list_sha256(all_sorted),
