@@ -57,6 +57,9 @@ def worker(rank, port, out_dir):
     try:
         for ties in TIES:  # one spawn for both tie methods: starting processes is the slow part
             run_rank(rank, out_dir, ties)
+        # no rank tears gloo down while the other may still be in a collective (a SIGABRT at teardown
+        # was seen once in ~10 runs without this barrier)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
