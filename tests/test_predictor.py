@@ -209,17 +209,24 @@ def test_cli_bad_clinical_table_fails_before_predicting(model, tmp_path):
 
 
 # ---------------------------------------------------------------------------- fold ensembling (API)
-def test_fold_ensemble_means_and_spread(api_env, batch_run, tmp_path):
-    """Two folds: fold_1 is fold_0 with perturbed head weights. The ensemble row is the mean of the
-    per-fold values and *_sd their sample sd; fold 0 alone reproduces the CLI's row."""
-    folder = _copy_model_folder(api_env["folder"], tmp_path / MODEL_DIR, folds=(0,))
+def two_fold_model(src: Path, dst: Path, shifts: dict) -> Path:
+    """A model folder whose fold_1 is fold_0 with some weights shifted by a constant."""
+    folder = _copy_model_folder(src, dst, folds=(0,))
     ckpt = load_checkpoint_safely(str(folder / "fold_0" / "checkpoint_final.pth"))
     weights = {k: v.clone() for k, v in ckpt["network_weights"].items()}
-    weights["classification_head.bias"] += 0.7
-    weights["survival_output.bias"] -= 0.4
+    for name, shift in shifts.items():
+        weights[name] += shift
     (folder / "fold_1").mkdir()
     torch.save({k: ckpt[k] for k in ("trainer_name", "init_args", "inference_allowed_mirroring_axes")}
                | {"network_weights": weights}, folder / "fold_1" / "checkpoint_final.pth")
+    return folder
+
+
+def test_fold_ensemble_means_and_spread(api_env, batch_run, tmp_path):
+    """Two folds: fold_1 is fold_0 with perturbed head weights. The ensemble row is the mean of the
+    per-fold values and *_sd their sample sd; fold 0 alone reproduces the CLI's row."""
+    folder = two_fold_model(api_env["folder"], tmp_path / MODEL_DIR, {"classification_head.bias": 0.7,
+                                                                      "survival_output.bias": -0.4})
 
     case = _test_cases(api_env["images_ts"])[0]
     inp = _case_folder(api_env["images_ts"], [case], tmp_path / "in")

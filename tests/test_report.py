@@ -18,11 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-import torch
 from PIL import Image
 
 from conftest import bin_of, run
-from nnunet_multitask.predictor import load_checkpoint_safely, predict_entry_point, predict_folder
+from nnunet_multitask.predictor import predict_entry_point, predict_folder
 from nnunet_multitask.report import (ReferenceDistribution, ReportError, check_report_inputs, clinical_values,
                                      reference_distribution, write_report)
 from nnunet_multitask.saliency import occlusion_blocks, occlusion_saliency, case_image_files
@@ -182,13 +181,7 @@ def test_saliency_uses_the_predictions_risk(model, report_run):
 def test_saliency_per_fold_equals_the_prediction_of_that_fold(api_env, tmp_path):
     """Two folds (fold 1 = fold 0 with shifted head biases): the saliency's unoccluded risk of
     each fold is that fold's prediction, and their mean the ensemble's predictions.csv risk."""
-    folder = _copy_model_folder(api_env["folder"], tmp_path / MODEL_DIR, folds=(0,))
-    ckpt = load_checkpoint_safely(str(folder / "fold_0" / "checkpoint_final.pth"))
-    weights = {k: v.clone() for k, v in ckpt["network_weights"].items()}
-    weights["survival_output.bias"] -= 0.4
-    (folder / "fold_1").mkdir()
-    torch.save({k: ckpt[k] for k in ("trainer_name", "init_args", "inference_allowed_mirroring_axes")}
-               | {"network_weights": weights}, folder / "fold_1" / "checkpoint_final.pth")
+    folder = test_predictor.two_fold_model(api_env["folder"], tmp_path / MODEL_DIR, {"survival_output.bias": -0.4})
     case = _test_cases(api_env["images_ts"])[0]
     inp = _case_folder(api_env["images_ts"], [case], tmp_path / "in")
     predictor = _predictor(folder, folds=(0, 1))
