@@ -75,7 +75,7 @@ from tqdm import tqdm
 from clinical.schema import GROUPS, ClinicalSchema
 from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
 from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
-from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract
+from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract, missing_series_filler
 
 __all__ = [
     "CHANNELS", "OPTIONAL_CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "SERIES_AVAILABILITY_FILE",
@@ -297,11 +297,9 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     for series in CHANNELS[1:]:
         path = patient_dir / f"{series}{FILE_ENDING}"
         if _series_is_missing(path, patient_id, allow_missing_series):
-            # Zero, not another constant: nnU-Net crops to the union of the channels' nonzero voxels
-            # and its z-score normalisation maps a constant image to 0, so an all-zero filler changes
-            # neither the crop nor the other channels. The constant and coverage checks below are for
-            # real series only, never for this filler.
-            channels.append(_zeros_like(t2) if write_missing_as_zeros else None)
+            # zeros on the T2 grid, the same filler the predictor writes (why zero: its docstring); the
+            # constant and coverage checks below are for real series only, never for this filler
+            channels.append(missing_series_filler(t2) if write_missing_as_zeros else None)
             available.append(0)
             continue
         diffusion = _read_image(path, patient_id)
@@ -330,13 +328,6 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     written.append(label_out)
     _verify_written_geometry(written, case_id)
     return tuple(available)
-
-
-def _zeros_like(reference: sitk.Image) -> sitk.Image:
-    """An all-zero float32 image with the exact geometry of ``reference`` (a missing series' filler)."""
-    zeros = sitk.Image(reference.GetSize(), sitk.sitkFloat32)  # SimpleITK initialises voxels to 0
-    zeros.CopyInformation(reference)
-    return zeros
 
 
 def _read_geometry(path: Path) -> sitk.ImageFileReader:

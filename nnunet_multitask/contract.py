@@ -33,6 +33,17 @@ class ContractError(ValueError):
     """A ``multitask`` or ``multitask_model`` block that lacks a key or holds a wrong value."""
 
 
+def missing_series_filler(reference):
+    """What stands in for a missing series, at conversion and at prediction alike: an all-zero
+    float32 image with the exact geometry of the case's T2 (``reference``, a SimpleITK image).
+    Zero because nnU-Net crops to the union of the channels' nonzero voxels and its z-score maps a
+    constant image to 0: the filler moves neither the crop nor the other channels."""
+    import SimpleITK as sitk
+    zeros = sitk.Image(reference.GetSize(), sitk.sitkFloat32)  # SimpleITK initialises voxels to 0
+    zeros.CopyInformation(reference)
+    return zeros
+
+
 # ---------------------------------------------------------------------- column names
 def horizon_tag(months: float) -> str:
     """``"36"`` for 36.0, ``"18.5"`` for 18.5: the ``<H>`` in ``p_recurrence_<H>m`` and ``auc_<H>m``

@@ -71,8 +71,8 @@ from clinical.tables import CASE_ID_COLUMN, read_case_table
 from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 from nnunet_multitask.aggregation import patient_level_prediction, survival_at_times
 from nnunet_multitask.contract import (REQUIRED_SERIES, SERIES_COLUMN, SURVIVAL_TIMES, ContractError,  # noqa: F401
-                                       DatasetContract, HeadConfig, recurrence_column, survival_column,
-                                       survival_times)
+                                       DatasetContract, HeadConfig, missing_series_filler, recurrence_column,
+                                       survival_column, survival_times)
 from nnunet_multitask.dataset_tables import MultitaskDatasetError, dataset_table_path
 from nnunet_multitask.checkpoints import CheckpointError, file_sha256, load_checkpoint_safely
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network
@@ -692,9 +692,7 @@ def _fill_missing_series(input_folder: str, filled_folder: str, dataset_json: di
                 continue
             if reference is None:
                 reference = sitk.ReadImage(join(input_folder, f"{case}_0000{ending}"))
-            filler = sitk.Image(reference.GetSize(), sitk.sitkFloat32)
-            filler.CopyInformation(reference)
-            sitk.WriteImage(filler, join(filled_folder, name))
+            sitk.WriteImage(missing_series_filler(reference), join(filled_folder, name))
 
 
 def _check_image_headers(input_folder: str, cases: Sequence[str], n_ch: int, ending: str,

@@ -126,12 +126,6 @@ def _to_original_grid(values: np.ndarray, properties: dict, plans_manager, confi
     return np.asarray(full).transpose(plans_manager.transpose_backward)
 
 
-def _predict(predictor, data, clinical, availability):
-    if availability is None:
-        return predictor.predict_case_with_current_weights(data, clinical)
-    return predictor.predict_case_with_current_weights(data, clinical, availability=availability)
-
-
 def occlusion_saliency(predictor, image_files: Sequence[str], case_id: str,
                        max_blocks: int = DEFAULT_MAX_BLOCKS, availability: Optional[np.ndarray] = None
                        ) -> SaliencyMap:
@@ -170,7 +164,7 @@ def occlusion_saliency(predictor, image_files: Sequence[str], case_id: str,
             net.load_state_dict(params)
             clinical = predictor.clinical_vector(case_id, net.clinical_state)[0]
             folds.append((params, clinical))
-            logits, pred = _predict(predictor, data, clinical, availability)
+            logits, pred = predictor.predict_case_with_current_weights(data, clinical, availability)
             logits = logits.to("cpu").float().clone()
             logits_sum = logits if logits_sum is None else logits_sum + logits
             baseline.append(float(pred["risk_score"]))
@@ -198,7 +192,8 @@ def occlusion_saliency(predictor, image_files: Sequence[str], case_id: str,
             for i, block in enumerate(blocks):
                 occluded = data.clone()
                 occluded[(slice(None),) + block] = fill_t.expand(-1, *occluded[(slice(None),) + block].shape[1:])
-                risks[i, j] = float(_predict(predictor, occluded, clinical, availability)[1]["risk_score"])
+                risks[i, j] = float(predictor.predict_case_with_current_weights(occluded, clinical, availability)[1]
+                                    ["risk_score"])
         for i, block in enumerate(blocks):
             values[block] = base - float(np.mean(risks[i]))  # the fold ensemble, as predictions.csv
     finally:

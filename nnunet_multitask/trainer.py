@@ -285,9 +285,11 @@ class MultiRecTrainerBase(nnUNetTrainer):
             raise ValueError(f"{type(self).__name__}: modality_dropout_rate needs channel_availability = True (the "
                              f"heads must be told which series were dropped)")
         self.channel_names = [dataset_json["channel_names"][str(i)] for i in range(n_channels)]
-        used = range(n_channels) if self.input_channels is None else self.input_channels
+        #: the dataset's channels this model reads
+        self.used_channels = list(range(n_channels)) if self.input_channels is None else \
+            [int(c) for c in self.input_channels]
         #: channels that may be dropped in training: the model's own, except the required series (T2)
-        self.droppable_channels = [int(c) for c in used if self.channel_names[c] not in REQUIRED_SERIES]
+        self.droppable_channels = [c for c in self.used_channels if self.channel_names[c] not in REQUIRED_SERIES]
         prep = ClinicalPreprocessor(self.schema, tuple(self.clinical_groups))
         # the head configuration travels in the plans (plans.json of the results folder), which is what
         # build_network_architecture receives at training and at inference time
@@ -395,10 +397,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
             with torch.no_grad():
                 net.clinical_state.copy_(torch.as_tensor(prep.state_vector(), dtype=torch.float64))
                 net.time_bin_edges.copy_(self._fit_time_bins(times, events))
-                used = list(range(len(self.channel_names))) if self.input_channels is None \
-                    else list(self.input_channels)
                 mean, std = quantity_statistics(np.stack([quantities[k] for k in tr_keys]),
-                                                np.stack([availability[k][used] for k in tr_keys]))
+                                                np.stack([availability[k][self.used_channels] for k in tr_keys]))
                 net.quantity_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
                 net.quantity_std.copy_(torch.as_tensor(std, dtype=torch.float32))
                 if self.init_output_biases:
@@ -434,8 +434,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
             return {str(k): ones for k in keys}
         rows = lookup_rows(table, keys, "series availability table")
         out = {str(k): rows.loc[str(k)].to_numpy(np.float32) for k in keys}
-        used = range(len(self.channel_names)) if self.input_channels is None else self.input_channels
-        lacking = {k: [self.channel_names[c] for c in used if a[c] == 0] for k, a in out.items()}
+        lacking = {k: [self.channel_names[c] for c in self.used_channels if a[c] == 0] for k, a in out.items()}
         lacking = {k: v for k, v in lacking.items() if v}
         if lacking and not self.channel_availability:
             first = sorted(lacking)[:5]
@@ -511,10 +510,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
                         avail[b, c] = 0.0
         return avail
 
-    def _batch_context(self, keys, availability: Optional[np.ndarray] = None) -> dict:
+    def _batch_context(self, keys, availability: np.ndarray) -> dict:
+        """The step's per-case table on the device; ``availability`` from :meth:`batch_availability`."""
         rows = [self._case_data[str(k)] for k in keys]
-        if availability is None:
-            availability = np.stack([r["availability"] for r in rows]).astype(np.float32)
         n_ch = availability.shape[1]
         # one host-to-device copy per step (on a GPU, every small copy is a synchronisation)
         table = np.concatenate([np.stack([r["clinical"] for r in rows]).reshape(len(rows), -1),
