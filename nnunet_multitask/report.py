@@ -51,7 +51,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from nnunet_multitask.contract import horizon_tag, recurrence_column, survival_column
+from nnunet_multitask.contract import DatasetContract, horizon_tag, recurrence_column, survival_column
 from nnunet_multitask.predictor import PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError, _STAGING_PREFIX
 
 REPORT_FOLDER = "report"
@@ -219,12 +219,19 @@ def t2_channel(dataset_json: dict) -> tuple:
     return 0, names.get(0, "channel 0")
 
 
+def prediction_horizon(meta: dict) -> float:
+    """The horizon (months) a prediction was made for, from its ``predictions.json``."""
+    return float(meta.get("horizon_months", DatasetContract.horizon_months))
+
+
 def case_set(case_id: str, dataset_json: dict) -> str:
     """``internal test`` / ``external test`` from the dataset's multitask block, else ``""``."""
-    mt = dataset_json.get("multitask") or {}
-    if case_id in set(mt.get("internal_test", [])):
+    if not dataset_json.get("multitask"):
+        return ""
+    contract = DatasetContract.from_dataset_json(dataset_json)
+    if case_id in contract.internal_test:
         return "internal test"
-    if case_id in set(mt.get("external_test", [])):
+    if case_id in contract.external_test:
         return "external test"
     return ""
 
@@ -259,7 +266,7 @@ def survival_times_in(columns: Sequence[str]) -> List[float]:
 def case_numbers(row: pd.Series, meta: dict, reference: ReferenceDistribution, clinical: List[dict],
                  dataset_json: dict) -> dict:
     """Every number the report shows for one case, from its ``predictions.csv`` row."""
-    horizon = float(meta.get("horizon_months", 36))
+    horizon = prediction_horizon(meta)
     rec, surv_h = recurrence_column(horizon), survival_column(horizon)
     risk = _num(row["risk_score"])
     s_h = _num(row.get(surv_h))
@@ -526,7 +533,7 @@ def summary_html(rows: List[dict], meta: dict, reference: ReferenceDistribution,
     """The cohort summary page: cases sorted by risk (``rows`` already sorted), each linking to its
     section (the PNG, on the same page) and to the PNG file itself."""
     e = html.escape
-    h = horizon_tag(float(meta.get("horizon_months", 36)))
+    h = horizon_tag(prediction_horizon(meta))
     sha = meta.get("checkpoint_sha256", {})
     model = (f"{e(str(meta.get('trainer')))}, plans {e(str(meta.get('plans')))}, configuration "
              f"{e(str(meta.get('configuration')))}, fold(s) {e(', '.join(map(str, meta.get('folds', []))))}, "
