@@ -16,6 +16,15 @@ What the heads see (``image_features``, chosen by measurement: BENCHMARKS.md row
 * ``"global_pool"``: the first design, average- and max-pooled bottleneck features. Kept for the
   ablation: the encoder's last InstanceNorm sets every channel's spatial mean per sample, so a
   global pool carries almost nothing about how much tumour there is (diagnosis, BENCHMARKS.md).
+* ``"tumour_roi"``: the learned image pathway (:mod:`nnunet_multitask.roi`). The heads read a box
+  of the configuration's patch size around the tumour, cut from the *un-augmented* preprocessed
+  image, in training as in prediction: the tumour quantities measured inside the box, and a small
+  3-D CNN (:class:`~nnunet_multitask.roi.RoiEncoder`) on the box's channels and the detached tumour
+  probability, pooled inside the tumour, in a border shell and in a mesorectal shell. The head
+  losses update the CNN, the embeddings and the heads (their own AdamW); the probability is
+  computed without gradient, so the U-Net learns from the segmentation loss alone. The plain
+  forward computes no heads in this mode: the trainer calls :meth:`MultiTaskUNet.roi_heads` on
+  the boxes, the predictor :meth:`MultiTaskUNet.patient_heads`.
 
 With ``channel_availability`` (models trained for missing series, issue 13) the heads also get a
 0/1 vector saying which of the model's input channels are real series; the standardised tumour
@@ -43,9 +52,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from nnunet_multitask.losses import RiskSetMemory
+from nnunet_multitask.roi import RoiEncoder, crop_box, largest_component_centre, roi_start
 
 SURVIVAL_HEADS = ("cox", "discrete")
-IMAGE_FEATURES = ("tumour_quantities", "tumour_quantities+tumour_pool", "global_pool")
+IMAGE_FEATURES = ("tumour_quantities", "tumour_quantities+tumour_pool", "global_pool", "tumour_roi")
 SINK_KINDS = ("heads", "tiles")
 _EPS_MASS = 1e-3
 
@@ -131,13 +141,21 @@ class MultiTaskUNet(nn.Module):
         Voxel volume at the configuration's spacing (for the tumour volume in mm^3).
     channel_availability : bool
         The heads also read which input channels are real series (module docstring).
+    roi_box : sequence of int, optional
+        Box of the ``"tumour_roi"`` pathway in voxels (the configuration's patch size).
+    spacing_mm : sequence of float, optional
+        Voxel spacing of the configuration (``"tumour_roi"``: the shells' radii in mm).
+    roi_width : int
+        Feature channels of the ROI encoder.
     """
 
     def __init__(self, base: nn.Module, input_channels: Optional[Sequence[int]], n_clinical_features: int,
                  clinical_state_size: int, survival_head: str = "cox", n_time_bins: int = 10,
                  hidden: int = 64, risk_memory_size: int = 0, dropout: float = 0.2,
                  image_features: str = "tumour_quantities", n_input_channels: Optional[int] = None,
-                 voxel_volume_mm3: float = 1.0, channel_availability: bool = False):
+                 voxel_volume_mm3: float = 1.0, channel_availability: bool = False,
+                 roi_box: Optional[Sequence[int]] = None, spacing_mm: Optional[Sequence[float]] = None,
+                 roi_width: int = 16):
         super().__init__()
         if survival_head not in SURVIVAL_HEADS:
             raise ValueError(f"survival_head must be one of {SURVIVAL_HEADS}, got {survival_head!r}")
@@ -162,10 +180,19 @@ class MultiTaskUNet(nn.Module):
 
         bottleneck = int(self.encoder.output_channels[-1])
         self.n_quantities = 1 + self.n_input_channels
+        self.roi_encoder: Optional[RoiEncoder] = None
+        self.roi_box: Optional[tuple] = None
         if image_features == "global_pool":
             image_in = 2 * bottleneck
         elif image_features == "tumour_quantities":
             image_in = self.n_quantities
+        elif image_features == "tumour_roi":
+            if roi_box is None or spacing_mm is None or len(roi_box) != len(spacing_mm):
+                raise ValueError(f"image_features='tumour_roi' needs roi_box and spacing_mm of one length, got "
+                                 f"{roi_box} and {spacing_mm}")
+            self.roi_box = tuple(int(b) for b in roi_box)
+            self.roi_encoder = RoiEncoder(self.n_input_channels, spacing_mm, int(roi_width))
+            image_in = self.n_quantities + self.roi_encoder.out_features
         else:
             image_in = self.n_quantities + bottleneck
         if self.channel_availability:
@@ -246,7 +273,7 @@ class MultiTaskUNet(nn.Module):
                 return pooled
             if self.image_features == "tumour_quantities":
                 return quantities
-            return torch.cat([quantities, pooled], 1)
+            return torch.cat([quantities, pooled], 1)  # pooled: bottleneck pool or ROI encoder features
         ref = pooled if quantities is None else quantities
         avail = self.used_availability(availability, ref.shape[0], ref.device)
         parts = []
@@ -298,7 +325,7 @@ class MultiTaskUNet(nn.Module):
         rec = {"tumour_mass": prob.flatten(1).sum(1)}
         if self.image_features == "global_pool":
             rec["pooled"] = global_pool(bottleneck).float()
-        elif self.image_features != "tumour_quantities":
+        elif self.image_features == "tumour_quantities+tumour_pool":
             rec["pool_num"], rec["pool_den"] = weighted_pool_sums(bottleneck, prob)
         return {k: v.detach() for k, v in rec.items()}
 
@@ -312,6 +339,12 @@ class MultiTaskUNet(nn.Module):
         if not return_heads and self.sink_kind == "tiles":
             self.head_sink.append(self.tile_record(seg_full, skips[-1]))
             return seg
+        if self.image_features == "tumour_roi":
+            # the heads read the tumour box of the un-augmented image (roi_heads), never this patch
+            if return_heads:
+                raise RuntimeError("image_features='tumour_roi': the heads read the tumour box; call roi_heads "
+                                   "(training) or patient_heads (prediction)")
+            return seg
         heads = self.heads(self.patch_image_features(x, seg_full, skips[-1]),
                            clinical if clinical is not None else self.clinical_input)
         if return_heads:
@@ -324,6 +357,38 @@ class MultiTaskUNet(nn.Module):
         self.head_sink.append(heads)
         return seg
 
+    # ------------------------------------------------------------------ tumour box
+    def box_probability(self, image_box: torch.Tensor) -> torch.Tensor:
+        """Tumour probability ``[B, *box]`` of boxes ``[B, C_all, *box]`` (all dataset channels) by the
+        U-Net, without gradient: what the heads read in training (in prediction the stitched
+        sliding-window segmentation is cut instead)."""
+        with torch.no_grad():
+            seg = self.decoder(self.encoder(self.select_channels(image_box)))
+            seg = seg[0] if isinstance(seg, (list, tuple)) else seg
+            return foreground_probability(seg)
+
+    def roi_heads(self, image_box: torch.Tensor, prob_box: torch.Tensor, clinical: Optional[torch.Tensor],
+                  availability: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Heads of the ``"tumour_roi"`` pathway on tumour boxes: ``image_box [B, C_all, *box]`` (every
+        dataset channel; the model selects its own), ``prob_box [B, *box]`` (detached here)."""
+        if self.roi_encoder is None:
+            raise RuntimeError(f"roi_heads needs image_features='tumour_roi', this model has {self.image_features!r}")
+        image = self.select_channels(image_box.float())
+        prob = prob_box.detach().float()
+        quantities = self.standardised_quantities(prob, image)
+        feats = self.image_feature_vector(quantities, self.roi_encoder(image, prob), availability)
+        return self.heads(feats, clinical)
+
+    def _patient_roi_heads(self, prob: torch.Tensor, image: torch.Tensor, clinical, availability) -> tuple:
+        """Patient-level heads of the ``"tumour_roi"`` pathway: the box around the predicted tumour's
+        largest component, cut from the whole image and its stitched probability; (heads, mass in box)."""
+        centre = largest_component_centre((prob[0] > 0.5).cpu().numpy())
+        start = roi_start(centre, prob.shape[1:], self.roi_box)
+        prob_box = crop_box(prob, start, self.roi_box)
+        image_box = crop_box(image, start, self.roi_box)
+        heads = self.roi_heads(image_box, prob_box, clinical, availability)
+        return heads, float(prob_box.sum())
+
     # ------------------------------------------------------------------ patient level
     def patient_heads(self, seg_logits: torch.Tensor, image: torch.Tensor,
                       tile_records: List[Mapping[str, torch.Tensor]], clinical: Optional[torch.Tensor],
@@ -333,6 +398,12 @@ class MultiTaskUNet(nn.Module):
         ``availability``: [C_all] 0/1, which series are real (models with ``channel_availability``)."""
         dev = self.quantity_mean.device
         prob = foreground_probability(seg_logits[None].to(device=dev, dtype=torch.float32))
+        if clinical is not None:
+            clinical = None if clinical.numel() == 0 else clinical.to(dev)
+        if self.image_features == "tumour_roi":
+            heads, mass = self._patient_roi_heads(prob, image[None].to(device=dev, dtype=torch.float32), clinical,
+                                                  availability)
+            return {k: v.detach() for k, v in heads.items()}, mass
         mass = float(prob.sum())
         quantities = pooled = None
         if self.image_features != "global_pool":
@@ -350,8 +421,6 @@ class MultiTaskUNet(nn.Module):
         if pooled is not None:
             pooled = pooled.to(dev)
         feats = self.image_feature_vector(quantities, pooled, availability)
-        if clinical is not None:
-            clinical = None if clinical.numel() == 0 else clinical.to(dev)
         heads = self.heads(feats, clinical)
         return {k: v.detach() for k, v in heads.items()}, mass
 
@@ -370,8 +439,11 @@ def build_multitask_network(plans_manager, configuration_manager, num_input_chan
                                   configuration_manager.network_arch_init_kwargs,
                                   configuration_manager.network_arch_init_kwargs_req_import,
                                   n_in, num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+    roi = cfg.image_features == "tumour_roi"
     return MultiTaskUNet(base, channels, cfg.n_clinical_features, cfg.clinical_state_size,
                          survival_head=cfg.survival_head, n_time_bins=cfg.n_time_bins, hidden=cfg.head_hidden,
                          risk_memory_size=cfg.risk_memory_size, image_features=cfg.image_features,
                          n_input_channels=cfg.n_input_channels if cfg.n_input_channels is not None else n_in,
-                         voxel_volume_mm3=cfg.voxel_volume_mm3, channel_availability=cfg.channel_availability)
+                         voxel_volume_mm3=cfg.voxel_volume_mm3, channel_availability=cfg.channel_availability,
+                         roi_box=tuple(configuration_manager.patch_size) if roi else None,
+                         spacing_mm=tuple(configuration_manager.spacing) if roi else None)

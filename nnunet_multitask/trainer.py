@@ -19,7 +19,11 @@ Choices stated once:
   and event rate. Measured in BENCHMARKS.md row c (ablations).
 * Whole tumour: heads are supervised on patches that show at least ``min_tumour_fraction`` of
   the case's reference tumour voxels, so the tumour-level features they learn from describe the
-  whole tumour, as they do at inference (computed on the stitched whole image).
+  whole tumour, as they do at inference (computed on the stitched whole image). With
+  ``image_features = "tumour_roi"`` the heads read instead, for every case of the batch, a box of
+  the patch size around its tumour cut from the un-augmented preprocessed image (centred on the
+  reference mask's largest component with a shift of up to two voxels, randomly mirrored), and the
+  U-Net's own probability on that box: the same input as in prediction, every case supervised.
 * Best checkpoint: the EMA (0.9) of ``(pseudo-Dice + validation C-index + validation AUC) / 3``
   computed each epoch on patient-level predictions over the validation fold; an undefined
   C-index or AUC (too few cases or events) counts as chance (0.5).
@@ -52,6 +56,7 @@ from nnunet_multitask.dataset_tables import (MultitaskDatasetError, dataset_tabl
                                       read_outcomes, read_series_availability)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network, tumour_quantities
+from nnunet_multitask.roi import CENTRE_JITTER_VOXELS, crop_box, largest_component_centre, roi_start
 
 #: environment variable that seeds a training run (torch, numpy, random; see README "Seeds")
 SEED_ENV = "MULTIREC_SEED"
@@ -207,7 +212,10 @@ class MultiRecTrainerBase(nnUNetTrainer):
         ``"sgd"``: the heads share nnU-Net's SGD (the first design).
     min_tumour_fraction : float
         Heads are supervised on a patch only when it holds at least this fraction of the case's
-        reference tumour voxels (0: any tumour voxel).
+        reference tumour voxels (0: any tumour voxel). Not used by ``"tumour_roi"`` (every case).
+    roi_cache_bytes : int
+        ``"tumour_roi"``: the fold's un-augmented preprocessed images kept in memory up to this size
+        (the rest is read from the preprocessed folder at every step).
     whole_fold_validation : bool
         Per-epoch head metrics (val C-index and AUC, part of the best-checkpoint score) from one
         patient-level prediction of every validation case, by the predictor's definition (sliding
@@ -250,6 +258,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
     head_lr: float = 2e-3
     head_weight_decay: float = 1e-4
     min_tumour_fraction: float = 0.9
+    roi_cache_bytes: int = 2 ** 31
     init_output_biases: bool = True
     skip_final_validation: bool = False
     whole_fold_validation: bool = True
@@ -281,6 +290,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
         if not 0.0 <= float(self.modality_dropout_rate) < 1.0:
             raise ValueError(f"{type(self).__name__}: modality_dropout_rate must be in [0, 1), got "
                              f"{self.modality_dropout_rate}")
+        if self.image_features == "tumour_roi" and not self.whole_fold_validation:
+            raise ValueError(f"{type(self).__name__}: image_features='tumour_roi' needs whole_fold_validation (its "
+                             f"heads read the tumour box of the whole image, not nnU-Net's validation patches)")
         if self.modality_dropout_rate > 0 and not self.channel_availability:
             raise ValueError(f"{type(self).__name__}: modality_dropout_rate needs channel_availability = True (the "
                              f"heads must be told which series were dropped)")
@@ -326,6 +338,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self._val_head_note = ""
         self._val_records: List[tuple] = []
         self._case_tumour_voxels: Dict[str, float] = {}
+        self._roi_centres: Dict[str, Optional[np.ndarray]] = {}
+        self._roi_images: Dict[str, torch.Tensor] = {}
+        self._roi_dataset = None
         self.head_optimizer_instance: Optional[torch.optim.Optimizer] = None
 
     def _set_batch_size_and_oversample(self):
@@ -455,14 +470,53 @@ class MultiRecTrainerBase(nnUNetTrainer):
         keys = list(tr_keys) + [k for k in val_keys if k not in set(tr_keys)]
         dataset = self.dataset_class(self.preprocessed_dataset_folder, keys,
                                      folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-        out = {}
+        out, cached = {}, 0
         for k in keys:
             data, seg, _, _ = dataset.load_case(k)
             mask = torch.from_numpy(np.asarray(seg[:])[0] > 0)
             self._case_tumour_voxels[k] = float(mask.sum())
-            image = net.select_channels(torch.from_numpy(np.asarray(data[:], dtype=np.float32))[None])
+            whole = torch.from_numpy(np.asarray(data[:], dtype=np.float32))
+            image = net.select_channels(whole[None])
             out[k] = tumour_quantities(mask[None].float(), image, net.voxel_volume_mm3)[0].numpy()
+            if net.image_features == "tumour_roi":
+                self._roi_centres[k] = largest_component_centre(mask.numpy())
+                if cached + whole.numel() * 4 <= self.roi_cache_bytes:
+                    self._roi_images[k] = whole
+                    cached += whole.numel() * 4
         return out
+
+    def _roi_case_image(self, key: str) -> torch.Tensor:
+        """The case's un-augmented preprocessed image ``[C_all, *sp]`` (cached or read again)."""
+        image = self._roi_images.get(key)
+        if image is None:
+            if self._roi_dataset is None:
+                self._roi_dataset = self.dataset_class(
+                    self.preprocessed_dataset_folder, list(self._case_data),
+                    folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+            image = torch.from_numpy(np.asarray(self._roi_dataset.load_case(key)[0][:], dtype=np.float32))
+        return image
+
+    def roi_batch(self, keys: Sequence[str], availability: torch.Tensor, augment: bool) -> tuple:
+        """Tumour boxes ``[B, C_all, *box]`` of the cases (un-augmented images, centred on the reference
+        mask; with ``augment`` shifted by up to ``CENTRE_JITTER_VOXELS`` per axis and mirrored along
+        nnU-Net's mirroring axes) and the U-Net's tumour probability on them ``[B, *box]``, without
+        gradient. A missing or dropped series (``availability`` 0) is zero, as the converter's filler."""
+        net = self.mt_network()
+        boxes = []
+        for k in keys:
+            image, centre = self._roi_case_image(str(k)), self._roi_centres[str(k)]
+            if augment and centre is not None:
+                centre = centre + torch.randint(-CENTRE_JITTER_VOXELS, CENTRE_JITTER_VOXELS + 1,
+                                                (len(centre),)).numpy()
+            boxes.append(crop_box(image, roi_start(centre, image.shape[1:], net.roi_box), net.roi_box))
+        boxes = torch.stack(boxes).to(self.device, non_blocking=True)
+        boxes = boxes * availability.to(boxes.dtype)[(...,) + (None,) * len(net.roi_box)]
+        if augment and self.inference_allowed_mirroring_axes:
+            flips = torch.rand(len(keys), len(self.inference_allowed_mirroring_axes)) < 0.5
+            boxes = torch.stack([
+                torch.flip(b, [1 + a for a, f in zip(self.inference_allowed_mirroring_axes, fl) if f])
+                for b, fl in zip(boxes, flips.tolist())])
+        return boxes, net.box_probability(boxes)
 
     def _initialise_output_biases(self, net: MultiTaskUNet, times, events):
         """Start the heads at the training fold's baseline: discrete-time output bias = the
@@ -544,9 +598,16 @@ class MultiRecTrainerBase(nnUNetTrainer):
         """(classification loss, survival loss) of the heads in the network's sink for this step."""
         ctx = self._step_context
         net = self.mt_network()
-        heads = net.head_sink[-1]
-        t0 = target[0] if isinstance(target, (list, tuple)) else target
-        has_tumour = self.head_supervision_weights(t0, ctx["keys"], ctx.get("tumour_voxels"))
+        if net.image_features == "tumour_roi":
+            boxes, prob = self.roi_batch(ctx["keys"], ctx["availability"], augment=self.network.training)
+            heads = net.roi_heads(boxes, prob, ctx["clinical"],
+                                  ctx["availability"] if net.channel_availability else None)
+            has_tumour = torch.ones(len(ctx["keys"]), device=prob.device)  # every box holds its tumour
+        else:
+            heads = net.head_sink[-1]
+            t0 = target[0] if isinstance(target, (list, tuple)) else target
+            has_tumour = self.head_supervision_weights(t0, ctx["keys"], ctx.get("tumour_voxels"))
+        ctx["heads"] = heads
         ctx["head_weights"] = has_tumour  # the consistency term weighs the same patches
         cls_loss = L.masked_bce_with_logits(heads["cls_logit"].float(), ctx["label"], weights=has_tumour)
         time_, event = ctx["time"], ctx["event"]
@@ -575,7 +636,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         net = self.mt_network()
         if net.survival_head != "discrete":
             raise ValueError("lambda_consistency needs the discrete-time survival head")
-        heads = net.head_sink[-1]
+        heads = self._step_context["heads"]
         w = self._step_context["head_weights"]  # set by head_losses, called first by MultiTaskLoss
         return L.head_consistency(heads["cls_logit"].float(), heads["hazard_logits"].float(),
                                   net.time_bin_edges.to(w.device, torch.float32), self.horizon, weights=w)
@@ -768,8 +829,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
             out = super().validation_step(batch)
         finally:
             sink = self._leave_step()
-        self._val_records.append(([str(k) for k in batch["keys"]],
-                                  {k: v.float().cpu().numpy() for k, v in sink[-1].items()}))
+        if sink:  # the "tumour_roi" pathway's heads do not read nnU-Net's validation patches
+            self._val_records.append(([str(k) for k in batch["keys"]],
+                                      {k: v.float().cpu().numpy() for k, v in sink[-1].items()}))
         self._val_patch_seconds = time() - self._val_patch_t0
         return out
 

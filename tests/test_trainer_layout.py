@@ -42,6 +42,8 @@ EXPECTED = {
     "MultiRecTrainer_T2_quality": ("MultiRecTrainer_T2", {}),
     "MultiRecTrainer_Cox_quality": ("MultiRecTrainer_Cox", {}),
     "MultiRecTrainer_ModalityDropout_quality": ("MultiRecTrainer_ModalityDropout", {}),
+    "MultiRecTrainer_ROI_quality": ("MultiRecTrainer_ROI", {}),
+    "MultiRecTrainer_MRI_ROI_quality": ("MultiRecTrainer_MRI_ROI", {}),
     "MultiRecTrainer_quality_consistency": ("MultiRecTrainer", {"lambda_consistency": 0.5}),
     "MultiRecTrainer_Cox_quality_oldmemory": ("MultiRecTrainer_Cox", {"cox_normalise": "all",
                                                                       "cox_memory_one_entry_per_case": False}),

@@ -108,3 +108,33 @@ class MultiRecTrainer_ModalityDropout_smoke(MultiRecTrainer_ModalityDropout):
     iterations_per_epoch = 3
     val_iterations_per_epoch = 2
     save_every_epochs = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the learned image pathway (README "What the trainer does"; nnunet_multitask/roi.py)
+
+class MultiRecTrainer_ROI(MultiRecTrainer):
+    """"All" with the learned image pathway: the heads read the tumour quantities and a small CNN on a
+    box around the tumour (border and mesorectal shells included), cut from the un-augmented image."""
+    image_features = "tumour_roi"
+
+
+class MultiRecTrainer_MRI_ROI(MultiRecTrainer_ROI):
+    """Four MRI series with the learned image pathway, no clinical data."""
+    clinical_groups = ()
+
+
+class MultiRecTrainer_ROI_smoke(MultiRecTrainer_ROI):
+    """For tests of the learned image pathway."""
+    epochs = 3
+    iterations_per_epoch = 3
+    val_iterations_per_epoch = 2
+    save_every_epochs = 1
+
+
+class MultiRecTrainer_ROI_demo(_DemoLength, MultiRecTrainer_ROI):
+    """"All" with the learned image pathway at the demo's budget."""
+
+
+class MultiRecTrainer_MRI_ROI_demo(_DemoLength, MultiRecTrainer_MRI_ROI):
+    """Four MRI series with the learned image pathway, no clinical data, at the demo's budget."""

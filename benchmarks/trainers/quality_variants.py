@@ -19,7 +19,8 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from trainers.multirec import (MultiRecTrainer, MultiRecTrainer_Cox, MultiRecTrainer_ModalityDropout,
-                               MultiRecTrainer_MRI, MultiRecTrainer_Pre, MultiRecTrainer_T2)
+                               MultiRecTrainer_MRI, MultiRecTrainer_MRI_ROI, MultiRecTrainer_Pre, MultiRecTrainer_ROI,
+                               MultiRecTrainer_T2)
 
 QUALITY_EPOCHS = 25
 QUALITY_ITERATIONS = 16
@@ -60,6 +61,14 @@ class MultiRecTrainer_Cox_quality(_QualityLength, MultiRecTrainer_Cox):
 class MultiRecTrainer_ModalityDropout_quality(_QualityLength, MultiRecTrainer_ModalityDropout):
     """``MultiRecTrainer_ModalityDropout`` ("All" trained for missing series, issue 13: availability flags +
     modality dropout 0.5) at the quality budget."""
+
+
+class MultiRecTrainer_ROI_quality(_QualityLength, MultiRecTrainer_ROI):
+    """``MultiRecTrainer_ROI`` ("All" with the learned image pathway) at the quality budget."""
+
+
+class MultiRecTrainer_MRI_ROI_quality(_QualityLength, MultiRecTrainer_MRI_ROI):
+    """``MultiRecTrainer_MRI_ROI`` (images only, learned image pathway) at the quality budget."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""The tumour region of interest: one box, found and cut the same way in training and prediction.
+
+The learned image pathway (``image_features="tumour_roi"``, :mod:`nnunet_multitask.network`) reads a
+box of the *un-augmented* preprocessed image around the tumour, never nnU-Net's augmented training
+patch, so the heads see the same kind of input when they learn and when they predict:
+
+* the box has the configuration's patch size (so the planned U-Net runs on it unchanged, and a
+  tumour up to a patch in size lies whole inside it: in training every case supervises the heads,
+  the largest included, instead of only the patches that happen to hold the whole tumour);
+* it is centred on the tumour's largest connected component (:func:`roi_start`): the reference
+  mask's in training (with a small random shift, the size of a segmentation's centring error), the
+  predicted segmentation's (probability > 0.5) in prediction; where the image is larger than the box
+  the box stays inside the image, where it is smaller the image is padded with zeros, as nnU-Net's
+  sliding window pads it;
+* everything the heads read is measured inside the box, so tumour probability far from the tumour
+  (diffuse background at a clinical field of view) cannot enter the tumour volume or means.
+
+:class:`RoiEncoder` is the learned part: a small 3-D CNN on the box's image channels and the
+(detached) tumour probability, pooled over three regions defined by that probability: inside the
+tumour (heterogeneity), a thin shell at its border (margin, extramural extension) and a wider
+shell in the mesorectum around it (vessels, nodes), each by mean and max (a node is small: a mean
+over the shell would dilute it). It has no normalisation layer: instance normalisation would take
+away each case's signal level, which is part of what the heads must compare across patients.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: shells around the tumour (mm): border shell up to the first radius, mesorectal shell up to the second
+SHELL_RADII_MM = (3.0, 12.0)
+#: training-time shift of the box centre (voxels, per axis, uniform in [-s, s]): a segmentation's centring error
+CENTRE_JITTER_VOXELS = 2
+
+
+def largest_component_centre(mask: np.ndarray) -> Optional[np.ndarray]:
+    """Centre (index space, float) of the bounding box of the largest 26-connected component of
+    ``mask`` (bool, any dimension); None for an empty mask. The largest component, so scattered
+    false-positive voxels far from the tumour do not pull the box away."""
+    from scipy import ndimage
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    idx = np.nonzero(mask)
+    return np.array([(int(i.min()) + int(i.max())) / 2.0 for i in idx])
+
+
+def roi_start(centre: Optional[Sequence[float]], shape: Sequence[int], box: Sequence[int]) -> Tuple[int, ...]:
+    """First index of the box per axis: centred on ``centre`` and kept inside the image where the
+    image is larger than the box; centred on the image where it is smaller (padding both sides) or
+    where there is no centre (no tumour found)."""
+    start = []
+    for d, (n, b) in enumerate(zip(shape, box)):
+        n, b = int(n), int(b)
+        if n <= b or centre is None:
+            start.append((n - b) // 2)
+        else:
+            start.append(int(np.clip(int(np.floor(float(centre[d]) - b / 2.0 + 0.5)), 0, n - b)))
+    return tuple(start)
+
+
+def crop_box(array: torch.Tensor, start: Sequence[int], box: Sequence[int], fill: float = 0.0) -> torch.Tensor:
+    """``array[..., start:start+box]`` over the last ``len(box)`` axes, padded with ``fill`` where the
+    box leaves the array."""
+    nd = len(box)
+    spatial = array.shape[-nd:]
+    src, dst, pad = [], [], False
+    for s, b, n in zip(start, box, spatial):
+        lo, hi = max(int(s), 0), min(int(s) + int(b), int(n))
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - int(s), hi - int(s)))
+        pad = pad or lo != int(s) or hi != int(s) + int(b)
+    if not pad:
+        return array[(...,) + tuple(src)]
+    out = torch.full(tuple(array.shape[:-nd]) + tuple(int(b) for b in box), float(fill),
+                     dtype=array.dtype, device=array.device)
+    out[(...,) + tuple(dst)] = array[(...,) + tuple(src)]
+    return out
+
+
+def shell_weights(prob: torch.Tensor, spacing_mm: Sequence[float],
+                  radii_mm: Sequence[float] = SHELL_RADII_MM) -> torch.Tensor:
+    """Region weights ``[B, 3, *sp]`` from the tumour probability ``[B, *sp]``: inside (``p``), the
+    border shell (dilation of ``p`` by the first radius, minus ``p``) and the outer shell (dilation
+    by the second radius minus the first), dilation as a max-pool whose kernel spans the radius in
+    each axis at that axis' spacing (anisotropic voxels)."""
+    p = prob.float()[:, None]
+    dilated = []
+    for r in radii_mm:
+        k = [2 * max(int(round(float(r) / float(s))), 0) + 1 for s in spacing_mm]
+        pool = F.max_pool3d if p.ndim == 5 else F.max_pool2d
+        dilated.append(pool(p, kernel_size=k, stride=1, padding=[kk // 2 for kk in k]))
+    inner = p
+    border = (dilated[0] - p).clamp_min(0)
+    outer = (dilated[1] - dilated[0]).clamp_min(0)
+    return torch.cat([inner, border, outer], 1)
+
+
+class RoiEncoder(nn.Module):
+    """Small 3-D (or 2-D) CNN on the tumour box: image channels + tumour probability in, region-pooled
+    features out, ``[B, 6 * width]`` (mean and max over inside / border shell / outer shell).
+
+    Parameters
+    ----------
+    n_channels : int
+        Image channels (the model's input channels); the probability is one more.
+    spacing_mm : sequence of float
+        Voxel spacing of the box (the configuration's), for the shells' radii.
+    width : int
+        Feature channels.
+    """
+
+    def __init__(self, n_channels: int, spacing_mm: Sequence[float], width: int = 16):
+        super().__init__()
+        self.spacing_mm = tuple(float(s) for s in spacing_mm)
+        nd = len(self.spacing_mm)
+        conv = nn.Conv3d if nd == 3 else nn.Conv2d
+        # the first two convolutions look within a slice where the slices are much thicker than the
+        # in-plane spacing (rectal T2: 3 mm against 0.7 mm), then across slices
+        thick = [s > 2.0 * min(self.spacing_mm) for s in self.spacing_mm]
+        k_plane = tuple(1 if t else 3 for t in thick)
+        pad_plane = tuple(k // 2 for k in k_plane)
+        # the second convolution halves the in-plane resolution (0.7 mm -> 1.4 mm still resolves a node)
+        self.stride = tuple(1 if t else 2 for t in thick)
+        self.features = nn.Sequential(
+            conv(n_channels + 1, width, k_plane, padding=pad_plane), nn.LeakyReLU(0.01),
+            conv(width, width, k_plane, stride=self.stride, padding=pad_plane), nn.LeakyReLU(0.01),
+            conv(width, width, 3, padding=1), nn.LeakyReLU(0.01),
+            conv(width, width, 3, padding=1), nn.LeakyReLU(0.01))
+        self.width = int(width)
+        self.out_features = 6 * self.width
+
+    def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
+        """``image [B, C, *box]``, ``prob [B, *box]`` (detached by the caller) -> ``[B, 6 * width]``."""
+        f = self.features(torch.cat([image.float(), prob.float()[:, None]], 1))
+        pool = F.adaptive_avg_pool3d if f.ndim == 5 else F.adaptive_avg_pool2d
+        # region weights at full resolution, averaged down to the feature grid
+        w = pool(shell_weights(prob, self.spacing_mm), f.shape[2:]).flatten(2)       # [B, 3, V]
+        f = f.flatten(2)                                                             # [B, W, V]
+        mass = w.sum(2).clamp_min(1e-3)                                              # [B, 3]
+        means = torch.einsum("bwv,brv->brw", f, w) / mass[..., None]                  # [B, 3, W]
+        maxes = []
+        for r in range(w.shape[1]):
+            # max over the voxels mostly in the region; 0 where the region has none
+            inside = w[:, r:r + 1] > 0.5                                             # [B, 1, V]
+            m = torch.where(inside, f, torch.full_like(f, -1e4)).amax(2)            # [B, W]
+            maxes.append(torch.where(inside.any(2), m, torch.zeros_like(m)))
+        maxes = torch.stack(maxes, 1)                                                # [B, 3, W]
+        return torch.cat([means.flatten(1), maxes.flatten(1)], 1)
