@@ -86,6 +86,24 @@ def crop_box(array: torch.Tensor, start: Sequence[int], box: Sequence[int], fill
     return out
 
 
+def training_box(image: torch.Tensor, centre: Optional[np.ndarray], box: Sequence[int],
+                 jitter: int = CENTRE_JITTER_VOXELS) -> torch.Tensor:
+    """The box of one case as the heads see it in training: centred on ``centre`` shifted by up to
+    ``jitter`` voxels per axis (torch's generator, so a seeded run repeats it)."""
+    if centre is not None and jitter:
+        centre = np.asarray(centre) + torch.randint(-int(jitter), int(jitter) + 1, (len(centre),)).numpy()
+    return crop_box(image, roi_start(centre, image.shape[1:], box), box)
+
+
+def random_flips(boxes: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Each box of ``[B, C, *box]`` mirrored along each of the spatial ``axes`` with probability 1/2
+    (nnU-Net's mirroring axes: label-preserving for the heads, as for the segmentation)."""
+    if not axes:
+        return boxes
+    flips = (torch.rand(boxes.shape[0], len(axes)) < 0.5).tolist()
+    return torch.stack([torch.flip(b, [1 + int(a) for a, f in zip(axes, fl) if f]) for b, fl in zip(boxes, flips)])
+
+
 def shell_weights(prob: torch.Tensor, spacing_mm: Sequence[float],
                   radii_mm: Sequence[float] = SHELL_RADII_MM) -> torch.Tensor:
     """Region weights ``[B, 3, *sp]`` from the tumour probability ``[B, *sp]``: inside (``p``), the

@@ -56,7 +56,7 @@ from nnunet_multitask.dataset_tables import (MultitaskDatasetError, dataset_tabl
                                       read_outcomes, read_series_availability)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network, tumour_quantities
-from nnunet_multitask.roi import CENTRE_JITTER_VOXELS, crop_box, largest_component_centre, roi_start
+from nnunet_multitask.roi import CENTRE_JITTER_VOXELS, largest_component_centre, random_flips, training_box
 
 #: environment variable that seeds a training run (torch, numpy, random; see README "Seeds")
 SEED_ENV = "MULTIREC_SEED"
@@ -502,20 +502,12 @@ class MultiRecTrainerBase(nnUNetTrainer):
         nnU-Net's mirroring axes) and the U-Net's tumour probability on them ``[B, *box]``, without
         gradient. A missing or dropped series (``availability`` 0) is zero, as the converter's filler."""
         net = self.mt_network()
-        boxes = []
-        for k in keys:
-            image, centre = self._roi_case_image(str(k)), self._roi_centres[str(k)]
-            if augment and centre is not None:
-                centre = centre + torch.randint(-CENTRE_JITTER_VOXELS, CENTRE_JITTER_VOXELS + 1,
-                                                (len(centre),)).numpy()
-            boxes.append(crop_box(image, roi_start(centre, image.shape[1:], net.roi_box), net.roi_box))
-        boxes = torch.stack(boxes).to(self.device, non_blocking=True)
+        boxes = torch.stack([
+            training_box(self._roi_case_image(str(k)), self._roi_centres[str(k)], net.roi_box,
+                         CENTRE_JITTER_VOXELS if augment else 0) for k in keys]).to(self.device, non_blocking=True)
         boxes = boxes * availability.to(boxes.dtype)[(...,) + (None,) * len(net.roi_box)]
-        if augment and self.inference_allowed_mirroring_axes:
-            flips = torch.rand(len(keys), len(self.inference_allowed_mirroring_axes)) < 0.5
-            boxes = torch.stack([
-                torch.flip(b, [1 + a for a, f in zip(self.inference_allowed_mirroring_axes, fl) if f])
-                for b, fl in zip(boxes, flips.tolist())])
+        if augment:
+            boxes = random_flips(boxes, self.inference_allowed_mirroring_axes or ())
         return boxes, net.box_probability(boxes)
 
     def _initialise_output_biases(self, net: MultiTaskUNet, times, events):
