@@ -52,7 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nnunet_multitask.losses import RiskSetMemory
-from nnunet_multitask.roi import RoiEncoder, crop_box, largest_component_centre, roi_start
+from nnunet_multitask.roi import RoiEncoder, crop_box, largest_component_centre, roi_start, tumour_probability
 
 SURVIVAL_HEADS = ("cox", "discrete")
 IMAGE_FEATURES = ("tumour_quantities", "tumour_quantities+tumour_pool", "global_pool", "tumour_roi")
@@ -374,7 +374,7 @@ class MultiTaskUNet(nn.Module):
         if self.roi_encoder is None:
             raise RuntimeError(f"roi_heads needs image_features='tumour_roi', this model has {self.image_features!r}")
         image = self.select_channels(image_box.float())
-        prob = prob_box.detach().float()
+        prob = tumour_probability(prob_box.detach().float(), self.roi_encoder.spacing_mm)
         quantities = self.standardised_quantities(prob, image)
         feats = self.image_feature_vector(quantities, self.roi_encoder(image, prob), availability)
         return self.heads(feats, clinical)
@@ -387,7 +387,7 @@ class MultiTaskUNet(nn.Module):
         prob_box = crop_box(prob, start, self.roi_box)
         image_box = crop_box(image, start, self.roi_box)
         heads = self.roi_heads(image_box, prob_box, clinical, availability)
-        return heads, float(prob_box.sum())
+        return heads, float(tumour_probability(prob_box, self.roi_encoder.spacing_mm).sum())
 
     # ------------------------------------------------------------------ patient level
     def patient_heads(self, seg_logits: torch.Tensor, image: torch.Tensor,

@@ -12,8 +12,10 @@ patch, so the heads see the same kind of input when they learn and when they pre
   predicted segmentation's (probability > 0.5) in prediction; where the image is larger than the box
   the box stays inside the image, where it is smaller the image is padded with zeros, as nnU-Net's
   sliding window pads it;
-* everything the heads read is measured inside the box, so tumour probability far from the tumour
-  (diffuse background at a clinical field of view) cannot enter the tumour volume or means.
+* everything the heads read is measured inside the box, on the tumour's own probability
+  (:func:`tumour_probability`: the largest component of ``p > 0.5`` and a 3 mm margin), so tumour
+  probability elsewhere (diffuse background at a clinical field of view, a false-positive island)
+  enters neither the tumour volume and means nor the shells.
 
 :class:`RoiEncoder` is the learned part: a small 3-D CNN on the box's image channels and the
 (detached) tumour probability, pooled over three regions defined by that probability: inside the
@@ -84,6 +86,29 @@ def crop_box(array: torch.Tensor, start: Sequence[int], box: Sequence[int], fill
                      dtype=array.dtype, device=array.device)
     out[(...,) + tuple(dst)] = array[(...,) + tuple(src)]
     return out
+
+
+def tumour_probability(prob: torch.Tensor, spacing_mm: Sequence[float], margin_mm: float = SHELL_RADII_MM[0]
+                       ) -> torch.Tensor:
+    """The tumour's own probability in boxes ``[B, *box]``: ``prob`` kept within ``margin_mm`` of the
+    largest connected component of ``prob > 0.5``, zero elsewhere (all of it where no voxel passes
+    0.5). Diffuse or scattered probability elsewhere in the box (background at a clinical field of view,
+    a false-positive island) then enters neither the soft volume and means nor the shells."""
+    from scipy import ndimage
+    out = []
+    for p in prob:
+        core = (p > 0.5).cpu().numpy()
+        if not core.any():
+            out.append(p)
+            continue
+        labels, n = ndimage.label(core, structure=np.ones((3,) * core.ndim, dtype=bool))
+        if n > 1:
+            core = labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
+        radius = [max(int(round(float(margin_mm) / float(s))), 0) for s in spacing_mm]
+        footprint = np.ones([2 * r + 1 for r in radius], dtype=bool)
+        keep = ndimage.binary_dilation(core, structure=footprint)
+        out.append(p * torch.from_numpy(keep).to(device=p.device, dtype=p.dtype))
+    return torch.stack(out)
 
 
 def training_box(image: torch.Tensor, centre: Optional[np.ndarray], box: Sequence[int],

@@ -135,6 +135,11 @@ def test_patient_heads_do_not_change_when_background_is_added():
     rng = np.random.default_rng(0)
     small_image, small_logits = _scene((8, 48, 48), 0, rng)
     big_image, big_logits = _scene((8, 48, 48), 60, rng, background_prob=0.3)
+    # and inside the box, beyond the tumour's 3 mm margin: a diffuse 0.2 haze on the first and last
+    # slices and a false-positive island 4 voxels across
+    inner = big_logits[1, :, 60:108, 60:108]
+    inner[[0, 7]] = float(np.log(0.2 / 0.8))
+    inner[1:3, 10:14, 10:14] = 6.0
     heads_small, mass_small = net.patient_heads(small_logits, small_image, [], None)
     heads_big, mass_big = net.patient_heads(big_logits, big_image, [], None)
     for k in heads_small:
@@ -147,6 +152,20 @@ def test_patient_heads_do_not_change_when_background_is_added():
     _, whole_small = whole.patient_heads(small_logits, small_image, [], None)
     _, whole_big = whole.patient_heads(big_logits, big_image, [], None)
     assert whole_big > 50 * whole_small
+
+
+def test_tumour_probability_keeps_the_largest_component_and_its_margin():
+    from nnunet_multitask.roi import tumour_probability
+    p = torch.full((1, 8, 40, 40), 0.2)
+    p[0, 3:5, 10:20, 10:20] = 0.9           # tumour
+    p[0, 3:5, 30:33, 30:33] = 0.9           # a smaller island
+    out = tumour_probability(p, SPACING)[0]
+    assert torch.equal(out[3:5, 10:20, 10:20], p[0, 3:5, 10:20, 10:20])
+    assert float(out[:, 30:33, 30:33].sum()) == 0
+    assert float(out[3, 15, 22]) == pytest.approx(0.2) and float(out[3, 15, 25]) == 0   # 3 mm = 4 voxels
+    assert float(out[0].sum()) == 0          # 3 slices (9 mm) away
+    torch.testing.assert_close(tumour_probability(torch.full((1, 4, 8, 8), 0.3), SPACING),
+                               torch.full((1, 4, 8, 8), 0.3))
 
 
 # ---------------------------------------------------------------------------- nnU-Net end to end
