@@ -7,10 +7,19 @@ enters training, model selection or prediction).
 
 Partial oracles say what a model's *inputs* can reach (``terms``):
 
-* ``"image"``: the generator's image-borne terms alone (log tumour volume and tumour mean ADC),
-  the ceiling of an image-only model (``MultiRecTrainer_MRI``);
-* ``"volume"``: the tumour-volume term alone, the ceiling of a model that sees the tumour's shape
-  but no quantitative diffusion (``MultiRecTrainer_T2``).
+* ``"image"``: every image-borne term that carries risk in the cohort, the ceiling of an
+  image-only model (``MultiRecTrainer_MRI``): the sum of ``ground_truth.csv``'s ``term_<name>``
+  columns where the cohort has them (drawn with ``--findings`` or ``--image-risk``: volume, ADC and
+  each finding, 0 where a term carries no risk), else log tumour volume and tumour mean ADC;
+* ``"volume"``: the tumour-volume term alone (from ``tumour_volume_ml``, whether or not volume
+  carries risk in the cohort), the ceiling of a model that sees the tumour's size but no
+  quantitative diffusion (``MultiRecTrainer_T2`` on today's cohorts);
+* ``"quantities"``: the risk carried by the hand-made tumour quantities, volume + ADC terms
+  (``term_volume + term_adc`` where present, else as ``"image"`` on today's cohorts);
+* ``"findings"``: the risk carried by the drawn image findings alone (the ``term_<finding>``
+  columns; a cohort drawn without findings has none and is refused).
+
+On today's cohorts (no ``term_`` columns) ``"image"`` and ``"volume"`` give what they always gave.
 
 Their risk score is that part of the linear predictor (ranking is what C-index and AUC read);
 their probabilities use the full oracle's baseline with the part shifted to the full predictor's
@@ -25,11 +34,11 @@ import numpy as np
 import pandas as pd
 
 from dataset_conversion.synthetic_larc import (ADC_POPULATION_MEAN, ADC_POPULATION_SD, BASELINE_LP_OFFSET,
-                                               COEFFICIENTS, VOLUME_LOG_SD, VOLUME_MEDIAN_ML, WEIBULL_SCALE_MONTHS,
-                                               WEIBULL_SHAPE)
+                                               COEFFICIENTS, FINDINGS, IMAGE_RISK_TERMS, VOLUME_LOG_SD,
+                                               VOLUME_MEDIAN_ML, WEIBULL_SCALE_MONTHS, WEIBULL_SHAPE)
 
 from nnunet_multitask.contract import recurrence_column, survival_column, survival_times  # noqa: E402
-ORACLE_TERMS = ("all", "image", "volume")
+ORACLE_TERMS = ("all", "image", "volume", "quantities", "findings")
 
 
 def image_terms(volume_ml, mean_adc, terms: str = "image") -> np.ndarray:
@@ -43,6 +52,28 @@ def image_terms(volume_ml, mean_adc, terms: str = "image") -> np.ndarray:
     if terms != "image":
         raise ValueError(f"terms must be 'image' or 'volume', got {terms!r}")
     return vol + COEFFICIENTS["adc_std"] * (np.asarray(mean_adc, dtype=float) - ADC_POPULATION_MEAN) / ADC_POPULATION_SD
+
+
+def partial_risk(truth: pd.DataFrame, terms: str) -> np.ndarray:
+    """The part of the linear predictor that ``terms`` names (module docstring), one value per row of
+    ``truth`` (``ground_truth.csv`` rows)."""
+    if terms not in ORACLE_TERMS[1:]:
+        raise ValueError(f"terms must be one of {ORACLE_TERMS[1:]}, got {terms!r}")
+    volume, adc = truth["tumour_volume_ml"], truth["tumour_mean_adc"]
+    has_terms = all(f"term_{name}" in truth for name in ("volume", "adc"))
+    if terms == "volume":
+        return image_terms(volume, adc, "volume")
+    if terms == "findings":
+        columns = [f"term_{name}" for name in FINDINGS if f"term_{name}" in truth]
+        if not columns:
+            raise ValueError("terms='findings': ground_truth.csv has no finding terms (term_<finding> columns); "
+                             "the cohort was drawn without --findings")
+        return truth[columns].to_numpy(dtype=float).sum(axis=1)
+    if not has_terms:
+        return image_terms(volume, adc, "image")
+    names = ("volume", "adc") if terms == "quantities" else IMAGE_RISK_TERMS
+    columns = [f"term_{name}" for name in names if f"term_{name}" in truth]
+    return truth[columns].to_numpy(dtype=float).sum(axis=1)
 
 
 def oracle_survival(linear_predictor, t) -> np.ndarray:
@@ -70,7 +101,7 @@ def oracle_predictions(cohort_dir, raw_dataset_dir, horizon: float = 36.0, terms
         raise ValueError(f"ground_truth.csv has no linear predictor for patient(s) {missing}")
     lp = merged["linear_predictor"].to_numpy(dtype=float)
     if terms != "all":
-        part = image_terms(merged["tumour_volume_ml"], merged["tumour_mean_adc"], terms)
+        part = partial_risk(merged, terms)
         lp = part - part.mean() + lp.mean()
 
     def survival(t):
@@ -98,7 +129,9 @@ def main(argv=None):
     p.add_argument("--horizon", type=float, default=36.0)
     p.add_argument("--test-only", action="store_true", help="only the internal and external test cases")
     p.add_argument("--terms", choices=ORACLE_TERMS, default="all",
-                   help="all: the full oracle; image: volume + ADC terms; volume: the volume term")
+                   help="all: the full oracle; image: every image term that carries risk in the cohort "
+                        "(volume + ADC on cohorts without findings); volume: the volume term; quantities: the "
+                        "volume + ADC terms; findings: the drawn image findings' terms")
     p.add_argument("-o", required=True, help="output CSV")
     a = p.parse_args(argv)
     out = oracle_predictions(a.cohort, a.raw_dataset, a.horizon, a.terms)

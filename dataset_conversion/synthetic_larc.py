@@ -4,7 +4,8 @@ Writes a cohort folder in the hospital-export layout the converter reads (README
 
     DIR/clinical.csv                     one row per patient (columns of clinical/larc_schema.json)
     DIR/ground_truth.csv                 patient_id, centre, linear_predictor, tumour_volume_ml,
-                                         tumour_mean_adc   (for evaluation only, never a feature)
+                                         tumour_mean_adc   (for evaluation only, never a feature;
+                                         with findings also finding_* and term_* columns)
     DIR/images/<patient_id>/T2.nii.gz    float32, anisotropic (about 0.7 x 0.7 x 3.0 mm)
     DIR/images/<patient_id>/ADC.nii.gz   float32, own grid (about 1.6 x 1.6 x 4.5 mm)
     DIR/images/<patient_id>/Dapp.nii.gz  float32, same grid as ADC
@@ -12,6 +13,8 @@ Writes a cohort folder in the hospital-export layout the converter reads (README
     DIR/images/<patient_id>/mask.nii.gz  uint8 tumour mask {0, 1} on the T2 grid
     DIR/missing_series.csv               patient_id, missing_series (e.g. "Dapp;Kapp"): the series
                                          left out by --missing-series (header only when none)
+    DIR/schema.json                      only with --no-radiologist-columns: the clinical schema
+                                         without mrf and emvi
 
 How a patient is made
 ---------------------
@@ -55,17 +58,101 @@ MISSING_SERIES_STREAM])``), so the choice is reproducible from ``--seed`` and ev
 (clinical.csv, ground_truth.csv, every series that is written) is byte-identical to the cohort
 without ``--missing-series``.
 
+Image findings
+--------------
+By default the image-borne risk is exactly log tumour volume + tumour mean ADC, which the
+hand-made tumour quantities (soft volume and the mean of T2 / ADC / Dapp / Kapp inside the tumour
+mask) compute; nothing else in the images carries prognosis.  ``--findings LIST`` (comma list of
+:data:`FINDINGS`, or ``all``) draws findings into the images whose prognosis those quantities
+cannot see, and ``--image-risk LIST`` (comma list of :data:`IMAGE_RISK_TERMS`, or ``none``; default
+``volume,adc``) says which image terms enter the hazard.  A finding named in ``--image-risk`` must be
+drawn (else exit 2); ``--findings`` alone draws them without risk (the images show them, the
+hazard ignores them).
+
+Each finding has its own standardised amplitude (population mean 0, SD 1), the covariate of its
+term ``FINDING_COEFFICIENTS[name] x amplitude``:
+
+``heterogeneity`` (0.40)
+    Necrotic / mucinous foci inside the tumour: where a smooth random field is high (about a
+    quarter of the tumour), T2 brighter (+80 % x contrast), ADC and Dapp higher (+60 %), Kapp lower
+    (-40 %); the contrast grows with the amplitude (0.05 .. 0.8).  The foci pattern is re-centred on
+    the T2-grid tumour voxels, so each series' tumour mean (of the noise-free field over the mask,
+    as ``tumour_mean_adc`` is measured) is unchanged; the mask is unchanged.
+``margin`` (0.30)
+    An irregular, spiculated border: a higher-frequency shape field (wavelength 3-7 mm) added to
+    the tumour's implicit function, amplitude 0.02 .. 0.32.  The threshold search keeps the mask
+    volume at the target.
+``extension`` (0.35)
+    Extramural extension: a tapered finger of tumour from the body outwards through the wall
+    and the mesorectal fat; its tip lies 4.5 mm .. -1 mm (through the fascia) from the mesorectal
+    fascia as the amplitude rises.  Part of the tumour label; the threshold keeps the volume.
+``emvi`` (0.35)
+    Extramural venous invasion: in 40 % of patients a vessel-like tube of intermediate T2 and
+    tumour-like (low) ADC leaves the tumour into the mesorectum and runs craniocaudally, 4-20 mm
+    and thicker as the score rises; outside the tumour label (the mask is unchanged).  The
+    amplitude is the standardised score (0 when absent, else growing with the vessel's length).
+``nodes`` (0.40)
+    Mesorectal lymph nodes outside the tumour label, away from the tumour: two small homogeneous
+    benign-looking nodes in every patient, and up to four suspicious ones whose number, size,
+    border irregularity and tumour-like heterogeneous signal grow with the node score.
+``kurtosis`` (0.30)
+    Kapp of the tumour gets a component of its own (+0.10 per unit), so it is no longer a
+    near-function of ADC.  Unlike the others it IS visible to the Kapp tumour mean, so it is not
+    part of a "findings beyond the quantities" cohort (use the other five for that).
+
+The five findings beyond the quantities give an image term of SD 0.81 (log hazard) together.
+
+Independence: the amplitudes come from each patient's own findings stream
+(``SeedSequence(seed, spawn_key=(index, 2))``, :func:`finding_amplitudes`), never from the disease
+burden, so they are independent of the burden, the clinical variables, the target volume and the
+tumour ADC / Dapp / Kapp by construction; the look of each finding (positions, fields) comes from
+further streams ``(index, 2, k)``.  Rendering keeps the mask volume (threshold search) and, for
+heterogeneity, every tumour mean exactly; margin and extension change which voxels are tumour at
+the same volume, so a tumour mean moves only by the sampling of the (risk-free) texture, unrelated
+to the amplitude.  When extension, emvi or nodes is drawn the tumour body is confined to the inner
+40 % of the mesorectum (a wall-hugging ellipsoid of the same volume; otherwise most tumours of this
+anatomy cross the fascia and would hide the mesorectal findings); the largest tumours (about 5 %)
+then fall short of their target volume, whatever their findings.  What the hand-made quantities
+can and cannot see: volume and the noise-free tumour means carry none of the five findings; the
+means of the DWI maps resampled onto the mask do pick up some of the margin through partial volume
+at the border (an irregular border has more border voxels: correlation about -0.25 with the Kapp
+mean, +0.15 with the ADC mean, 200 patients at the default shape), as on real scans; kurtosis is
+read by the Kapp mean by design.
+
+With extension / emvi drawn, clinical ``mrf`` is read off the images (a tumour voxel within 1 mm,
+at real size, of the fascia: in practice the extension's tip) and ``emvi`` off the drawn vessel,
+replacing their latent draws, so table and images agree; their own hazard terms are then 0 (their
+prognosis is the finding's term, so the permutation control leaves none in table or images).
+``--no-radiologist-columns`` leaves ``mrf`` and ``emvi`` out of clinical.csv and writes
+``schema.json`` (clinical/larc_schema.json without them) for ``convert_larc --schema DIR/schema.json``.
+
+``--permute-findings`` (the permutation control): the images show each patient's own findings,
+but the hazard uses the finding amplitudes of another patient (a random cyclic permutation of the
+cohort from its own stream, :func:`finding_permutation`), so the images carry no finding risk.
+
+With any of these options ``ground_truth.csv`` gains ``finding_<name>`` (the amplitude each drawn
+finding has in the images), ``term_<name>`` for volume, adc and every finding (its contribution to
+the linear predictor, 0 where not in ``--image-risk``) and, with ``--permute-findings``,
+``findings_hazard_from`` (whose amplitudes the hazard used); ``oracle.py --terms image / quantities
+/ findings`` reads them.  Without them every file is byte-identical to a cohort drawn before the
+findings existed (the findings streams are never drawn from, the patient's stream is used as
+before).
+
 Command line::
 
     python -m dataset_conversion.synthetic_larc --out DIR --patients N --seed S \
         [--shape X Y Z] [--centres 3] [--censoring-rate R] [--follow-up-months MIN MAX] [--overwrite] \
-        [--missing-series SERIES[,SERIES...]:FRACTION|centre=C ...]
+        [--missing-series SERIES[,SERIES...]:FRACTION|centre=C ...] \
+        [--findings LIST|all] [--image-risk LIST|none] [--permute-findings] [--no-radiologist-columns]
 
 or the same flags after the console script ``multirec_synthetic_cohort``; bad input exits with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import os
 import shutil
 import sys
@@ -139,13 +226,44 @@ MISSING_SERIES_COLUMNS = ["patient_id", "missing_series"]
 
 # Tissue properties: T2 signal (scanner units before the centre's scale), ADC and Dapp
 # (1e-6 mm^2/s), Kapp.  Fat is fat-suppressed on DWI, so its fitted ADC is low and noisy.
-TISSUES = ("fat", "muscle", "fascia", "wall", "lumen", "tumour")
+TISSUES = ("fat", "muscle", "fascia", "wall", "lumen", "tumour", "node", "vessel")   # the last two: findings
 TISSUE_T2 = {"fat": 800.0, "muscle": 230.0, "fascia": 180.0, "wall": 330.0, "lumen": 950.0}
 TISSUE_ADC = {"fat": 550.0, "muscle": 1400.0, "fascia": 1300.0, "wall": 1600.0, "lumen": 2300.0}
 TISSUE_DAPP = {"fat": 750.0, "muscle": 1750.0, "fascia": 1600.0, "wall": 2000.0, "lumen": 2700.0}
 TISSUE_KAPP = {"fat": 0.50, "muscle": 0.70, "fascia": 0.72, "wall": 0.62, "lumen": 0.30}
 TUMOUR_T2 = 560.0   # intermediate: between muscle-dark and fat-bright
 TUMOUR_THRESHOLD_BOUND = 0.35   # |threshold| of the implicit tumour function, keeps it ellipsoid-like
+
+# Image findings (module docstring, "Image findings").
+FINDINGS = ("heterogeneity", "margin", "extension", "emvi", "nodes", "kurtosis")
+IMAGE_RISK_TERMS = ("volume", "adc") + FINDINGS
+DEFAULT_IMAGE_RISK = ("volume", "adc")
+#: Log hazard ratio per unit of each finding's standardised amplitude (population mean 0, SD 1;
+#: drawn independently of each other), when the finding is named in ``image_risk``.  The five
+#: findings beyond the hand-made quantities (all but kurtosis) give an image term of SD
+#: sqrt(0.40^2 + 0.30^2 + 0.35^2 + 0.35^2 + 0.40^2) = 0.81.
+FINDING_COEFFICIENTS: Dict[str, float] = {
+    "heterogeneity": 0.40, "margin": 0.30, "extension": 0.35, "emvi": 0.35, "nodes": 0.40, "kurtosis": 0.30}
+#: Second spawn-key word of a patient's findings stream (0: images, 1: outcome and blanking).
+FINDINGS_STREAM = 2
+#: Second seed word of the ``--permute-findings`` stream.
+PERMUTATION_STREAM = 0x5045524D   # "PERM"
+#: Clinical columns that a radiologist reads off the images (``--no-radiologist-columns`` drops them).
+RADIOLOGIST_COLUMNS = ("mrf", "emvi")
+MRF_DISTANCE_MM = 1.0            # MRF involved: tumour within this distance of the fascia
+EXTENSION_TIP_RANGE_MM = 5.5     # tip-to-fascia distance runs from 4.5 mm down to -1 mm (through it)
+#: EMVI present in 40 %; its score is max(0, U - 0.6) / 0.4 with U uniform (0 with probability 0.6,
+#: else uniform on (0, 1)), standardised with these exact population moments.
+EMVI_PREVALENCE = 0.4
+EMVI_SCORE_MEAN = EMVI_PREVALENCE / 2.0
+EMVI_SCORE_SD = math.sqrt(EMVI_PREVALENCE / 3.0 - EMVI_SCORE_MEAN ** 2)
+KURTOSIS_SHIFT = 0.10            # Kapp per unit of the kurtosis amplitude
+NODE_IRREGULARITY = 0.2          # border irregularity of a node per unit of its malignancy
+#: Relative signal change in a necrotic / mucinous focus (bright T2, free diffusion, low kurtosis).
+HETEROGENEITY_CONTRAST = {"T2": 0.8, "ADC": 0.6, "Dapp": 0.6, "Kapp": -0.4}
+#: Lymph-node signal: (benign, malignant-looking, relative spread of the malignant texture).
+NODE_SIGNAL = {"T2": (420.0, 560.0, 0.30), "ADC": (1150.0, 950.0, 0.20), "Dapp": (1500.0, 1300.0, 0.20),
+               "Kapp": (0.72, 0.95, 0.12)}
 
 
 @dataclass(frozen=True)
@@ -502,9 +620,375 @@ def _bias_field(rng: np.random.Generator, points: np.ndarray, centre: np.ndarray
     return gain * np.exp(strength * (field(points) - field(centre)))
 
 
+# --------------------------------------------------------------------------- image findings
+def _normal_cdf(x: float) -> float:
+    return 0.5 * (1.0 + math.erf(float(x) / math.sqrt(2.0)))
+
+
+def _wrap_angle(angle: np.ndarray) -> np.ndarray:
+    """Angle difference wrapped into [-pi, pi)."""
+    return (angle + np.pi) % (2.0 * np.pi) - np.pi
+
+
+def finding_amplitudes(seed: int, patient_index: int) -> Dict[str, float]:
+    """The standardised finding amplitudes of a patient (population mean 0, SD 1 each).
+
+    Drawn from the patient's findings stream ``SeedSequence(seed, spawn_key=(index, 2))``
+    alone: independent of the disease burden, the tumour volume and every tumour mean by
+    construction, the same whichever findings a cohort draws, and computable without
+    rendering the patient.  Each is the covariate of its term (``term = coefficient x
+    amplitude``), and ``ground_truth.csv`` reports it as ``finding_<name>``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(patient_index), FINDINGS_STREAM)))
+    z = rng.standard_normal(len(FINDINGS))
+    amplitudes = dict(zip(FINDINGS, (float(v) for v in z)))
+    # EMVI: present in 40 % (z above the 60th centile); its score (0 when absent, then the
+    # visible length) is the covariate, standardised with its exact population mean and SD.
+    amplitudes["emvi"] = (_emvi_score(amplitudes["emvi"]) - EMVI_SCORE_MEAN) / EMVI_SCORE_SD
+    return amplitudes
+
+
+def _emvi_score(z: float) -> float:
+    """0 (no EMVI) or (0, 1] (present; visible vessel length grows with it)."""
+    return max(0.0, _normal_cdf(z) - (1.0 - EMVI_PREVALENCE)) / EMVI_PREVALENCE
+
+
+def finding_permutation(n_patients: int, seed: int) -> np.ndarray:
+    """The ``--permute-findings`` map: patient ``i``'s hazard uses the findings of ``perm[i]``.
+
+    A random cyclic permutation (Sattolo's algorithm: no patient keeps its own findings) from
+    its own stream ``default_rng([seed, PERMUTATION_STREAM])``.  Unlike a patient's own draws it
+    depends on the cohort size.
+    """
+    perm = np.arange(int(n_patients))
+    rng = np.random.default_rng([int(seed), PERMUTATION_STREAM])
+    for i in range(int(n_patients) - 1, 0, -1):
+        j = int(rng.integers(0, i))
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def finding_rng(seed: int, patient_index: int, finding: str) -> np.random.Generator:
+    """The stream that draws how ``finding`` looks in the patient (positions, fields)."""
+    return np.random.default_rng(np.random.SeedSequence(
+        int(seed), spawn_key=(int(patient_index), FINDINGS_STREAM, 1 + FINDINGS.index(finding))))
+
+
+def mrf_from_extension(amplitude: float) -> int:
+    """MRF as the extension is designed: its tip within 1 mm (at real size) of the fascia.
+
+    Used where nothing is rendered (``render=False``); a rendered patient's MRF is read off its
+    mask (:func:`_mrf_read`), which agrees with this in about 95 % of patients.
+    """
+    return int(_extension_tip_to_fascia_mm(amplitude) <= MRF_DISTANCE_MM)
+
+
+def _extension_tip_to_fascia_mm(amplitude: float) -> float:
+    """Designed distance (real-size mm) from the extension's tip to the mesorectal fascia; <= 0 crosses it."""
+    return EXTENSION_TIP_RANGE_MM * (1.0 - _normal_cdf(amplitude)) - 1.0
+
+
+def emvi_from_vessel(amplitude: float) -> int:
+    """EMVI as the drawn vessel shows it: present or not."""
+    return int(_emvi_score_from_amplitude(amplitude) > 0.0)
+
+
+@dataclass
+class FindingAnatomy(PatientAnatomy):
+    """:class:`PatientAnatomy` with image findings drawn into it (see the module docstring).
+
+    Built by :func:`_add_findings`; :meth:`finalise` completes it once the tumour threshold is
+    known (the heterogeneity is re-centred on the T2-grid mask, the nodes are placed outside
+    the tumour).  The plain class stays as it was, so a cohort without findings is unchanged.
+    """
+
+    drawn: Tuple[str, ...] = ()
+    confine_radius: Optional[float] = None      # body level is -inf beyond this axis distance
+    body_radius: float = 0.0                    # axis distance of the confined body's centre
+    margin_field: Optional[SmoothField] = None
+    margin_amplitude: float = 0.0
+    tongue: Optional[dict] = None
+    blob_field: Optional[SmoothField] = None
+    heterogeneity: float = 0.0                  # relative contrast of the necrotic/mucinous foci
+    blob_offset: float = 0.0                    # mean blob weight over the T2-grid mask
+    vessel: Optional[dict] = None
+    nodes: Tuple[dict, ...] = ()
+    node_field: Optional[SmoothField] = None
+    node_score: float = 0.0                     # 0..1, from the nodes amplitude
+    node_rng: Optional[np.random.Generator] = None   # places the nodes in finalise
+
+    # ------------------------------------------------------------------ tumour shape
+    def _body_coordinates(self, points: np.ndarray):
+        if self.confine_radius is None:
+            offset = points - self.tumour_centre
+            cos_a, sin_a = np.cos(self.tumour_angle), np.sin(self.tumour_angle)
+            radial = offset[..., 0] * cos_a + offset[..., 1] * sin_a
+            tangential = -offset[..., 0] * sin_a + offset[..., 1] * cos_a
+            return radial, tangential, offset[..., 2]
+        # Confined body: an ellipsoid in wall-following coordinates (radial distance from the
+        # rectal axis, arc length along the wall, craniocaudal), so it hugs the rectum.
+        axis_x, axis_y = self.rectal_axis(points[..., 2])
+        dx, dy = points[..., 0] - axis_x, points[..., 1] - axis_y
+        radial = np.hypot(dx, dy) - self.body_radius
+        tangential = _wrap_angle(np.arctan2(dy, dx) - self.tumour_angle) * self.body_radius
+        return radial, tangential, points[..., 2] - self.tumour_centre[2]
+
+    def tumour_level(self, points: np.ndarray) -> np.ndarray:
+        radial, tangential, craniocaudal = self._body_coordinates(points)
+        rho = np.sqrt((radial / self.tumour_semi_axes[0]) ** 2 + (tangential / self.tumour_semi_axes[1]) ** 2
+                      + (craniocaudal / self.tumour_semi_axes[2]) ** 2)
+        reach = 1.0 + TUMOUR_THRESHOLD_BOUND + self.tumour_shape_amplitude * self.tumour_shape_field.max_abs
+        if self.margin_field is not None:
+            reach += self.margin_amplitude * self.margin_field.max_abs
+        candidates = rho < reach
+        near = points[candidates]
+        level_near = 1.0 - rho[candidates] + self.tumour_shape_amplitude * self.tumour_shape_field(near)
+        if self.margin_field is not None:
+            level_near += self.margin_amplitude * self.margin_field(near)
+        axis_x, axis_y = self.rectal_axis(near[:, 2])
+        radius = np.hypot(near[:, 0] - axis_x, near[:, 1] - axis_y)
+        level_near[radius < 0.45 * self.lumen_radius] = -np.inf
+        if self.confine_radius is not None:
+            level_near[radius > self.confine_radius] = -np.inf
+        level = np.full(rho.shape, -np.inf)
+        level[candidates] = level_near
+        if self.tongue is not None:
+            level = np.maximum(level, self._tongue_level(points))
+        return level
+
+    def _tongue_level(self, points: np.ndarray) -> np.ndarray:
+        """Extramural extension: a tapered finger from the body centre out to ``r_tip``."""
+        t = self.tongue
+        axis_x, axis_y = self.rectal_axis(points[..., 2])
+        dx, dy = points[..., 0] - axis_x, points[..., 1] - axis_y
+        radius = np.hypot(dx, dy)
+        dphi = _wrap_angle(np.arctan2(dy, dx) - t["angle"])
+        along = radius * np.cos(dphi)
+        across = radius * np.abs(np.sin(dphi))
+        taper = np.clip((along - t["r_start"]) / (t["r_tip"] - t["r_start"]), 0.0, 1.0)
+        width = t["width"] * (1.0 - 0.35 * taper)
+        outside = np.maximum(along - t["r_tip"], 0.0) + np.maximum(t["r_start"] - along, 0.0)
+        # A blunt tip: the finger ends within a few tenths of a millimetre of ``r_tip``.
+        distance = np.sqrt((across / width) ** 2 + (outside / (0.3 * width)) ** 2
+                           + ((points[..., 2] - t["z"]) / t["depth"]) ** 2)
+        level = 1.0 - distance
+        level[np.abs(dphi) > 0.5 * np.pi] = -np.inf
+        return level
+
+    # ------------------------------------------------------------------ after the threshold
+    def finalise(self, t2_points: np.ndarray, mask: np.ndarray, fov_centre: np.ndarray, fov_size: np.ndarray,
+                 spacing: np.ndarray) -> None:
+        """Re-centre the heterogeneity on the T2-grid mask and place the nodes outside the tumour."""
+        if self.blob_field is not None:
+            self.blob_offset = float(self._blob_weight(t2_points[mask]).mean())
+        if self.node_rng is not None:
+            self.nodes = tuple(self._place_nodes(self.node_rng, fov_centre, fov_size, spacing))
+
+    def _blob_weight(self, points: np.ndarray) -> np.ndarray:
+        """0..1: necrotic / mucinous foci where the blob field is high (about a quarter of the tumour)."""
+        return np.clip((self.blob_field(points) - 0.6) / 0.8, 0.0, 1.0)
+
+    def _place_nodes(self, rng: np.random.Generator, fov_centre, fov_size, spacing) -> list:
+        score = self.node_score
+        scale = anatomy_scale(fov_size)
+        malignancies = [0.1 * rng.random() for _ in range(2)]
+        malignancies += [float(np.clip(0.35 + 0.65 * score + rng.normal(0.0, 0.08), 0.0, 1.0))
+                         for _ in range(int(4.5 * score))]
+        wall_outer = self.lumen_radius + self.wall_thickness
+        gap = self.mesorectum_radius - wall_outer
+        nodes = []
+        for malignancy in malignancies:
+            radius = max(scale * (1.2 + 2.6 * malignancy), 0.75 * spacing[0])
+            depth = max(radius, 0.6 * spacing[2])
+            for _attempt in range(20):   # a position clear of the tumour (the last try is kept)
+                angle = self.tumour_angle + np.pi + rng.uniform(-0.45, 0.45) * np.pi
+                room = max(gap - 2.0 * radius, 0.0)
+                r = wall_outer + min(radius, 0.5 * gap) + rng.uniform(0.0, 1.0) * room
+                z = fov_centre[2] + rng.uniform(-0.38, 0.38) * fov_size[2]
+                axis_x, axis_y = self.rectal_axis(np.array([z]))
+                centre = np.array([axis_x[0] + r * np.cos(angle), axis_y[0] + r * np.sin(angle), z])
+                probe = centre + np.array([[0, 0, 0], [radius, 0, 0], [-radius, 0, 0], [0, radius, 0],
+                                           [0, -radius, 0], [0, 0, depth], [0, 0, -depth]], dtype=float)
+                if (self.tumour_level(probe) <= self.tumour_threshold - 0.05).all():
+                    break
+            nodes.append({"centre": centre, "radius": radius, "depth": depth, "malignancy": malignancy})
+        return nodes
+
+    # ------------------------------------------------------------------ tissues and signal
+    def _node_index(self, points: np.ndarray) -> np.ndarray:
+        index = np.full(points.shape[:-1], -1, dtype=np.int64)
+        for j, node in enumerate(self.nodes):
+            offset = points - node["centre"]
+            reach = 1.0 + NODE_IRREGULARITY * node["malignancy"] * self.node_field.max_abs
+            box = ((np.abs(offset[..., 0]) < reach * node["radius"]) & (np.abs(offset[..., 1]) < reach * node["radius"])
+                   & (np.abs(offset[..., 2]) < reach * node["depth"]))
+            near = points[box]
+            o = offset[box]
+            rho = np.sqrt((o[:, 0] ** 2 + o[:, 1] ** 2) / node["radius"] ** 2 + (o[:, 2] / node["depth"]) ** 2)
+            inside = 1.0 - rho + NODE_IRREGULARITY * node["malignancy"] * self.node_field(near) > 0.0
+            hit = np.zeros(points.shape[:-1], dtype=bool)
+            hit[box] = inside
+            index[hit] = j
+        return index
+
+    def _vessel_hit(self, points: np.ndarray) -> np.ndarray:
+        v = self.vessel
+        hit = np.zeros(points.shape[:-1], dtype=bool)
+        for start, end in ((v["start"], v["bend"]), (v["bend"], v["end"])):
+            segment = end - start
+            t = np.clip(((points - start) * segment).sum(axis=-1) / float((segment ** 2).sum()), 0.0, 1.0)
+            offset = points - (start + t[..., None] * segment)
+            hit |= ((offset[..., 0] ** 2 + offset[..., 1] ** 2) / v["radius"] ** 2
+                    + offset[..., 2] ** 2 / v["depth"] ** 2 < 1.0)
+        return hit
+
+    def tissue_labels(self, points: np.ndarray) -> np.ndarray:
+        return self._labels(points)[0]
+
+    def _labels(self, points: np.ndarray):
+        labels = PatientAnatomy.tissue_labels(self, points)
+        tumour = TISSUES.index("tumour")
+        node_index = self._node_index(points) if self.nodes else np.full(points.shape[:-1], -1)
+        node_index[labels != TISSUES.index("fat")] = -1      # nodes lie in the mesorectal fat
+        labels[node_index >= 0] = TISSUES.index("node")
+        if self.vessel is not None:
+            # Leaves the tumour through the wall into the mesorectum; never inside the tumour label.
+            vessel = self._vessel_hit(points) & (labels != tumour) & (labels != TISSUES.index("lumen"))
+            labels[vessel] = TISSUES.index("vessel")
+            node_index[vessel] = -1
+        return labels, node_index
+
+    def property_maps(self, points: np.ndarray) -> Dict[str, np.ndarray]:
+        labels, node_index = self._labels(points)
+        is_tumour = labels == TISSUES.index("tumour")
+        tumour_points = points[is_tumour]
+        texture = self.tumour_texture(tumour_points)
+        blob = self._blob_weight(tumour_points) - self.blob_offset if self.blob_field is not None else None
+        is_node = node_index >= 0
+        node_points = points[is_node]
+        malignancy = np.array([n["malignancy"] for n in self.nodes] + [0.0])[node_index[is_node]]
+        node_texture = self.node_field(node_points) if self.nodes else np.zeros(0)
+        maps = {}
+        vessel_values = {"T2": 0.9 * TUMOUR_T2, "ADC": 0.95 * self.tumour_adc, "Dapp": 0.95 * self.tumour_dapp,
+                         "Kapp": self.tumour_kapp}
+        for series, table, tumour_value, texture_sd in (
+                ("T2", TISSUE_T2, TUMOUR_T2, 0.10), ("ADC", TISSUE_ADC, self.tumour_adc, 0.08),
+                ("Dapp", TISSUE_DAPP, self.tumour_dapp, 0.08), ("Kapp", TISSUE_KAPP, self.tumour_kapp, 0.05)):
+            lookup = np.array([table.get(t, 0.0) for t in TISSUES])
+            lookup[TISSUES.index("vessel")] = vessel_values[series]
+            values = lookup[labels]
+            relative = 1.0 + texture_sd * texture
+            if blob is not None:
+                relative = relative + self.heterogeneity * HETEROGENEITY_CONTRAST[series] * blob
+            values[is_tumour] = tumour_value * relative
+            benign, malignant, spread = NODE_SIGNAL[series]
+            values[is_node] = ((1.0 - malignancy) * benign
+                               + malignancy * malignant * (1.0 + spread * malignancy * node_texture))
+            maps[series] = values
+        maps["labels"] = labels
+        return maps
+
+
+def _confine_body(anatomy: PatientAnatomy, fov_size: np.ndarray, voxel_spacing: np.ndarray) -> dict:
+    """Wall-hugging tumour body that stays in the inner 40 % of the mesorectum, same volume.
+
+    Without findings most tumours of the default anatomy cross the mesorectal fascia; the
+    mesorectal findings (extension depth, vessel, nodes) need room to be seen in.
+    """
+    wall_outer = anatomy.lumen_radius + anatomy.wall_thickness
+    limit = wall_outer + 0.4 * (anatomy.mesorectum_radius - wall_outer)
+    inner = 0.45 * anatomy.lumen_radius
+    radial, tangential, craniocaudal = anatomy.tumour_semi_axes
+    new_radial = min(radial, 0.5 * (limit - inner))
+    centre = min(anatomy.lumen_radius + 0.5 * anatomy.wall_thickness + 0.25 * new_radial, limit - new_radial)
+    stretch = np.sqrt(radial / new_radial)
+    semi_axes = np.array([new_radial, min(tangential * stretch, 0.9 * np.pi * centre),
+                          min(craniocaudal * stretch, 0.40 * fov_size[2])])
+    semi_axes = np.maximum(semi_axes, np.maximum(1.5 * anatomy_scale(fov_size), 0.6 * voxel_spacing))
+    return {"confine_radius": limit, "body_radius": centre, "tumour_semi_axes": semi_axes}
+
+
+def _add_findings(anatomy: PatientAnatomy, plan: "FindingPlan", fov_size: np.ndarray,
+                  voxel_spacing: np.ndarray) -> FindingAnatomy:
+    """The patient's anatomy with ``plan``'s findings drawn in (no draw from the patient's stream)."""
+    scale = anatomy_scale(fov_size)
+    fields = {f.name: getattr(anatomy, f.name) for f in dataclasses.fields(PatientAnatomy)}
+    extra: dict = {"drawn": plan.findings}
+    amp = plan.amplitudes
+    if {"extension", "emvi", "nodes"} & set(plan.findings):
+        extra.update(_confine_body(anatomy, fov_size, voxel_spacing))
+    if "kurtosis" in plan.findings:
+        fields["tumour_kapp"] = max(0.3, anatomy.tumour_kapp + KURTOSIS_SHIFT * amp["kurtosis"])
+    if "heterogeneity" in plan.findings:
+        rng = finding_rng(plan.seed, plan.index, "heterogeneity")
+        extra["blob_field"] = SmoothField(rng, (6.0 * scale, 14.0 * scale))
+        extra["heterogeneity"] = 0.05 + 0.75 * _normal_cdf(amp["heterogeneity"])
+    if "margin" in plan.findings:
+        rng = finding_rng(plan.seed, plan.index, "margin")
+        extra["margin_field"] = SmoothField(rng, (3.0 * scale, 7.0 * scale), n_waves=12)
+        extra["margin_amplitude"] = 0.02 + 0.30 * _normal_cdf(amp["margin"])
+    wall_outer = anatomy.lumen_radius + anatomy.wall_thickness
+    gap = anatomy.mesorectum_radius - wall_outer
+    body_radius = extra.get("body_radius", float(np.hypot(*(anatomy.tumour_centre[:2] - anatomy.rectum_centre))))
+    semi_axes = extra.get("tumour_semi_axes", anatomy.tumour_semi_axes)
+    spread_angle = min(1.0, semi_axes[1] / body_radius)
+    if "extension" in plan.findings:
+        rng = finding_rng(plan.seed, plan.index, "extension")
+        tip = anatomy.mesorectum_radius - scale * _extension_tip_to_fascia_mm(amp["extension"])
+        extra["tongue"] = {"angle": anatomy.tumour_angle + rng.uniform(-0.3, 0.3) * spread_angle,
+                           "z": anatomy.tumour_centre[2] + rng.uniform(-0.3, 0.3) * semi_axes[2],
+                           "r_start": body_radius, "r_tip": max(tip, body_radius + 1.0),
+                           "width": max(1.8 * scale, 1.1 * voxel_spacing[0]),
+                           "depth": max(2.5 * scale, 0.6 * voxel_spacing[2])}
+    if "emvi" in plan.findings and emvi_from_vessel(amp["emvi"]):
+        rng = finding_rng(plan.seed, plan.index, "emvi")
+        score = _emvi_score_from_amplitude(amp["emvi"])
+        angle = anatomy.tumour_angle + rng.uniform(-0.25, 0.25) * spread_angle
+        z0 = anatomy.tumour_centre[2] + rng.uniform(-0.25, 0.25) * semi_axes[2]
+        axis_x, axis_y = anatomy.rectal_axis(np.array([z0]))
+        direction = np.array([np.cos(angle), np.sin(angle), 0.0])
+        axis_point = np.array([axis_x[0], axis_y[0], z0])
+        bend_radius = wall_outer + rng.uniform(0.55, 0.8) * gap
+        # Runs craniocaudally along the mesorectum, drifting outwards and sideways.
+        length = scale * (4.0 + 16.0 * score)
+        sideways = np.array([-direction[1], direction[0], 0.0]) * rng.uniform(-0.3, 0.3) * length
+        run = (0.15 * gap * direction + sideways
+               + np.array([0.0, 0.0, length * (1.0 if rng.random() < 0.5 else -1.0)]))
+        extra["vessel"] = {"start": axis_point + body_radius * direction,
+                           "bend": axis_point + bend_radius * direction,
+                           "end": axis_point + bend_radius * direction + run,
+                           "radius": max(scale * (0.8 + 0.8 * score), 0.75 * voxel_spacing[0]),
+                           "depth": max(scale * (0.8 + 0.8 * score), 0.55 * voxel_spacing[2])}
+    if "nodes" in plan.findings:
+        rng = finding_rng(plan.seed, plan.index, "nodes")
+        extra["node_field"] = SmoothField(rng, (3.0 * scale, 6.0 * scale))
+        extra["node_score"] = _normal_cdf(amp["nodes"])
+        extra["node_rng"] = rng
+    fields.update(extra)
+    return FindingAnatomy(**fields)
+
+
+def _emvi_score_from_amplitude(amplitude: float) -> float:
+    """Inverse of the standardisation in :func:`finding_amplitudes` (absent: exactly 0)."""
+    score = amplitude * EMVI_SCORE_SD + EMVI_SCORE_MEAN
+    return score if score > 1e-9 else 0.0
+
+
+@dataclass(frozen=True)
+class FindingPlan:
+    """Which findings a patient's images show, and its own amplitudes (what the images show)."""
+
+    seed: int
+    index: int
+    findings: Tuple[str, ...]
+    amplitudes: Dict[str, float]
+
+
 def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProtocol,
-                   shape_xyz: Tuple[int, int, int]) -> dict:
+                   shape_xyz: Tuple[int, int, int], findings: Optional[FindingPlan] = None) -> dict:
     """Render T2, ADC, Dapp, Kapp and the mask of one patient.
+
+    ``findings`` draws image findings in (their own streams; ``rng`` is used exactly as without).
 
     Returns
     -------
@@ -513,7 +997,10 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
         (mask voxels x T2 voxel volume), ``equivalent_volume_ml`` (the same at real-world size,
         see :func:`anatomy_scale`; equal at the default shape), ``tumour_mean_adc`` (mean of
         the noise-free ADC field at the mask voxel centres: what the ADC map shows there, noise
-        aside) and ``tissue_labels`` (index into :data:`TISSUES` at each T2 voxel, array z, y, x).
+        aside), ``tissue_labels`` (index into :data:`TISSUES` at each T2 voxel, array z, y, x) and
+        ``mrf_read`` (with findings: 1 where the tumour mask reaches within 1 mm (real size) of the
+        mesorectal fascia, else 0; None without findings) and ``tumour_means`` (series -> mean of its
+        noise-free field at the mask voxels; T2 before the centre's scale and bias).
     """
     t2_spacing = np.array(protocol.t2_spacing)
     shape = np.array(shape_xyz)
@@ -522,6 +1009,8 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
     t2_origin = -0.5 * (shape - 1) * t2_spacing + rng.uniform(-10.0, 10.0, size=3)
     fov_centre = t2_origin + 0.5 * (shape - 1) * t2_spacing
     anatomy = _build_anatomy(rng, latents, fov_centre, fov_size, t2_spacing)
+    if findings is not None:
+        anatomy = _add_findings(anatomy, findings, fov_size, t2_spacing)
 
     t2_points = _voxel_centres(t2_origin, t2_spacing, shape_xyz)
     # Choose the tumour threshold so the mask volume matches the target (log-normal) volume;
@@ -534,6 +1023,11 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
     anatomy.tumour_threshold = float(np.clip(np.nextafter(kth_largest, -np.inf), -TUMOUR_THRESHOLD_BOUND,
                                              TUMOUR_THRESHOLD_BOUND))
 
+    mrf_read = None
+    if findings is not None:
+        tumour_voxels = anatomy.tumour_level(t2_points) > anatomy.tumour_threshold
+        anatomy.finalise(t2_points, tumour_voxels, fov_centre, fov_size, t2_spacing)
+        mrf_read = _mrf_read(anatomy, t2_points[tumour_voxels], scale)
     t2_maps = anatomy.property_maps(t2_points)
     mask = (t2_maps["labels"] == TISSUES.index("tumour")).astype(np.uint8)
     if not mask.any():
@@ -569,7 +1063,17 @@ def render_patient(rng: np.random.Generator, latents: dict, protocol: CentreProt
         images[series] = _make_image(np.maximum(noisy, 0.0).astype(np.float32), dwi_origin, dwi_spacing)
     images["mask"] = _make_image(mask, t2_origin, t2_spacing)
     return {"images": images, "tumour_volume_ml": tumour_volume_ml, "tumour_mean_adc": tumour_mean_adc,
-            "equivalent_volume_ml": tumour_volume_ml / scale ** 3, "tissue_labels": t2_maps["labels"]}
+            "equivalent_volume_ml": tumour_volume_ml / scale ** 3, "tissue_labels": t2_maps["labels"],
+            "mrf_read": mrf_read, "tumour_means": {s: float(t2_maps[s][mask.astype(bool)].mean()) for s in SERIES}}
+
+
+def _mrf_read(anatomy: PatientAnatomy, tumour_points: np.ndarray, scale: float) -> int:
+    """1 where a tumour voxel lies within 1 mm (real size) of the mesorectal fascia or beyond it."""
+    if not len(tumour_points):
+        return 0
+    axis_x, axis_y = anatomy.rectal_axis(tumour_points[:, 2])
+    radius = np.hypot(tumour_points[:, 0] - axis_x, tumour_points[:, 1] - axis_y)
+    return int(radius.max() >= anatomy.mesorectum_radius - MRF_DISTANCE_MM * scale)
 
 
 # --------------------------------------------------------------------------- cohort
@@ -594,41 +1098,63 @@ def _check_schema_categories(row: dict, schema: ClinicalSchema, pid: str) -> Non
 
 def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple[int, int, int],
                      loss_to_follow_up_rate: float, admin_censoring_months: Tuple[float, float],
-                     render: bool = True) -> dict:
+                     render: bool = True, findings: Sequence[str] = (), image_risk: Optional[Sequence[str]] = None,
+                     hazard_index: Optional[int] = None) -> dict:
     """Everything about one patient: clinical row, ground-truth row and (optionally) images.
 
     With ``render=False`` no images are made and the image-borne factors are the target
     volume and patient-level ADC (the outcome model alone, for fast statistical checks).
+    ``findings``, ``image_risk``: as for :func:`generate_cohort`.  ``hazard_index``: the
+    patient whose finding amplitudes the hazard uses (``--permute-findings``); default its own.
 
     Returns
     -------
     dict
         ``clinical_row`` and ``ground_truth_row`` (as written to the CSVs, missing values as
         None), ``complete_clinical`` (before values were blanked), ``outcome`` (see
-        :func:`sample_outcome`), ``images`` (name -> SimpleITK image, or None) and
-        ``tissue_labels`` (T2-grid tissue indices into :data:`TISSUES`, or None).
+        :func:`sample_outcome`), ``images`` (name -> SimpleITK image, or None),
+        ``tissue_labels`` (T2-grid tissue indices into :data:`TISSUES`, or None),
+        ``tumour_means`` (noise-free tumour mean of each series, see :func:`render_patient`, or None),
+        ``finding_amplitudes`` (what the images show; empty without findings) and
+        ``image_terms`` (term name -> contribution to the linear predictor; empty in the default
+        cohort, whose image terms are ``log_volume_std`` and ``adc_std`` of
+        :func:`linear_predictor_terms`).
     """
+    findings, image_risk = normalise_findings(findings, image_risk, hazard_index is not None)
+    findings_mode = bool(findings) or image_risk is not None or hazard_index is not None
     rng = patient_rng(seed, patient_index)
     centre = assign_centre(patient_index, n_centres)
     protocol = centre_protocol(centre, n_centres)
     latents = sample_patient_latents(rng, protocol.case_mix_shift)
     pid = patient_id(patient_index)
+    own = finding_amplitudes(seed, patient_index) if findings else {}
+    plan = FindingPlan(int(seed), int(patient_index), findings, own) if findings else None
+    mrf_read = None
     if render:
         try:
-            rendered = render_patient(rng, latents, protocol, shape)
+            rendered = render_patient(rng, latents, protocol, shape, plan)
         except RuntimeError as error:
             raise RuntimeError(f"patient {pid} (seed {seed}): {error}") from error
         volume_ml, mean_adc, images = rendered["tumour_volume_ml"], rendered["tumour_mean_adc"], rendered["images"]
         prognostic_volume_ml, tissue_labels = rendered["equivalent_volume_ml"], rendered["tissue_labels"]
+        mrf_read, tumour_means = rendered["mrf_read"], rendered["tumour_means"]
     else:
         volume_ml, mean_adc, images = latents["target_volume_ml"], latents["tumour_adc"], None
-        prognostic_volume_ml, tissue_labels = volume_ml, None
+        prognostic_volume_ml, tissue_labels, tumour_means = volume_ml, None, None
+    complete = _clinical_with_findings(latents["clinical"], findings, own, mrf_read)
     # The outcome stream is separate from the rendering stream, so the outcome of a patient
     # does not change with the image shape.
     outcome_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(patient_index, 1)))
-    lp = float(sum(linear_predictor_terms(latents["clinical"], prognostic_volume_ml, mean_adc).values()))
+    terms = linear_predictor_terms(complete, prognostic_volume_ml, mean_adc)
+    image_terms: Dict[str, float] = {}
+    if findings_mode:
+        hazard = own if hazard_index is None else finding_amplitudes(seed, hazard_index)
+        image_terms = _image_terms(terms, findings, DEFAULT_IMAGE_RISK if image_risk is None else image_risk, hazard)
+        lp = float(sum(terms.values()) + sum(image_terms[f] for f in FINDINGS))
+    else:
+        lp = float(sum(terms.values()))
     outcome = sample_outcome(outcome_rng, lp, loss_to_follow_up_rate, admin_censoring_months)
-    clinical = dict(latents["clinical"])
+    clinical = dict(complete)
     for column, rate in MISSING_RATE.items():
         if outcome_rng.random() < rate:
             clinical[column] = None
@@ -636,8 +1162,83 @@ def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple
            "dfs_months": outcome["dfs_months"], "dfs_event": outcome["dfs_event"]}
     truth = {"patient_id": pid, "centre": centre, "linear_predictor": round(lp, 6),
              "tumour_volume_ml": round(volume_ml, 4), "tumour_mean_adc": round(mean_adc, 2)}
+    if findings_mode:
+        truth.update({f"finding_{f}": round(own[f], 6) for f in findings})
+        truth.update({f"term_{name}": round(value, 6) for name, value in image_terms.items()})
+        if hazard_index is not None:
+            truth["findings_hazard_from"] = patient_id(hazard_index)
     return {"clinical_row": row, "ground_truth_row": truth, "outcome": outcome, "images": images,
-            "complete_clinical": latents["clinical"], "tissue_labels": tissue_labels}
+            "complete_clinical": complete, "tissue_labels": tissue_labels, "finding_amplitudes": own,
+            "image_terms": image_terms, "tumour_means": tumour_means}
+
+
+def _clinical_with_findings(clinical: dict, findings: Tuple[str, ...], own: Dict[str, float],
+                            mrf_read: Optional[int]) -> dict:
+    """The clinical values, with MRF and EMVI read off the drawn extension and vessel."""
+    if "extension" not in findings and "emvi" not in findings:
+        return clinical
+    clinical = dict(clinical)
+    if "extension" in findings:
+        clinical["mrf"] = mrf_read if mrf_read is not None else mrf_from_extension(own["extension"])
+    if "emvi" in findings:
+        clinical["emvi"] = emvi_from_vessel(own["emvi"])
+    return clinical
+
+
+def _image_terms(terms: Dict[str, float], findings: Tuple[str, ...], image_risk: Tuple[str, ...],
+                 hazard: Dict[str, float]) -> Dict[str, float]:
+    """Image term contributions (``volume``, ``adc``, each finding; 0 where not in ``image_risk``).
+
+    Edits ``terms`` in place: the volume and ADC terms are zeroed where not in ``image_risk``,
+    and MRF / EMVI, read off a drawn extension / vessel, carry no risk of their own (their
+    prognosis is the finding's term; so the permutation control leaves none in the images).
+    """
+    if "extension" in findings:
+        terms["mrf"] = 0.0
+    if "emvi" in findings:
+        terms["emvi"] = 0.0
+    for name, key in (("volume", "log_volume_std"), ("adc", "adc_std")):
+        if name not in image_risk:
+            terms[key] = 0.0
+    image_terms = {"volume": terms["log_volume_std"], "adc": terms["adc_std"]}
+    for finding in FINDINGS:
+        image_terms[finding] = FINDING_COEFFICIENTS[finding] * hazard[finding] if finding in image_risk else 0.0
+    return image_terms
+
+
+def parse_term_list(text: Union[str, Sequence[str]], allowed: Sequence[str], what: str) -> Tuple[str, ...]:
+    """``"a,b"`` / ``"all"`` / ``"none"`` (or a sequence of names) -> names in ``allowed`` order."""
+    if isinstance(text, str):
+        text = text.strip()
+        if text == "all":
+            return tuple(allowed)
+        names = [] if text in ("", "none") else [name.strip() for name in text.split(",")]
+    else:
+        names = [str(name).strip() for name in text]
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"{what}: unknown name(s) {unknown}; choose from {', '.join(allowed)} (or all / none)")
+    return tuple(name for name in allowed if name in names)
+
+
+def normalise_findings(findings: Union[str, Sequence[str]], image_risk: Optional[Union[str, Sequence[str]]],
+                       permute_findings: bool = False) -> Tuple[Tuple[str, ...], Optional[Tuple[str, ...]]]:
+    """Check the finding options; returns ``(findings, image_risk)`` in canonical order.
+
+    ``image_risk`` stays None when not given (today's volume + ADC).  Raises ValueError for an
+    unknown name, a finding in ``image_risk`` that is not drawn, or ``permute_findings`` without
+    findings.
+    """
+    findings = parse_term_list(findings, FINDINGS, "findings")
+    if image_risk is not None:
+        image_risk = parse_term_list(image_risk, IMAGE_RISK_TERMS, "image_risk")
+        undrawn = [name for name in image_risk if name in FINDINGS and name not in findings]
+        if undrawn:
+            raise ValueError(f"image_risk names finding(s) {undrawn} that are not drawn; add them to findings "
+                             f"(--findings) so the images show the risk")
+    if permute_findings and not findings:
+        raise ValueError("permute_findings needs findings to permute (--findings)")
+    return findings, image_risk
 
 
 # --------------------------------------------------------------------------- missing series
@@ -788,13 +1389,23 @@ def missing_series_summary(removed: Dict[int, Tuple[str, ...]], n_patients: int)
     return f"missing series: {len(removed)} of {int(n_patients)} patients lack at least one series ({counts})"
 
 
-def _clinical_frame(rows: list) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=CLINICAL_COLUMNS)
+def _clinical_frame(rows: list, radiologist_columns: bool = True) -> pd.DataFrame:
+    columns = [c for c in CLINICAL_COLUMNS if radiologist_columns or c not in RADIOLOGIST_COLUMNS]
+    frame = pd.DataFrame(rows, columns=columns)
     # Nullable integers so 0/1 columns with gaps are written as "1" / "" rather than "1.0".
-    for column in ("mrf", "emvi"):
-        frame[column] = frame[column].astype("Int64")
+    for column in RADIOLOGIST_COLUMNS:
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
     frame["age"] = frame["age"].astype("Int64")
     return frame
+
+
+def schema_without_radiologist_columns(schema: Optional[ClinicalSchema] = None) -> dict:
+    """The clinical schema (default: clinical/larc_schema.json) without ``mrf`` and ``emvi``, as a dict."""
+    content = (schema or ClinicalSchema.load()).to_dict()
+    content["columns"] = {name: spec for name, spec in content["columns"].items() if name not in RADIOLOGIST_COLUMNS}
+    ClinicalSchema.from_dict(content)   # still a valid schema
+    return content
 
 
 def _validate_arguments(n_patients: int, shape: Sequence[int], n_centres: int) -> Tuple[int, int, int]:
@@ -814,7 +1425,9 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
                     n_centres: int = 3, loss_to_follow_up_rate: float = DEFAULT_LOSS_TO_FOLLOW_UP_RATE,
                     admin_censoring_months: Tuple[float, float] = DEFAULT_ADMIN_CENSORING_MONTHS,
                     progress: bool = False, overwrite: bool = False,
-                    missing_series: Sequence[Union[str, MissingSeriesSpec]] = ()) -> pd.DataFrame:
+                    missing_series: Sequence[Union[str, MissingSeriesSpec]] = (),
+                    findings: Sequence[str] = (), image_risk: Optional[Sequence[str]] = None,
+                    permute_findings: bool = False, radiologist_columns: bool = True) -> pd.DataFrame:
     """Write a synthetic LARC cohort folder and return its clinical table.
 
     Parameters
@@ -846,6 +1459,19 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
         :func:`parse_missing_series` and :func:`select_missing_series`).  A removed series is
         simply not written; every other file is byte-identical to the cohort without it.
         ``missing_series.csv`` lists who lacks what (header only when nobody does).
+    findings : sequence of str
+        Image findings to draw (names in :data:`FINDINGS`, or ``"all"``).  Drawn without risk
+        unless named in ``image_risk``.  With extension / emvi drawn, clinical ``mrf`` / ``emvi``
+        are read off the images (see the module docstring).
+    image_risk : sequence of str, optional
+        Image terms that enter the hazard (names in :data:`IMAGE_RISK_TERMS`; ``()`` none).
+        None: today's ``("volume", "adc")``.  A finding named here must be in ``findings``.
+    permute_findings : bool
+        The hazard uses the finding amplitudes of another patient (:func:`finding_permutation`):
+        the images show each patient's own findings, which then carry no risk.
+    radiologist_columns : bool
+        False drops ``mrf`` and ``emvi`` from clinical.csv and writes ``schema.json`` (the default
+        schema without them) into the cohort folder for the converter's ``--schema``.
 
     Returns
     -------
@@ -855,6 +1481,8 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
     shape = _validate_arguments(n_patients, shape, n_centres)
     # Before anything is written, so a bad spec leaves no folder behind.
     removed_series = select_missing_series(missing_series, n_patients, seed, n_centres)
+    findings, image_risk = normalise_findings(findings, image_risk, permute_findings)
+    hazard_of = finding_permutation(n_patients, seed) if permute_findings else None
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a folder")
@@ -875,7 +1503,8 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
             indices = tqdm(indices, desc="synthetic LARC patients", unit="patient")
         for index in indices:
             patient = simulate_patient(seed, index, n_centres, shape, loss_to_follow_up_rate,
-                                       tuple(admin_censoring_months))
+                                       tuple(admin_censoring_months), findings=findings, image_risk=image_risk,
+                                       hazard_index=None if hazard_of is None else int(hazard_of[index]))
             _check_schema_categories(patient["complete_clinical"], schema, patient_id(index))
             image_dir = staging / "images" / patient_id(index)
             image_dir.mkdir(parents=True)
@@ -886,9 +1515,12 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
                     sitk.WriteImage(image, str(image_dir / f"{name}.nii.gz"), True)
             clinical_rows.append(patient["clinical_row"])
             truth_rows.append(patient["ground_truth_row"])
-        clinical_table = _clinical_frame(clinical_rows)
+        clinical_table = _clinical_frame(clinical_rows, radiologist_columns)
         clinical_table.to_csv(staging / "clinical.csv", index=False)
-        pd.DataFrame(truth_rows, columns=GROUND_TRUTH_COLUMNS).to_csv(staging / "ground_truth.csv", index=False)
+        pd.DataFrame(truth_rows, columns=list(truth_rows[0])).to_csv(staging / "ground_truth.csv", index=False)
+        if not radiologist_columns:
+            (staging / "schema.json").write_text(json.dumps(schema_without_radiologist_columns(schema), indent=2)
+                                                 + "\n")
         _missing_series_frame(removed_series).to_csv(staging / "missing_series.csv", index=False)
         os.chmod(staging, 0o755)   # mkdtemp makes it private; a cohort folder is not
         if out_dir.exists():
@@ -958,6 +1590,19 @@ def build_parser() -> argparse.ArgumentParser:
                              "fraction of all patients) or SERIES[,SERIES...]:centre=C (every patient of "
                              "centre C); only ADC, Dapp, Kapp; repeatable, specs combine "
                              "(e.g. Dapp,Kapp:centre=3)")
+    parser.add_argument("--findings", default="", metavar="LIST",
+                        help=f"image findings to draw: a comma list of {','.join(FINDINGS)}, or all; drawn "
+                             "without risk unless named in --image-risk (default: none, today's images)")
+    parser.add_argument("--image-risk", default=None, metavar="LIST",
+                        help=f"image terms in the hazard: a comma list of {','.join(IMAGE_RISK_TERMS)}, or none; "
+                             "a finding named here must be drawn (default: volume,adc)")
+    parser.add_argument("--permute-findings", action="store_true",
+                        help="permutation control: the hazard uses the finding amplitudes of another patient "
+                             "(a fixed seeded permutation), so the images carry no finding risk")
+    parser.add_argument("--no-radiologist-columns", action="store_true",
+                        help="leave mrf and emvi out of clinical.csv (with extension / emvi drawn only the "
+                             "images then show them) and write schema.json, the clinical schema without them, "
+                             "for convert_larc --schema")
     return parser
 
 
@@ -977,7 +1622,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 n_centres=args.centres, loss_to_follow_up_rate=args.censoring_rate,
                                 admin_censoring_months=tuple(args.follow_up_months),
                                 progress=not args.no_progress, overwrite=args.overwrite,
-                                missing_series=missing_specs)
+                                missing_series=missing_specs, findings=args.findings, image_risk=args.image_risk,
+                                permute_findings=args.permute_findings,
+                                radiologist_columns=not args.no_radiologist_columns)
     except (ValueError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -77,3 +77,68 @@ def test_oracle_file_uses_the_generator_survival(preprocessed_dataset):
     pred = oracle_predictions(preprocessed_dataset["cohort"], preprocessed_dataset["raw"])
     np.testing.assert_allclose(pred["surv_prob_36m"], oracle_survival(pred["risk_score"], 36.0))
     np.testing.assert_allclose(pred["surv_prob_12m"], oracle_survival(pred["risk_score"], 12.0))
+
+
+def _cohort_with_mapping(tmp_path, **options):
+    """A tiny synthetic cohort and a converter-like patient_mapping.csv (no conversion needed here)."""
+    from dataset_conversion.synthetic_larc import generate_cohort
+    cohort, raw = tmp_path / "cohort", tmp_path / "raw"
+    generate_cohort(cohort, 8, seed=4, shape=(16, 16, 4), **options)
+    raw.mkdir()
+    truth = pd.read_csv(cohort / "ground_truth.csv", dtype={"patient_id": str})
+    pd.DataFrame({"case_id": [f"LARC_{i:04d}" for i in range(1, len(truth) + 1)][::-1],
+                  "patient_id": truth["patient_id"]}).to_csv(raw / "patient_mapping.csv", index=False)
+    return cohort, raw, truth
+
+
+def _ranked_like(pred, raw, truth, expected):
+    """The oracle's risk scores equal ``expected`` (per patient) up to the centring shift."""
+    mapping = pd.read_csv(raw / "patient_mapping.csv", dtype=str).set_index("case_id")
+    by_patient = pd.Series(np.asarray(expected, dtype=float), index=truth["patient_id"])
+    wanted = by_patient.loc[mapping.loc[pred["case_id"], "patient_id"]].to_numpy()
+    np.testing.assert_allclose(np.diff(pred["risk_score"].to_numpy()), np.diff(wanted), atol=1e-9)
+
+
+def test_term_sets_on_a_cohort_with_findings(tmp_path):
+    """image = every term_ column, quantities = volume + ADC terms, findings = the finding terms, volume as
+    today (from tumour_volume_ml); each a shifted part of the full linear predictor's scale."""
+    import pytest
+    from dataset_conversion.oracle import image_terms
+    from dataset_conversion.synthetic_larc import FINDINGS, IMAGE_RISK_TERMS
+    risk = ("adc", "heterogeneity", "nodes")
+    cohort, raw, truth = _cohort_with_mapping(tmp_path, findings=("heterogeneity", "margin", "nodes"), image_risk=risk)
+    terms = truth[[f"term_{t}" for t in IMAGE_RISK_TERMS]]
+    assert (truth["term_volume"] == 0).all() and (truth["term_margin"] == 0).all() and truth["term_nodes"].ne(0).all()
+    expected = {"image": terms.sum(axis=1), "quantities": truth["term_volume"] + truth["term_adc"],
+                "findings": truth[[f"term_{f}" for f in FINDINGS]].sum(axis=1),
+                "volume": image_terms(truth["tumour_volume_ml"], truth["tumour_mean_adc"], "volume"),
+                "all": truth["linear_predictor"]}
+    for name, part in expected.items():
+        _ranked_like(oracle_predictions(cohort, raw, terms=name), raw, truth, part)
+    # The image terms are the whole image-borne part of the linear predictor.
+    assert np.corrcoef(truth["linear_predictor"], terms.sum(axis=1))[0, 1] > 0
+    with pytest.raises(ValueError, match="terms"):
+        oracle_predictions(cohort, raw, terms="texture")
+
+
+def test_term_sets_on_todays_cohort_are_as_before(tmp_path):
+    """A cohort without findings has no term_ columns: image / quantities are volume + ADC, volume the
+    volume term, exactly as before; findings is refused."""
+    import pytest
+    from dataset_conversion.oracle import image_terms
+    cohort, raw, truth = _cohort_with_mapping(tmp_path)
+    assert not [c for c in truth.columns if c.startswith("term_")]
+    for terms in ("image", "volume"):
+        _ranked_like(oracle_predictions(cohort, raw, terms=terms), raw, truth,
+                     image_terms(truth["tumour_volume_ml"], truth["tumour_mean_adc"], terms))
+    pd.testing.assert_frame_equal(oracle_predictions(cohort, raw, terms="quantities"),
+                                  oracle_predictions(cohort, raw, terms="image"))
+    with pytest.raises(ValueError, match="without --findings"):
+        oracle_predictions(cohort, raw, terms="findings")
+
+
+def test_command_line_offers_the_term_sets(tmp_path):
+    from dataset_conversion.oracle import main
+    cohort, raw, _ = _cohort_with_mapping(tmp_path, findings=("margin",), image_risk=("volume", "margin"))
+    main(["--cohort", str(cohort), "--raw-dataset", str(raw), "--terms", "findings", "-o", str(tmp_path / "o.csv")])
+    assert len(pd.read_csv(tmp_path / "o.csv")) == 8

@@ -459,3 +459,251 @@ def test_bad_missing_series_specs_are_refused(tmp_path, capsys, spec, reason):
     with pytest.raises(ValueError, match="--missing-series"):
         syn.generate_cohort(out, 3, shape=(16, 16, 4), missing_series=[spec])
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------- image findings
+FINDINGS_SHAPE = (24, 24, 8)
+FINDINGS_SEED = 3
+BEYOND_QUANTITIES = ("heterogeneity", "margin", "extension", "emvi", "nodes")
+
+
+def _cohort_digest(folder: Path) -> str:
+    """One hash over the CSVs and every image array (with its grid) of a cohort folder."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name in ("clinical.csv", "ground_truth.csv", "missing_series.csv"):
+        digest.update((folder / name).read_bytes())
+    for patient in sorted((folder / "images").iterdir()):
+        for path in sorted(patient.iterdir()):
+            image, array = _read(path)
+            digest.update(f"{patient.name}/{path.name}{array.dtype}{array.shape}{image.GetOrigin()}"
+                          f"{image.GetSpacing()}".encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+# Computed with the generator as it was before the findings existed (commit 51d98e5).
+DEFAULT_DIGESTS = {
+    ((24, 24, 8), 4, 3): "5304a4fc031154dad93f5c62f78abde36e81b21d0cc98f69e0e2bb4d301b03db",
+    ((40, 40, 10), 2, 11): "00f0a03c038a75792bfe7c0ff202525fec8c9b19ef522fe0b6ba32ef2e2c6cf6",
+}
+DEFAULT_MODEL_DIGEST = "412d4804e227c2892e323f17b6c2e628af9946bc85fd7db8d56f705cfd85030f"
+
+
+def test_default_cohort_is_byte_identical_to_before_the_findings(tmp_path):
+    import hashlib
+    for (shape, n, seed), expected in DEFAULT_DIGESTS.items():
+        out = tmp_path / f"default{shape[0]}"
+        syn.generate_cohort(out, n, seed=seed, shape=shape)
+        assert _cohort_digest(out) == expected, (shape, n, seed)
+        # The options at their defaults are the default.
+        again = tmp_path / f"explicit{shape[0]}"
+        syn.generate_cohort(again, n, seed=seed, shape=shape, findings=(), image_risk=None, permute_findings=False,
+                            radiologist_columns=True)
+        assert _cohort_digest(again) == expected
+    model = syn.sample_outcome_model(50, seed=7)
+    assert hashlib.sha256(model.to_csv(index=False).encode()).hexdigest() == DEFAULT_MODEL_DIGEST
+
+
+def _patient(index, findings=(), **kwargs):
+    return syn.simulate_patient(FINDINGS_SEED, index, 3, FINDINGS_SHAPE, syn.DEFAULT_LOSS_TO_FOLLOW_UP_RATE,
+                                syn.DEFAULT_ADMIN_CENSORING_MONTHS, findings=findings, **kwargs)
+
+
+def _array(patient, series):
+    return sitk.GetArrayFromImage(patient["images"][series])
+
+
+def _first_patient(condition, limit=40):
+    return next(i for i in range(limit) if condition(syn.finding_amplitudes(FINDINGS_SEED, i)))
+
+
+def test_heterogeneity_and_kurtosis_keep_the_mask_and_the_quantities():
+    """(a) The foci change the images but neither the mask nor any series' noise-free tumour mean;
+    (e) kurtosis moves only the Kapp tumour value, by its own amplitude."""
+    for index in (0, 1, 2):
+        plain, textured, kurtotic = _patient(index), _patient(index, ("heterogeneity",)), _patient(index, ("kurtosis",))
+        np.testing.assert_array_equal(_array(plain, "mask"), _array(textured, "mask"))
+        for series in syn.SERIES:
+            assert textured["tumour_means"][series] == pytest.approx(plain["tumour_means"][series], rel=1e-9)
+            assert not np.array_equal(_array(plain, series), _array(textured, series)), series
+        np.testing.assert_array_equal(_array(plain, "mask"), _array(kurtotic, "mask"))
+        for series in ("T2", "ADC", "Dapp"):
+            assert kurtotic["tumour_means"][series] == plain["tumour_means"][series]
+            np.testing.assert_array_equal(_array(plain, series), _array(kurtotic, series))
+        shift = syn.KURTOSIS_SHIFT * kurtotic["finding_amplitudes"]["kurtosis"]
+        assert kurtotic["tumour_means"]["Kapp"] - plain["tumour_means"]["Kapp"] == pytest.approx(shift, rel=0.02)
+        # Drawn without risk: the same hazard, so the same outcome.
+        assert textured["ground_truth_row"]["linear_predictor"] == plain["ground_truth_row"]["linear_predictor"]
+
+
+def test_margin_and_extension_change_the_shape_at_the_same_volume():
+    """(b), (c) A different mask of the same voxel count; the tumour means move only by the sampling
+    of the risk-free texture (a few per cent at most)."""
+    for index in (0, 1, 2):
+        plain, margin = _patient(index), _patient(index, ("margin",))
+        confined, extended = _patient(index, ("nodes",)), _patient(index, ("extension", "nodes"))
+        for before, after in ((plain, margin), (confined, extended)):
+            mask_before, mask_after = _array(before, "mask"), _array(after, "mask")
+            assert mask_after.sum() == mask_before.sum() and not np.array_equal(mask_before, mask_after)
+            for series in syn.SERIES:
+                assert after["tumour_means"][series] == pytest.approx(before["tumour_means"][series], rel=0.04)
+        # The confined body has the volume of today's tumour too.
+        assert _array(confined, "mask").sum() == _array(plain, "mask").sum()
+
+
+def test_extension_reaches_the_fascia_exactly_when_mrf_is_read():
+    deep = _first_patient(lambda a: a["extension"] > 1.5)
+    shallow = _first_patient(lambda a: a["extension"] < -1.0)
+    for index, expected in ((deep, 1), (shallow, 0)):
+        patient = _patient(index, ("extension",))
+        assert patient["complete_clinical"]["mrf"] == expected == syn.mrf_from_extension(
+            patient["finding_amplitudes"]["extension"])
+
+
+@pytest.mark.parametrize("finding, other", [("emvi", "nodes"), ("nodes", "emvi")])
+def test_nodes_and_vessel_lie_outside_the_unchanged_mask(finding, other):
+    """(c) emvi, (d) nodes: drawn outside the tumour label; the mask and the tumour means do not move."""
+    index = _first_patient(lambda a: a["emvi"] > 0.5)   # a patient with EMVI, so the vessel is drawn
+    without, with_it = _patient(index, (other,)), _patient(index, (finding, other))
+    np.testing.assert_array_equal(_array(without, "mask"), _array(with_it, "mask"))
+    assert with_it["tumour_means"] == without["tumour_means"]
+    label = syn.TISSUES.index("vessel" if finding == "emvi" else "node")
+    drawn = with_it["tissue_labels"] == label
+    assert drawn.sum() > 0 and not (drawn & _array(with_it, "mask").astype(bool)).any()
+    assert not np.array_equal(_array(without, "T2"), _array(with_it, "T2"))
+    if finding == "emvi":
+        assert with_it["complete_clinical"]["emvi"] == 1
+        absent = _first_patient(lambda a: a["emvi"] < 0)
+        patient = _patient(absent, ("emvi",))
+        assert patient["complete_clinical"]["emvi"] == 0
+        assert not (patient["tissue_labels"] == label).any()
+
+
+def test_every_finding_renders_at_the_smallest_shape():
+    patient = syn.simulate_patient(1, 0, 3, syn.MIN_SHAPE, 0.04, (36.0, 84.0), findings="all", image_risk="all")
+    assert _array(patient, "mask").sum() > 0
+    assert set(patient["ground_truth_row"]) >= {f"finding_{f}" for f in syn.FINDINGS}
+
+
+def test_finding_amplitudes_are_independent_of_volume_and_tumour_adc():
+    """The amplitudes against the rendered log volume and tumour mean ADC of 800 tiny patients."""
+    rows = []
+    for index in range(800):
+        patient = syn.simulate_patient(0, index, 3, syn.MIN_SHAPE, 0.04, (36.0, 84.0), findings="all")
+        truth = patient["ground_truth_row"]
+        rows.append({"log_volume": np.log(truth["tumour_volume_ml"]), "adc": truth["tumour_mean_adc"],
+                     **patient["finding_amplitudes"]})
+    table = pd.DataFrame(rows)
+    correlations = table.corr().loc[list(syn.FINDINGS), ["log_volume", "adc"]]
+    assert (correlations.abs() < 0.1).all().all(), correlations
+    # Standardised amplitudes, and the five findings beyond the quantities give an image term of SD ~0.8.
+    assert table[list(syn.FINDINGS)].mean().abs().max() < 0.1
+    assert table[list(syn.FINDINGS)].std().between(0.9, 1.1).all()
+    term = sum(syn.FINDING_COEFFICIENTS[f] * table[f] for f in BEYOND_QUANTITIES)
+    assert 0.72 < term.std() < 0.9
+
+
+def test_image_risk_follows_the_options():
+    index = 4
+    plain = _patient(index)
+    drawn = _patient(index, BEYOND_QUANTITIES)
+    risky = _patient(index, BEYOND_QUANTITIES, image_risk=BEYOND_QUANTITIES)
+    # Drawn without risk: volume and ADC terms as today, finding terms 0.
+    terms = drawn["image_terms"]
+    assert all(terms[f] == 0.0 for f in syn.FINDINGS) and terms["volume"] != 0.0
+    # In image_risk: the coefficient times the amplitude; volume and ADC carry none.
+    terms = risky["image_terms"]
+    assert terms["volume"] == terms["adc"] == 0.0
+    for f in BEYOND_QUANTITIES:
+        assert terms[f] == pytest.approx(syn.FINDING_COEFFICIENTS[f] * risky["finding_amplitudes"][f])
+    # The images do not depend on the risk.
+    for series in ("T2", "ADC", "mask"):
+        np.testing.assert_array_equal(_array(drawn, series), _array(risky, series))
+    assert plain["ground_truth_row"].keys() == set(syn.GROUND_TRUTH_COLUMNS)
+
+
+def test_image_risk_refuses_an_undrawn_finding(tmp_path, capsys):
+    with pytest.raises(ValueError, match="not drawn"):
+        syn.generate_cohort(tmp_path / "a", 2, shape=FINDINGS_SHAPE, findings=("margin",),
+                            image_risk=("margin", "nodes"))
+    with pytest.raises(ValueError, match="unknown"):
+        syn.generate_cohort(tmp_path / "b", 2, shape=FINDINGS_SHAPE, findings=("texture",))
+    with pytest.raises(ValueError, match="permute"):
+        syn.generate_cohort(tmp_path / "c", 2, shape=FINDINGS_SHAPE, permute_findings=True)
+    args = ["--out", str(tmp_path / "d"), "--patients", "2", "--shape", "16", "16", "4", "--no-progress"]
+    assert syn.main(args + ["--findings", "margin", "--image-risk", "volume,nodes"]) == 2
+    assert "not drawn" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    assert syn.parse_term_list("all", syn.FINDINGS, "findings") == syn.FINDINGS
+    assert syn.parse_term_list("nodes, margin", syn.FINDINGS, "findings") == ("margin", "nodes")
+    assert syn.parse_term_list("none", syn.IMAGE_RISK_TERMS, "image_risk") == ()
+
+
+@pytest.fixture(scope="module")
+def findings_cohorts(tmp_path_factory):
+    """The same findings cohort with the finding risk, and with it permuted."""
+    root = tmp_path_factory.mktemp("findings")
+    options = {"shape": FINDINGS_SHAPE, "seed": FINDINGS_SEED, "findings": BEYOND_QUANTITIES,
+               "image_risk": BEYOND_QUANTITIES}
+    syn.generate_cohort(root / "risk", 6, **options)
+    syn.generate_cohort(root / "permuted", 6, permute_findings=True, **options)
+    return root / "risk", root / "permuted"
+
+
+def test_ground_truth_reports_amplitudes_and_terms(findings_cohorts):
+    cohort, _ = findings_cohorts
+    truth = pd.read_csv(cohort / "ground_truth.csv")
+    assert list(truth.columns) == (syn.GROUND_TRUTH_COLUMNS + [f"finding_{f}" for f in BEYOND_QUANTITIES]
+                                   + [f"term_{t}" for t in syn.IMAGE_RISK_TERMS])
+    for f in BEYOND_QUANTITIES:
+        np.testing.assert_allclose(truth[f"term_{f}"], syn.FINDING_COEFFICIENTS[f] * truth[f"finding_{f}"],
+                                   atol=2e-6)
+    assert (truth[["term_volume", "term_adc", "term_kurtosis"]] == 0).all().all()
+    for index, pid in enumerate(truth["patient_id"]):
+        amplitudes = syn.finding_amplitudes(FINDINGS_SEED, index)   # without rendering
+        assert truth.loc[index, "finding_margin"] == pytest.approx(amplitudes["margin"], abs=1e-6), pid
+    # MRF and EMVI are what the images show.
+    clinical = pd.read_csv(cohort / "clinical.csv")
+    emvi = [syn.emvi_from_vessel(a) for a in truth["finding_emvi"]]
+    known = clinical["emvi"].notna()
+    assert (clinical.loc[known, "emvi"].astype(int) == np.array(emvi)[known]).all()
+
+
+def test_permutation_control_keeps_the_images_and_moves_the_risk(findings_cohorts):
+    cohort, permuted = findings_cohorts
+    for patient in sorted((cohort / "images").iterdir()):
+        for path in patient.iterdir():
+            np.testing.assert_array_equal(_read(path)[1], _read(permuted / "images" / patient.name / path.name)[1])
+    truth, control = pd.read_csv(cohort / "ground_truth.csv"), pd.read_csv(permuted / "ground_truth.csv")
+    finding_columns = [f"finding_{f}" for f in BEYOND_QUANTITIES]
+    pd.testing.assert_frame_equal(truth[finding_columns], control[finding_columns])
+    # Each hazard uses another patient's amplitudes, a permutation of the cohort.
+    source = control["findings_hazard_from"]
+    assert sorted(source) == sorted(truth["patient_id"]) and (source != control["patient_id"]).all()
+    term_columns = [f"term_{f}" for f in BEYOND_QUANTITIES]
+    expected = truth.set_index("patient_id").loc[source, term_columns].to_numpy()
+    np.testing.assert_allclose(control[term_columns].to_numpy(), expected)
+    assert not np.allclose(truth["linear_predictor"], control["linear_predictor"])
+    np.testing.assert_allclose(control["linear_predictor"] - control[term_columns].sum(axis=1),
+                               truth["linear_predictor"] - truth[term_columns].sum(axis=1), atol=1e-5)
+
+
+def test_without_radiologist_columns_the_converter_reads_the_written_schema(tmp_path, monkeypatch):
+    from dataset_conversion.convert_larc import main as convert_main
+    cohort = tmp_path / "cohort"
+    assert syn.main(["--out", str(cohort), "--patients", "10", "--seed", "2", "--shape", "16", "16", "4",
+                     "--no-progress", "--findings", "extension,emvi", "--image-risk", "extension,emvi",
+                     "--no-radiologist-columns"]) == 0
+    clinical = pd.read_csv(cohort / "clinical.csv")
+    assert list(clinical.columns) == [c for c in syn.CLINICAL_COLUMNS if c not in ("mrf", "emvi")]
+    schema = ClinicalSchema.load(cohort / "schema.json")
+    assert list(schema.columns) == [c for c in ClinicalSchema.load().columns if c not in ("mrf", "emvi")]
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert convert_main(["--cohort", str(cohort), "--schema", str(cohort / "schema.json"), "--dataset-id", "577",
+                             "--name", "NORAD", "--folds", "2", "--raw-root", str(tmp_path / "raw")]) == 0
+    import json
+    dataset = json.loads((tmp_path / "raw" / "Dataset577_NORAD" / "dataset.json").read_text())
+    assert "mrf" not in dataset["multitask"]["clinical_columns"]
