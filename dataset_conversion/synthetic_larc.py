@@ -119,6 +119,11 @@ at the border (an irregular border has more border voxels: correlation about -0.
 mean, +0.15 with the ADC mean, 200 patients at the default shape), as on real scans; kurtosis is
 read by the Kapp mean by design.
 
+A tumour quantity left out of ``--image-risk`` (``volume``, ``adc``) is also redrawn independently of
+the disease burden (:func:`decouple_quantities`): otherwise it would still rank patients through the
+burden it shares with the clinical terms of the hazard, and a cohort whose image risk lies only in
+the findings would not be one.
+
 With extension / emvi drawn, clinical ``mrf`` is read off the images (a tumour voxel within 1 mm,
 at real size, of the fascia: in practice the extension's tip) and ``emvi`` off the drawn vessel,
 replacing their latent draws, so table and images agree; their own hazard terms are then 0 (their
@@ -364,6 +369,38 @@ def sample_patient_latents(rng: np.random.Generator, centre_shift: float) -> dic
     }
     return {"clinical": clinical, "target_volume_ml": target_volume_ml, "tumour_adc": tumour_adc,
             "tumour_dapp": tumour_dapp, "tumour_kapp": tumour_kapp}
+
+
+#: Third seed word of the stream that redraws a tumour quantity carrying no risk (below).
+QUANTITY_STREAM = 3
+
+
+def decouple_quantities(latents: dict, seed: int, patient_index: int, image_risk: Sequence[str]) -> dict:
+    """Redraw the tumour volume (if ``"volume"`` is not in ``image_risk``) and the tumour ADC, with the
+    Dapp and Kapp that follow it (if ``"adc"`` is not), independently of the disease burden.
+
+    In today's cohort volume and ADC share part of their variation with the burden, which also drives
+    the clinical variables of the hazard; a quantity that carries no risk of its own would still rank
+    patients through that shared part (a Cox model on volume and the tumour means reached C about 0.58
+    on a cohort whose image risk lay only in the findings). Redrawn from a stream of their own
+    (``SeedSequence(seed, spawn_key=(index, QUANTITY_STREAM))``), with the same marginal distribution
+    as the burden-linked draw at a case mix of 0, they are independent of everything in the hazard, so
+    a cohort whose image risk lies only in the findings gives the hand-made quantities nothing to find.
+    The clinical variables keep their draws (cT still follows the burden-linked volume it was drawn
+    with, which the images no longer show).
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(patient_index), QUANTITY_STREAM)))
+    volume_std, adc_std, dapp_ratio, kapp_noise = rng.normal(), rng.normal(), rng.uniform(1.28, 1.42), \
+        rng.normal(0.0, 0.04)
+    out = dict(latents)
+    if "volume" not in image_risk:
+        out["target_volume_ml"] = float(np.exp(np.log(VOLUME_MEDIAN_ML) + VOLUME_LOG_SD * volume_std))
+    if "adc" not in image_risk:
+        adc = float(np.clip(ADC_POPULATION_MEAN + ADC_POPULATION_SD * adc_std, 600.0, 1450.0))
+        out["tumour_adc"] = adc
+        out["tumour_dapp"] = float(adc * dapp_ratio)
+        out["tumour_kapp"] = float(np.clip(1.0 - 0.0005 * (adc - 1000.0) + kapp_noise, 0.8, 1.3))
+    return out
 
 
 def linear_predictor_terms(clinical: dict, tumour_volume_ml: float, tumour_mean_adc: float) -> Dict[str, float]:
@@ -1126,6 +1163,8 @@ def simulate_patient(seed: int, patient_index: int, n_centres: int, shape: Tuple
     centre = assign_centre(patient_index, n_centres)
     protocol = centre_protocol(centre, n_centres)
     latents = sample_patient_latents(rng, protocol.case_mix_shift)
+    if image_risk is not None and not {"volume", "adc"} <= set(image_risk):
+        latents = decouple_quantities(latents, seed, patient_index, image_risk)
     pid = patient_id(patient_index)
     own = finding_amplitudes(seed, patient_index) if findings else {}
     plan = FindingPlan(int(seed), int(patient_index), findings, own) if findings else None

@@ -609,6 +609,7 @@ def test_image_risk_follows_the_options():
     plain = _patient(index)
     drawn = _patient(index, BEYOND_QUANTITIES)
     risky = _patient(index, BEYOND_QUANTITIES, image_risk=BEYOND_QUANTITIES)
+    mixed = _patient(index, BEYOND_QUANTITIES, image_risk=("volume", "adc") + BEYOND_QUANTITIES)
     # Drawn without risk: volume and ADC terms as today, finding terms 0.
     terms = drawn["image_terms"]
     assert all(terms[f] == 0.0 for f in syn.FINDINGS) and terms["volume"] != 0.0
@@ -617,10 +618,31 @@ def test_image_risk_follows_the_options():
     assert terms["volume"] == terms["adc"] == 0.0
     for f in BEYOND_QUANTITIES:
         assert terms[f] == pytest.approx(syn.FINDING_COEFFICIENTS[f] * risky["finding_amplitudes"][f])
-    # The images do not depend on the risk.
+    # The findings' risk does not change the images; volume and ADC left out of the risk are redrawn.
     for series in ("T2", "ADC", "mask"):
-        np.testing.assert_array_equal(_array(drawn, series), _array(risky, series))
+        np.testing.assert_array_equal(_array(drawn, series), _array(mixed, series))
+    assert risky["ground_truth_row"]["tumour_volume_ml"] != drawn["ground_truth_row"]["tumour_volume_ml"]
     assert plain["ground_truth_row"].keys() == set(syn.GROUND_TRUTH_COLUMNS)
+
+
+def test_quantities_without_risk_are_independent_of_the_hazard():
+    """Volume and ADC left out of image_risk are redrawn apart from the disease burden: in today's cohort
+    they correlate with the clinical part of the hazard, in a findings-only cohort they do not."""
+    def table(**kwargs):
+        rows = []
+        for i in range(400):
+            p = syn.simulate_patient(FINDINGS_SEED, i, 3, FINDINGS_SHAPE, syn.DEFAULT_LOSS_TO_FOLLOW_UP_RATE,
+                                     syn.DEFAULT_ADMIN_CENSORING_MONTHS, render=False, **kwargs)
+            truth = p["ground_truth_row"]
+            clinical = sum(v for k, v in syn.linear_predictor_terms(
+                p["complete_clinical"], 8.0, syn.ADC_POPULATION_MEAN).items() if k not in syn.IMAGE_TERMS)
+            rows.append({"log_volume": np.log(truth["tumour_volume_ml"]), "adc": truth["tumour_mean_adc"],
+                         "clinical_lp": clinical, "centre3": float(truth["centre"] == 3)})
+        return pd.DataFrame(rows).corr()
+    today = table()
+    assert today.loc["log_volume", "clinical_lp"] > 0.3 and today.loc["adc", "clinical_lp"] < -0.15
+    only = table(findings=BEYOND_QUANTITIES, image_risk=BEYOND_QUANTITIES)
+    assert only.loc[["log_volume", "adc"], ["clinical_lp", "centre3"]].abs().max().max() < 0.1
 
 
 def test_image_risk_refuses_an_undrawn_finding(tmp_path, capsys):
