@@ -73,13 +73,14 @@ def prepare(root: Path, patients: int, seed: int, shape) -> dict:
         run_command([bin_of("nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", "3d_fullres", "-np", "2",
                      "--verify_dataset_integrity"], env)
         stamp.write_text(json.dumps(key))
-    return {"env": env, "raw": raw, "pre": pre, "cohort": root / "cohort", "root": root}
+    return {"env": env, "raw": raw, "pre": pre, "cohort": root / "cohort", "root": root, "id": DATASET_ID,
+            "name": DATASET}
 
 
 def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int, device: str = "cpu",
                       checkpoint: str = "checkpoint_final.pth") -> dict:
     results = ds["root"] / f"nnUNet_results_seed{seed}"
-    folder = results / DATASET / f"{trainer}__nnUNetPlans__3d_fullres"
+    folder = results / ds["name"] / f"{trainer}__nnUNetPlans__3d_fullres"
     best = checkpoint != "checkpoint_final.pth"
     out = ds["root"] / f"predictions_seed{seed}" / (trainer + ("__" + checkpoint.replace(".pth", "") if best else ""))
     env = dict(ds["env"], nnUNet_results=str(results), MULTIREC_SEED=str(seed))
@@ -87,7 +88,7 @@ def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int, device
     if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
         log(f"training {trainer} (fold 0, seed {seed})")
         t0 = time.perf_counter()
-        run_command([bin_of("nnUNetv2_train"), DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", device],
+        run_command([bin_of("nnUNetv2_train"), ds["id"], "3d_fullres", "0", "-tr", trainer, "-device", device],
                     training_env(env, 1 if device == "cpu" else 2), timeout=4 * 3600)
         timing.write_text(f"{time.perf_counter() - t0:.1f}\n")
     # a reused training reports the time measured when it ran (None if it predates this record)
@@ -96,7 +97,7 @@ def train_and_predict(ds: dict, trainer: str, multitask: bool, seed: int, device
     if not (out / ("predictions.csv" if multitask else "plans.json")).is_file():
         log(f"predicting the test sets with {trainer} (seed {seed})")
         # mirroring off for every model alike: 8x fewer forward passes on the CPU
-        run_command([bin_of(tool), "-i", ds["raw"] / "imagesTs", "-o", out, "-d", DATASET_ID, "-c", "3d_fullres",
+        run_command([bin_of(tool), "-i", ds["raw"] / "imagesTs", "-o", out, "-d", ds["id"], "-c", "3d_fullres",
                      "-tr", trainer, "-f", "0", "-device", device, "-npp", "1", "-nps", "1", "--disable_tta",
                      "-chk", checkpoint], env, timeout=3600)
     name = trainer + ("@" + checkpoint.replace("checkpoint_", "").replace(".pth", "") if best else "")
@@ -184,7 +185,7 @@ def evaluation_inputs(ds: dict, root: Path) -> tuple:
 def evaluate_seed(ds: dict, names, prediction_files, seg_folders, report: Path, bootstrap: int) -> dict:
     """One ``evaluation/survival_eval.py`` run over every model of a seed; its metrics.json."""
     run_command([sys.executable, "evaluation/survival_eval.py", "--predictions", *prediction_files, "--names", *names,
-                 "--dataset", DATASET_ID, "--seg-pred", *seg_folders, "--seg-gt", ds["raw"] / "labelsTs",
+                 "--dataset", ds["id"], "--seg-pred", *seg_folders, "--seg-gt", ds["raw"] / "labelsTs",
                  "--bootstrap", bootstrap, "--seed", "0", "-o", report], ds["env"], timeout=3600)
     return json.loads((report / "metrics.json").read_text())
 

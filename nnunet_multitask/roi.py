@@ -20,9 +20,10 @@ patch, so the heads see the same kind of input when they learn and when they pre
 :class:`RoiEncoder` is the learned part: a small 3-D CNN on the box's image channels and the
 (detached) tumour probability, pooled over three regions defined by that probability: inside the
 tumour (heterogeneity), a thin shell at its border (margin, extramural extension) and a wider
-shell in the mesorectum around it (vessels, nodes), each by mean and max (a node is small: a mean
-over the shell would dilute it). It has no normalisation layer: instance normalisation would take
-away each case's signal level, which is part of what the heads must compare across patients.
+shell in the mesorectum around it (vessels, nodes), each by mean, standard deviation
+(heterogeneity is a second moment) and max (a node is small: a mean over the shell would dilute
+it). It has no normalisation layer: instance normalisation would take away each case's signal
+level, which is part of what the heads must compare across patients.
 """
 from __future__ import annotations
 
@@ -149,7 +150,8 @@ def shell_weights(prob: torch.Tensor, spacing_mm: Sequence[float],
 
 class RoiEncoder(nn.Module):
     """Small 3-D (or 2-D) CNN on the tumour box: image channels + tumour probability in, region-pooled
-    features out, ``[B, 6 * width]`` (mean and max over inside / border shell / outer shell).
+    features out, ``[B, 9 * width]`` (mean, standard deviation and max over inside / border shell /
+    outer shell).
 
     Parameters
     ----------
@@ -179,22 +181,30 @@ class RoiEncoder(nn.Module):
             conv(width, width, 3, padding=1), nn.LeakyReLU(0.01),
             conv(width, width, 3, padding=1), nn.LeakyReLU(0.01))
         self.width = int(width)
-        self.out_features = 6 * self.width
+        self.out_features = 9 * self.width
 
     def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
-        """``image [B, C, *box]``, ``prob [B, *box]`` (detached by the caller) -> ``[B, 6 * width]``."""
+        """``image [B, C, *box]``, ``prob [B, *box]`` (detached by the caller) -> ``[B, 9 * width]``."""
         f = self.features(torch.cat([image.float(), prob.float()[:, None]], 1))
         pool = F.adaptive_avg_pool3d if f.ndim == 5 else F.adaptive_avg_pool2d
         # region weights at full resolution, averaged down to the feature grid
         w = pool(shell_weights(prob, self.spacing_mm), f.shape[2:]).flatten(2)       # [B, 3, V]
         f = f.flatten(2)                                                             # [B, W, V]
-        mass = w.sum(2).clamp_min(1e-3)                                              # [B, 3]
-        means = torch.einsum("bwv,brv->brw", f, w) / mass[..., None]                  # [B, 3, W]
+        return self.pool(f, w)
+
+    @staticmethod
+    def pool(f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Region statistics of features ``f [B, W, V]`` under region weights ``w [B, R, V]``: the
+        weighted mean, the weighted standard deviation (heterogeneity is a second moment) and the max
+        over the voxels mostly in the region (0 where a region has none) -> ``[B, 3 * R * W]``."""
+        mass = w.sum(2).clamp_min(1e-3)                                              # [B, R]
+        means = torch.einsum("bwv,brv->brw", f, w) / mass[..., None]                  # [B, R, W]
+        second = torch.einsum("bwv,brv->brw", f * f, w) / mass[..., None]
+        sds = (second - means * means).clamp_min(1e-6).sqrt()
         maxes = []
         for r in range(w.shape[1]):
-            # max over the voxels mostly in the region; 0 where the region has none
             inside = w[:, r:r + 1] > 0.5                                             # [B, 1, V]
             m = torch.where(inside, f, torch.full_like(f, -1e4)).amax(2)            # [B, W]
             maxes.append(torch.where(inside.any(2), m, torch.zeros_like(m)))
-        maxes = torch.stack(maxes, 1)                                                # [B, 3, W]
-        return torch.cat([means.flatten(1), maxes.flatten(1)], 1)
+        maxes = torch.stack(maxes, 1)                                                # [B, R, W]
+        return torch.cat([means.flatten(1), sds.flatten(1), maxes.flatten(1)], 1)

@@ -79,11 +79,13 @@ def test_roi_encoder_sees_a_node_in_the_outer_shell_and_keeps_absolute_levels():
     node = img.clone()
     node[0, :, 4, 26:28, 26:28] = 3.0     # a bright spot 7 mm from the tumour border
     a, b = enc(img, p), enc(node, p)
-    assert a.shape == (1, 6 * 4)
-    # features of the inside and of the border shell do not change; the outer shell's do
-    inside_border = list(range(0, 8)) + list(range(12, 20))
+    assert a.shape == (1, 9 * 4)
+    # [mean, sd, max] x [inside, border, outer] x 4 features: the inside's and the border shell's do
+    # not change; the outer shell's do
+    inside_border = [s * 12 + r * 4 + j for s in range(3) for r in (0, 1) for j in range(4)]
+    outer = [s * 12 + 8 + j for s in range(3) for j in range(4)]
     torch.testing.assert_close(a[0, inside_border], b[0, inside_border])
-    assert not torch.allclose(a[0, 8:12], b[0, 8:12]) or not torch.allclose(a[0, 20:24], b[0, 20:24])
+    assert not torch.allclose(a[0, outer], b[0, outer])
     # no normalisation: a brighter tumour gives other features
     assert not torch.allclose(enc(img + 1.0, p), a)
 
