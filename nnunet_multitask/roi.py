@@ -89,6 +89,24 @@ def crop_box(array: torch.Tensor, start: Sequence[int], box: Sequence[int], fill
     return out
 
 
+def box_max(p: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+    """Maximum over a centred box of ``kernel`` voxels (odd sizes) of ``p [B, C, *sp]``, as one 1-D
+    max-pool per axis: a dilation by a box, on ``p``'s device, at the cost of the kernel's sides rather
+    than its volume (the mesorectal shell's kernel spans 9 x 35 x 35 voxels at 3 x 0.7 x 0.7 mm)."""
+    pool = F.max_pool3d if p.ndim == 5 else F.max_pool2d
+    nd = p.ndim - 2
+    for axis, k in enumerate(kernel):
+        if int(k) > 1:
+            size = [1] * nd
+            size[axis] = int(k)
+            p = pool(p, kernel_size=size, stride=1, padding=[s // 2 for s in size])
+    return p
+
+
+def _radius_voxels(radius_mm: float, spacing_mm: Sequence[float]) -> list:
+    return [2 * max(int(round(float(radius_mm) / float(s))), 0) + 1 for s in spacing_mm]
+
+
 def tumour_probability(prob: torch.Tensor, spacing_mm: Sequence[float], margin_mm: float = SHELL_RADII_MM[0]
                        ) -> torch.Tensor:
     """The tumour's own probability in boxes ``[B, *box]``: ``prob`` kept within ``margin_mm`` of the
@@ -96,20 +114,19 @@ def tumour_probability(prob: torch.Tensor, spacing_mm: Sequence[float], margin_m
     0.5). Diffuse or scattered probability elsewhere in the box (background at a clinical field of view,
     a false-positive island) then enters neither the soft volume and means nor the shells."""
     from scipy import ndimage
-    out = []
+    cores = []
     for p in prob:
         core = (p > 0.5).cpu().numpy()
         if not core.any():
-            out.append(p)
-            continue
-        labels, n = ndimage.label(core, structure=np.ones((3,) * core.ndim, dtype=bool))
-        if n > 1:
-            core = labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
-        radius = [max(int(round(float(margin_mm) / float(s))), 0) for s in spacing_mm]
-        footprint = np.ones([2 * r + 1 for r in radius], dtype=bool)
-        keep = ndimage.binary_dilation(core, structure=footprint)
-        out.append(p * torch.from_numpy(keep).to(device=p.device, dtype=p.dtype))
-    return torch.stack(out)
+            core = np.ones(core.shape, dtype=bool)   # nothing passes 0.5: keep all of it
+        else:
+            labels, n = ndimage.label(core, structure=np.ones((3,) * core.ndim, dtype=bool))
+            if n > 1:
+                core = labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
+        cores.append(torch.from_numpy(core))
+    core = torch.stack(cores).to(device=prob.device, dtype=prob.dtype)[:, None]
+    keep = box_max(core, _radius_voxels(margin_mm, spacing_mm))[:, 0]
+    return prob * keep
 
 
 def training_box(image: torch.Tensor, centre: Optional[np.ndarray], box: Sequence[int],
@@ -137,11 +154,7 @@ def shell_weights(prob: torch.Tensor, spacing_mm: Sequence[float],
     by the second radius minus the first), dilation as a max-pool whose kernel spans the radius in
     each axis at that axis' spacing (anisotropic voxels)."""
     p = prob.float()[:, None]
-    dilated = []
-    for r in radii_mm:
-        k = [2 * max(int(round(float(r) / float(s))), 0) + 1 for s in spacing_mm]
-        pool = F.max_pool3d if p.ndim == 5 else F.max_pool2d
-        dilated.append(pool(p, kernel_size=k, stride=1, padding=[kk // 2 for kk in k]))
+    dilated = [box_max(p, _radius_voxels(r, spacing_mm)) for r in radii_mm]
     inner = p
     border = (dilated[0] - p).clamp_min(0)
     outer = (dilated[1] - dilated[0]).clamp_min(0)
@@ -184,7 +197,13 @@ class RoiEncoder(nn.Module):
         self.out_features = 9 * self.width
 
     def forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
-        """``image [B, C, *box]``, ``prob [B, *box]`` (detached by the caller) -> ``[B, 9 * width]``."""
+        """``image [B, C, *box]``, ``prob [B, *box]`` (detached by the caller) -> ``[B, 9 * width]``.
+        Always in float32 (autocast off): the region sums run over tens of thousands of voxels, which
+        would overflow float16, and prediction runs in float32 too."""
+        with torch.autocast(image.device.type, enabled=False):
+            return self._forward(image.float(), prob.float())
+
+    def _forward(self, image: torch.Tensor, prob: torch.Tensor) -> torch.Tensor:
         f = self.features(torch.cat([image.float(), prob.float()[:, None]], 1))
         pool = F.adaptive_avg_pool3d if f.ndim == 5 else F.adaptive_avg_pool2d
         # region weights at full resolution, averaged down to the feature grid
@@ -197,10 +216,11 @@ class RoiEncoder(nn.Module):
         """Region statistics of features ``f [B, W, V]`` under region weights ``w [B, R, V]``: the
         weighted mean, the weighted standard deviation (heterogeneity is a second moment) and the max
         over the voxels mostly in the region (0 where a region has none) -> ``[B, 3 * R * W]``."""
-        mass = w.sum(2).clamp_min(1e-3)                                              # [B, R]
-        means = torch.einsum("bwv,brv->brw", f, w) / mass[..., None]                  # [B, R, W]
-        second = torch.einsum("bwv,brv->brw", f * f, w) / mass[..., None]
-        sds = (second - means * means).clamp_min(1e-6).sqrt()
+        f, w = f.float(), w.float()
+        wn = w / w.sum(2, keepdim=True).clamp_min(1e-3)                             # weights summing to 1
+        means = torch.einsum("bwv,brv->brw", f, wn)                                  # [B, R, W]
+        centred = f[:, None] - means[..., None]                                      # [B, R, W, V]
+        sds = ((centred * centred * wn[:, :, None]).sum(3)).clamp_min(1e-6).sqrt()
         maxes = []
         for r in range(w.shape[1]):
             inside = w[:, r:r + 1] > 0.5                                             # [B, 1, V]

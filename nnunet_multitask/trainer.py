@@ -56,7 +56,8 @@ from nnunet_multitask.dataset_tables import (MultitaskDatasetError, dataset_tabl
                                       read_outcomes, read_series_availability)
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network, tumour_quantities
-from nnunet_multitask.roi import CENTRE_JITTER_VOXELS, largest_component_centre, random_flips, training_box
+from nnunet_multitask.roi import (CENTRE_JITTER_VOXELS, crop_box, largest_component_centre, random_flips, roi_start,
+                                  training_box, tumour_probability)
 
 #: environment variable that seeds a training run (torch, numpy, random; see README "Seeds")
 SEED_ENV = "MULTIREC_SEED"
@@ -290,6 +291,11 @@ class MultiRecTrainerBase(nnUNetTrainer):
         if not 0.0 <= float(self.modality_dropout_rate) < 1.0:
             raise ValueError(f"{type(self).__name__}: modality_dropout_rate must be in [0, 1), got "
                              f"{self.modality_dropout_rate}")
+        if self.image_features == "tumour_roi" and (len(self.configuration_manager.patch_size) != 3
+                                                    or self.is_cascaded):
+            raise ValueError(f"{type(self).__name__}: image_features='tumour_roi' needs a 3-D configuration without "
+                             f"a previous stage (3d_fullres or 3d_lowres), got {configuration!r}: its tumour box is "
+                             f"cut from the 3-D image alone")
         if self.image_features == "tumour_roi" and not self.whole_fold_validation:
             raise ValueError(f"{type(self).__name__}: image_features='tumour_roi' needs whole_fold_validation (its "
                              f"heads read the tumour box of the whole image, not nnU-Net's validation patches)")
@@ -477,12 +483,18 @@ class MultiRecTrainerBase(nnUNetTrainer):
             self._case_tumour_voxels[k] = float(mask.sum())
             whole = torch.from_numpy(np.asarray(data[:], dtype=np.float32))
             image = net.select_channels(whole[None])
-            out[k] = tumour_quantities(mask[None].float(), image, net.voxel_volume_mm3)[0].numpy()
             if net.image_features == "tumour_roi":
-                self._roi_centres[k] = largest_component_centre(mask.numpy())
+                # measured as the heads will measure it: in the box, on the largest component (and margin)
+                centre = largest_component_centre(mask.numpy())
+                self._roi_centres[k] = centre
+                start = roi_start(centre, mask.shape, net.roi_box)
+                prob = tumour_probability(crop_box(mask[None].float(), start, net.roi_box), net.roi_encoder.spacing_mm)
+                out[k] = tumour_quantities(prob, crop_box(image, start, net.roi_box), net.voxel_volume_mm3)[0].numpy()
                 if cached + whole.numel() * 4 <= self.roi_cache_bytes:
                     self._roi_images[k] = whole
                     cached += whole.numel() * 4
+            else:
+                out[k] = tumour_quantities(mask[None].float(), image, net.voxel_volume_mm3)[0].numpy()
         return out
 
     def _roi_case_image(self, key: str) -> torch.Tensor:

@@ -90,6 +90,21 @@ def test_roi_encoder_sees_a_node_in_the_outer_shell_and_keeps_absolute_levels():
     assert not torch.allclose(enc(img + 1.0, p), a)
 
 
+def test_roi_encoder_runs_in_float32_under_autocast():
+    """Region sums over tens of thousands of voxels overflow float16; training runs under autocast,
+    prediction in float32: the encoder is float32 in both."""
+    torch.manual_seed(0)
+    enc = RoiEncoder(2, SPACING, width=4)
+    p = torch.zeros(1, 8, 32, 32)
+    p[0, 2:6, 8:24, 8:24] = 1.0
+    img = 300.0 * torch.randn(1, 2, 8, 32, 32)   # large activations, as a trained network may have
+    plain = enc(img, p)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = enc(img, p)
+    assert auto.dtype == torch.float32 and torch.isfinite(auto).all()
+    torch.testing.assert_close(auto, plain)
+
+
 # ---------------------------------------------------------------------------- gradients
 def test_head_losses_update_the_roi_encoder_and_heads_never_the_unet():
     net = _roi_net(n_clinical=2).train()
