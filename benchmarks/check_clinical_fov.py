@@ -26,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import bin_of, run_command  # noqa: E402
+from benchmarks.common import bin_of, run_command, write_result  # noqa: E402
 
 CANVAS_XYZ = (256, 256, 30)
 
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", required=True, help="dataset id of the trained models")
     p.add_argument("--trainers", required=True, help="comma-separated trainer names (fold 0 trained)")
     p.add_argument("--cases", type=int, default=3)
-    p.add_argument("-o", default=None, help="result JSON")
+    p.add_argument("-o", default=None, help="result JSON (default bench_run/clinical_fov.json)")
     a = p.parse_args(argv)
     raw = Path(a.raw_dataset)
     cases = sorted({f.name[:-len("_0000.nii.gz")] for f in (raw / "imagesTs").glob("*_0000.nii.gz")})[:a.cases]
@@ -86,10 +86,8 @@ def main(argv=None) -> int:
                 "risk_big": float(tables["big"].loc[c, "risk_score"]),
                 "p_small": float(tables["small"].loc[c, col]), "p_big": float(tables["big"].loc[c, col])}
             for c in cases}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.o:
-        Path(a.o).write_text(text)
+    print(json.dumps(result, indent=2))
+    print(f"wrote {write_result(a.o, result, 'clinical_fov')}")
     return 0
 
 

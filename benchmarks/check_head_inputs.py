@@ -32,13 +32,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import write_result  # noqa: E402
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", required=True, help="a preprocessed dataset id (nnU-Net variables set)")
     p.add_argument("--batches", type=int, default=100)
     p.add_argument("--trainer", default="MultiRecTrainer_MRI_ROI")
-    p.add_argument("-o", default=None, help="result JSON")
+    p.add_argument("-o", default=None, help="result JSON (default bench_run/head_inputs.json)")
     a = p.parse_args(argv)
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -95,10 +97,8 @@ def main(argv=None) -> int:
         "box_rule": {"supervised_share": 1.0, "note": "every sampled case reads its box (tumour_roi)",
                      "box_equals_reference_share": float(np.mean([r["box_voxels"] == r["ref_voxels"] for r in rows]))},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.o:
-        Path(a.o).write_text(text)
+    print(json.dumps(result, indent=2))
+    print(f"wrote {write_result(a.o, result, 'head_inputs')}")
     return 0
 
 
