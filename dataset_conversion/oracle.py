@@ -63,7 +63,12 @@ def partial_risk(truth: pd.DataFrame, terms: str) -> np.ndarray:
     has_terms = all(f"term_{name}" in truth for name in ("volume", "adc"))
     if terms == "volume":
         return image_terms(volume, adc, "volume")
+    permuted = "findings_hazard_from" in truth
     if terms == "findings":
+        if permuted:
+            raise ValueError("terms='findings': this cohort was drawn with --permute-findings, so the finding terms "
+                             "of its hazard come from other patients' findings, which the images do not show: "
+                             "they are no ceiling of an image model")
         columns = [f"term_{name}" for name in FINDINGS if f"term_{name}" in truth]
         if not columns:
             raise ValueError("terms='findings': ground_truth.csv has no finding terms (term_<finding> columns); "
@@ -71,7 +76,8 @@ def partial_risk(truth: pd.DataFrame, terms: str) -> np.ndarray:
         return truth[columns].to_numpy(dtype=float).sum(axis=1)
     if not has_terms:
         return image_terms(volume, adc, "image")
-    names = ("volume", "adc") if terms == "quantities" else IMAGE_RISK_TERMS
+    # a permuted cohort's images show none of its hazard's finding terms: its image ceiling is volume + ADC
+    names = ("volume", "adc") if terms == "quantities" or permuted else IMAGE_RISK_TERMS
     columns = [f"term_{name}" for name in names if f"term_{name}" in truth]
     return truth[columns].to_numpy(dtype=float).sum(axis=1)
 

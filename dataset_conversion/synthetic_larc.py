@@ -116,8 +116,12 @@ then fall short of their target volume, whatever their findings.  What the hand-
 can and cannot see: volume and the noise-free tumour means carry none of the five findings; the
 means of the DWI maps resampled onto the mask do pick up some of the margin through partial volume
 at the border (an irregular border has more border voxels: correlation about -0.25 with the Kapp
-mean, +0.15 with the ADC mean, 200 patients at the default shape), as on real scans; kurtosis is
-read by the Kapp mean by design.
+mean, +0.15 with the ADC mean, 200 patients at the default shape), as on real scans, and so may a
+long extension finger (a few mm across against 1.6 x 1.6 x 4.5 mm DWI voxels: fat lowers the
+mask-mean ADC and Kapp as it grows); where the threshold search hits its bound (about 5 % of the
+largest tumours) the mask volume also grows a little with the margin and the extension. Kurtosis is
+read by the Kapp mean by design. ``evaluation/null_check.py`` measures what all of this leaves the
+quantities on a given cohort.
 
 A tumour quantity left out of ``--image-risk`` (``volume``, ``adc``) is also redrawn independently of
 the disease burden (:func:`decouple_quantities`): otherwise it would still rank patients through the
@@ -1521,6 +1525,13 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
     # Before anything is written, so a bad spec leaves no folder behind.
     removed_series = select_missing_series(missing_series, n_patients, seed, n_centres)
     findings, image_risk = normalise_findings(findings, image_risk, permute_findings)
+    if permute_findings and int(n_patients) < 2:
+        raise ValueError("permute_findings needs at least 2 patients (each patient's hazard comes from another's "
+                         "findings)")
+    if not radiologist_columns and not {"extension", "emvi"} <= set(findings):
+        raise ValueError("--no-radiologist-columns needs the extension and emvi findings drawn (--findings): "
+                         "otherwise the MRF and EMVI terms of the hazard would be shown by neither the table nor "
+                         "the images")
     hazard_of = finding_permutation(n_patients, seed) if permute_findings else None
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and not out_dir.is_dir():

@@ -359,8 +359,8 @@ def texture_features(image, mask, spacing, channel_names: Optional[Sequence[str]
     mask = _check_mask(mask, image.shape[1:])
     spacing = _check_spacing(spacing)
     names = _check_channel_names(channel_names, image.shape[0])
-    if int(n_levels) < 2:
-        raise RadiomicsInputError(f"n_levels must be >= 2, got {n_levels}")
+    if not 2 <= int(n_levels) <= 255:  # the GLCM's grey levels are uint8
+        raise RadiomicsInputError(f"n_levels must be in 2..255, got {n_levels}")
     if not (math.isfinite(ring_mm) and ring_mm > 0):
         raise RadiomicsInputError(f"ring_mm must be a finite number > 0, got {ring_mm}")
     out = dict.fromkeys(feature_names("texture", names), float("nan"))

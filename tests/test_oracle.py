@@ -121,6 +121,19 @@ def test_term_sets_on_a_cohort_with_findings(tmp_path):
         oracle_predictions(cohort, raw, terms="texture")
 
 
+def test_a_permuted_cohorts_image_ceiling_has_no_finding_terms(tmp_path):
+    """--permute-findings: the hazard's finding terms come from other patients, so they are no image
+    ceiling: ``image`` is volume + ADC only and ``findings`` is refused."""
+    import pytest
+    cohort, raw, truth = _cohort_with_mapping(tmp_path, findings=("heterogeneity", "nodes"),
+                                              image_risk=("volume", "adc", "heterogeneity", "nodes"),
+                                              permute_findings=True)
+    assert truth["term_nodes"].ne(0).all()
+    _ranked_like(oracle_predictions(cohort, raw, terms="image"), raw, truth, truth["term_volume"] + truth["term_adc"])
+    with pytest.raises(ValueError, match="permute-findings"):
+        oracle_predictions(cohort, raw, terms="findings")
+
+
 def test_term_sets_on_todays_cohort_are_as_before(tmp_path):
     """A cohort without findings has no term_ columns: image / quantities are volume + ADC, volume the
     volume term, exactly as before; findings is refused."""

@@ -649,6 +649,13 @@ def test_image_risk_refuses_an_undrawn_finding(tmp_path, capsys):
     with pytest.raises(ValueError, match="not drawn"):
         syn.generate_cohort(tmp_path / "a", 2, shape=FINDINGS_SHAPE, findings=("margin",),
                             image_risk=("margin", "nodes"))
+    # a permutation of one patient is the identity; MRF / EMVI risk must be shown by table or images
+    with pytest.raises(ValueError, match="at least 2 patients"):
+        syn.generate_cohort(tmp_path / "b", 1, shape=FINDINGS_SHAPE, findings=("margin",), permute_findings=True)
+    with pytest.raises(ValueError, match="extension and emvi"):
+        syn.generate_cohort(tmp_path / "c", 2, shape=FINDINGS_SHAPE, findings=("margin", "emvi"),
+                            radiologist_columns=False)
+    assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="unknown"):
         syn.generate_cohort(tmp_path / "b", 2, shape=FINDINGS_SHAPE, findings=("texture",))
     with pytest.raises(ValueError, match="permute"):
