@@ -26,6 +26,7 @@ are scored once, afterwards. Harrell's C with a 95 % bootstrap CI, and per seed 
 bootstrap difference roi - quantities (``evaluation.metrics.bootstrap_harrell_c``).
 
     python benchmarks/bench_image_pathway.py --cohorts findings,permuted,today --patients 600 --seeds 0,1,2
+    python benchmarks/bench_image_pathway.py --cohorts mixed --clinical -o bench_run/image_pathway_mixed.json
 """
 from __future__ import annotations
 
@@ -168,12 +169,27 @@ ENCODER_VARIANTS = {
 }
 
 
+def clinical_vectors(data: dict) -> dict:
+    """Each case's clinical vector (pretreatment + postoperative), the transform fitted on the development
+    cases only (``evaluation.radiomics_baseline.clinical_features``, as the trainer does)."""
+    from evaluation.radiomics_baseline import clinical_features, load_contract
+    dev = sorted(k for k, s in data["sets"].items() if s == "dev")
+    frame = clinical_features(data["raw"], load_contract(data["raw"]), dev, sorted(data["sets"]))
+    return {k: frame.loc[k].to_numpy(dtype=np.float32) for k in frame.index}
+
+
+def _clinical(clinical: Optional[dict], keys) -> Optional[torch.Tensor]:
+    """The cases' clinical vectors as a batch (None for image-only arms)."""
+    return None if clinical is None else torch.as_tensor(np.stack([clinical[k] for k in keys]))
+
+
 def _net(kind: str, data: dict, n_channels: int):
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
     from nnunet_multitask.network import MultiTaskUNet
     base = PlainConvUNet(n_channels, 2, (4, 8), torch.nn.Conv3d, 3, (1, 2), (1, 1), 2, (1,), conv_bias=True,
                          norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU)  # unused: heads only
-    return MultiTaskUNet(base, None, 0, 1, survival_head="discrete", n_time_bins=10,
+    n_clin = 0 if data.get("clinical") is None else len(next(iter(data["clinical"].values())))
+    return MultiTaskUNet(base, None, n_clin, 1, survival_head="discrete", n_time_bins=10,
                          image_features="tumour_roi" if kind == "roi" else "tumour_quantities",
                          voxel_volume_mm3=float(np.prod(data["spacing"])), roi_box=data["patch"],
                          spacing_mm=data["spacing"])
@@ -191,7 +207,7 @@ def _horizon_risk(net, heads, edges, horizon) -> np.ndarray:
     return np.array([-np.log(max(survival_at_times(h, edges, [horizon])[0], 1e-12)) for h in hl])
 
 
-def _predict(net, kind, keys, q, bx, edges, horizon) -> np.ndarray:
+def _predict(net, kind, keys, q, bx, edges, horizon, clinical: Optional[dict] = None) -> np.ndarray:
     from nnunet_multitask.roi import crop_box, roi_start
     net.eval()
     risks = []
@@ -205,9 +221,9 @@ def _predict(net, kind, keys, q, bx, edges, horizon) -> np.ndarray:
                     start = roi_start(centre, image.shape[1:], net.roi_box)
                     ims.append(crop_box(image, start, net.roi_box))
                     ps.append(crop_box(mask, start, net.roi_box))
-                heads = net.roi_heads(torch.stack(ims), torch.stack(ps), None)
+                heads = net.roi_heads(torch.stack(ims), torch.stack(ps), _clinical(clinical, chunk))
             else:
-                heads = net.heads(_standardised(net, q, chunk), None)
+                heads = net.heads(_standardised(net, q, chunk), _clinical(clinical, chunk))
             risks.append(_horizon_risk(net, heads, edges, horizon))
     return np.concatenate(risks)
 
@@ -257,9 +273,9 @@ def train_heads(kind: str, data: dict, q: dict, bx: dict, train: list, val: list
                                     for k in keys])
                 both = random_flips(both, (0, 1, 2))
                 ims, prob = both[:, :-1], both[:, -1]
-                heads = net.roi_heads(ims, prob, None)
+                heads = net.roi_heads(ims, prob, _clinical(data.get("clinical"), keys))
             else:
-                heads = net.heads(_standardised(net, q, keys), None)
+                heads = net.heads(_standardised(net, q, keys), _clinical(data.get("clinical"), keys))
             w = torch.ones(len(b))
             loss = 0.5 * L.masked_bce_with_logits(heads["cls_logit"], torch.as_tensor(lab[b], dtype=torch.float32),
                                                   weights=w) \
@@ -268,7 +284,7 @@ def train_heads(kind: str, data: dict, q: dict, bx: dict, train: list, val: list
             opt.zero_grad()
             loss.backward()
             opt.step()
-        c = harrell_c(vt, ve, _predict(net, kind, val, q, bx, edges.numpy(), data["horizon"]))
+        c = harrell_c(vt, ve, _predict(net, kind, val, q, bx, edges.numpy(), data["horizon"], data.get("clinical")))
         curve.append(float(c))
         if c > best_c:
             best_c, best = c, {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -337,6 +353,8 @@ def run_cohort(name: str, args) -> dict:
     from sklearn.model_selection import train_test_split
     home = prepare(name, args.patients, args.cohort_seed, Path(args.root))
     data = load(home)
+    if args.clinical:
+        data["clinical"] = clinical_vectors(data)
     q, bx = quantities(data), boxes(data)
     dev = sorted(k for k, s in data["sets"].items() if s == "dev")
     tests = {s: sorted(k for k, v in data["sets"].items() if v == s) for s in ("internal", "external")}
@@ -349,6 +367,11 @@ def run_cohort(name: str, args) -> dict:
     tex = texture(data)
     if tex is not None:
         fixed["coxph_texture"] = tex
+    if args.clinical:   # the comparators of "All": clinical + volume + ADC (CoxPH), clinical + texture (coxnet)
+        clin = data["clinical"]
+        fixed = {"coxph_quantities": {k: np.concatenate([clin[k], q[k][[0, 2]]]) for k in q}}
+        if tex is not None:
+            fixed["coxph_texture"] = {k: np.concatenate([clin[k], tex[k]]) for k in tex}
     for arm, feats in fixed.items():
         fit = coxph if arm == "coxph_quantities" else coxnet
         result["arms"][arm] = {s: score(data, v, fit(feats, dev, v, data), 0) for s, v in tests.items()}
@@ -366,7 +389,8 @@ def run_cohort(name: str, args) -> dict:
             t0 = time.time()
             net, edges, curve = train_heads(kind, data, q, bx, train, val, seed, args.epochs)
             arm = result["arms"].setdefault(f"heads_{kind}", {})
-            risks[kind] = {s: _predict(net, kind, v, q, bx, edges, data["horizon"]) for s, v in tests.items()}
+            risks[kind] = {s: _predict(net, kind, v, q, bx, edges, data["horizon"], data.get("clinical"))
+                           for s, v in tests.items()}
             arm[f"seed{seed}"] = {"val_c_curve": curve, "best_epoch": int(np.argmax(curve)) + 1,
                                   "seconds": round(time.time() - t0, 1),
                                   **{s: score(data, tests[s], risks[kind][s], seed) for s in tests}}
@@ -386,6 +410,9 @@ def main(argv=None) -> int:
                    help="generator seed of the final table (the design used seed 11: design_image_pathway.py)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds")
     p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--clinical", action="store_true",
+                   help="every arm also reads the clinical table (the heads fuse it as MultiRecTrainer does; the "
+                        "CoxPH arms become clinical + volume + ADC and clinical + texture)")
     p.add_argument("--root", default=str(BENCH_RUN / "image_pathway"))
     p.add_argument("-o", default=None, help="result JSON (default bench_run/image_pathway.json)")
     a = p.parse_args(argv)
