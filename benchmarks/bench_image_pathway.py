@@ -372,9 +372,11 @@ def run_cohort(name: str, args) -> dict:
         fixed = {"coxph_quantities": {k: np.concatenate([clin[k], q[k][[0, 2]]]) for k in q}}
         if tex is not None:
             fixed["coxph_texture"] = {k: np.concatenate([clin[k], tex[k]]) for k in tex}
+    baseline_risks = {}
     for arm, feats in fixed.items():
         fit = coxph if arm == "coxph_quantities" else coxnet
-        result["arms"][arm] = {s: score(data, v, fit(feats, dev, v, data), 0) for s, v in tests.items()}
+        baseline_risks[arm] = {s: fit(feats, dev, v, data) for s, v in tests.items()}
+        result["arms"][arm] = {s: score(data, v, baseline_risks[arm][s], 0) for s, v in tests.items()}
     for terms in ("image", "quantities", "findings"):
         try:
             o = oracle(data, terms)
@@ -397,6 +399,11 @@ def run_cohort(name: str, args) -> dict:
             print(f"{name} seed {seed} heads_{kind}: best val C {max(curve):.3f} at epoch "
                   f"{int(np.argmax(curve)) + 1}; " + ", ".join(f"{s} C {arm[f'seed{seed}'][s]['c']:.3f}"
                                                               for s in tests), flush=True)
+        # each head arm against each hand-made baseline, paired (same resamples)
+        result.setdefault("paired_heads_minus_baselines", {})[f"seed{seed}"] = {
+            f"heads_{kind} - {arm}": {s: paired(data, tests[s], risks[kind][s], baseline_risks[arm][s], seed)
+                                      for s in tests}
+            for kind in risks for arm in baseline_risks}
         result["paired_roi_minus_quantities"][f"seed{seed}"] = {
             s: paired(data, tests[s], risks["roi"][s], risks["quantities"][s], seed) for s in tests}
     return result
