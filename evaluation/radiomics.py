@@ -412,17 +412,25 @@ def _same_grid(image, reference) -> bool:
             and np.allclose(image.GetOrigin(), reference.GetOrigin(), rtol=0, atol=_ORIGIN_ATOL_MM))
 
 
+def _read_image(case: str, path: Path):
+    """One image, or an error naming the case, the file and ITK's reason (its last line, where ITK says
+    why; the first names its own source file)."""
+    import SimpleITK as sitk
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+        raise RadiomicsInputError(f"case {case}: cannot read {path}: {lines[-1] if lines else 'unreadable'}") \
+            from None
+
+
 def _read_case(raw_dataset: Path, mask_path: Path, case: str, n_channels: int, file_ending: str):
     """(channels [C', z, y, x], indices of the channels present, mask, spacing (z, y, x)) of one case."""
     import SimpleITK as sitk
 
     files = _channel_files(raw_dataset, case, n_channels, file_ending)
-    try:
-        reference = sitk.ReadImage(str(files[0]))
-        mask_image = sitk.ReadImage(str(mask_path))
-    except RuntimeError as error:
-        raise RadiomicsInputError(f"case {case}: cannot read {files[0]} or {mask_path}: "
-                                  f"{str(error).strip().splitlines()[0]}") from None
+    reference = _read_image(case, files[0])
+    mask_image = _read_image(case, mask_path)
     if not _same_grid(mask_image, reference):
         raise RadiomicsInputError(f"case {case}: mask {mask_path} is not on the grid of {files[0]} (size "
                                   f"{mask_image.GetSize()} vs {reference.GetSize()}, spacing {mask_image.GetSpacing()} "
@@ -436,7 +444,7 @@ def _read_case(raw_dataset: Path, mask_path: Path, case: str, n_channels: int, f
     present = [c for c, f in enumerate(files) if f is not None]
     arrays = [sitk.GetArrayFromImage(reference)]
     for c in present[1:]:
-        image = sitk.ReadImage(str(files[c]))
+        image = _read_image(case, files[c])
         if not _same_grid(image, reference):
             raise RadiomicsInputError(f"case {case}: {files[c]} is not on the grid of {files[0]}")
         arrays.append(sitk.GetArrayFromImage(image))

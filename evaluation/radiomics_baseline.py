@@ -234,6 +234,8 @@ def fit_penalised_cox(features: pd.DataFrame, survival: np.ndarray, l1_ratio: fl
     if not 0.0 < float(l1_ratio) <= 1.0:
         raise BaselineError(f"--l1-ratio must be in (0, 1], got {l1_ratio}")
     dropped = [c for c in features.columns if features[c].isna().all()]
+    if dropped:
+        _note(f"{len(dropped)} feature(s) have no value for any development case and are left out: {dropped[:10]}")
     x = features.drop(columns=dropped)
     if x.shape[1] == 0:
         raise BaselineError("no feature has a value for any development case")
@@ -274,6 +276,9 @@ def predict_baseline(model: CoxBaseline, features: pd.DataFrame, horizon: float)
 
     if horizon <= last:
         out[recurrence_column(horizon)] = 1.0 - np.asarray(survival(horizon))
+    else:
+        _note(f"no {recurrence_column(horizon)} column: the horizon ({horizon:g}) lies beyond the development "
+              f"cases' last follow-up ({last:g}), where the Cox baseline is undefined")
     for t in survival_times(horizon):
         if t <= last:
             out[survival_column(t)] = survival(t)

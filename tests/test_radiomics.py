@@ -192,6 +192,16 @@ def test_extractor_names_the_case_and_file_of_a_bad_mask(raw_dataset, tmp_path):
         extract_dataset_features(raw_dataset, masks, "quantities", cases=["RAD_9999"])
 
 
+def test_extractor_names_the_case_and_file_of_an_unreadable_channel(raw_dataset, tmp_path):
+    copy = tmp_path / raw_dataset.name
+    shutil.copytree(raw_dataset, copy)
+    case = sorted(p.name[:-len(".nii.gz")] for p in (copy / "labelsTs").glob("*.nii.gz"))[0]
+    broken = copy / "imagesTs" / f"{case}_0002.nii.gz"
+    broken.write_bytes(b"not a NIfTI file")
+    with pytest.raises(RadiomicsInputError, match=f"case {case}: cannot read {broken}: "):
+        extract_dataset_features(copy, copy / "labelsTs", "quantities")
+
+
 def _predicted_masks(raw_dataset, folder):
     """labelsTs as a prediction folder (with nnUNetv2_predict's side files), one mask emptied."""
     import SimpleITK as sitk
