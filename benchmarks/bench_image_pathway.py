@@ -208,7 +208,7 @@ def _horizon_risk(net, heads, edges, horizon) -> np.ndarray:
 
 
 def _predict(net, kind, keys, q, bx, edges, horizon, clinical: Optional[dict] = None) -> np.ndarray:
-    from nnunet_multitask.roi import crop_box, roi_start
+    from nnunet_multitask.roi import training_box
     net.eval()
     risks = []
     with torch.no_grad():
@@ -218,9 +218,9 @@ def _predict(net, kind, keys, q, bx, edges, horizon, clinical: Optional[dict] = 
                 ims, ps = [], []
                 for k in chunk:
                     image, mask, centre = bx[k]
-                    start = roi_start(centre, image.shape[1:], net.roi_box)
-                    ims.append(crop_box(image, start, net.roi_box))
-                    ps.append(crop_box(mask, start, net.roi_box))
+                    both = training_box(torch.cat([image, mask[None]]), centre, net.roi_box, jitter=0)
+                    ims.append(both[:-1])
+                    ps.append(both[-1])
                 heads = net.roi_heads(torch.stack(ims), torch.stack(ps), _clinical(clinical, chunk))
             else:
                 heads = net.heads(_standardised(net, q, chunk), _clinical(clinical, chunk))

@@ -40,19 +40,21 @@ SHELL_RADII_MM = (3.0, 12.0)
 CENTRE_JITTER_VOXELS = 2
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected (fully connected, any dimension) component of a non-empty bool mask."""
+    from scipy import ndimage
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    return mask if n <= 1 else labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
+
+
 def largest_component_centre(mask: np.ndarray) -> Optional[np.ndarray]:
     """Centre (index space, float) of the bounding box of the largest 26-connected component of
     ``mask`` (bool, any dimension); None for an empty mask. The largest component, so scattered
     false-positive voxels far from the tumour do not pull the box away."""
-    from scipy import ndimage
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return None
-    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
-    if n > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    idx = np.nonzero(mask)
+    idx = np.nonzero(largest_component(mask))
     return np.array([(int(i.min()) + int(i.max())) / 2.0 for i in idx])
 
 
@@ -113,17 +115,11 @@ def tumour_probability(prob: torch.Tensor, spacing_mm: Sequence[float], margin_m
     largest connected component of ``prob > 0.5``, zero elsewhere (all of it where no voxel passes
     0.5). Diffuse or scattered probability elsewhere in the box (background at a clinical field of view,
     a false-positive island) then enters neither the soft volume and means nor the shells."""
-    from scipy import ndimage
     cores = []
     for p in prob:
         core = (p > 0.5).cpu().numpy()
-        if not core.any():
-            core = np.ones(core.shape, dtype=bool)   # nothing passes 0.5: keep all of it
-        else:
-            labels, n = ndimage.label(core, structure=np.ones((3,) * core.ndim, dtype=bool))
-            if n > 1:
-                core = labels == (int(np.argmax(np.bincount(labels.ravel())[1:])) + 1)
-        cores.append(torch.from_numpy(core))
+        # nothing passes 0.5: keep all of it
+        cores.append(torch.from_numpy(largest_component(core) if core.any() else np.ones(core.shape, dtype=bool)))
     core = torch.stack(cores).to(device=prob.device, dtype=prob.dtype)[:, None]
     keep = box_max(core, _radius_voxels(margin_mm, spacing_mm))[:, 0]
     return prob * keep
