@@ -37,6 +37,8 @@ and the feature is then ``(t - mean) / scale`` with ``t = transform(x)``, or ``t
 transform is applied while the table is validated, before imputation and scaling, so fitting and
 every transform path see the same transformed values; a missing value (NaN) stays missing and is
 imputed; a value outside the domain is an error naming the column, the case and the value. The
+table readers of :mod:`clinical.tables` refuse such a value already (the converter for every
+development and test patient, so it never first shows at training). The
 transform is part of the schema (which travels with the ``dataset.json`` multitask block and the
 plans' ``clinical_columns``), so the state vector keeps its length; it is part of the layout
 fingerprint, so a vector fitted with a transform is refused by a schema without it and vice versa.
@@ -81,7 +83,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from clinical.schema import NUMERIC_TRANSFORMS, ClinicalSchema, ColumnSpec
+from clinical.schema import (NUMERIC_TRANSFORMS, TRANSFORM_DOMAINS, ClinicalSchema, ColumnSpec,
+                            outside_transform_domain)
 from clinical.tables import parse_feature_column
 
 __all__ = ["ClinicalPreprocessor", "ClinicalPreprocessingError"]
@@ -91,10 +94,10 @@ _STATE_WIDTH = {"numeric": 3, "binary": 1, "categorical": 1}
 _MAX_LISTED_BAD_VALUES = 20  # how many offending cells one error message lists
 # What a bad cell is, per declared type (categorical: not among the declared categories).
 _BAD_VALUE_TEXT = {"numeric": "not a finite number", "binary": "binary value must be '0' or '1'"}
-# Declared numeric transforms: name -> (numpy function, smallest value excluded from the domain,
-# domain in words). The value must be strictly greater than the bound.
-_TRANSFORMS = {"log": (np.log, 0.0, "values > 0"), "log1p": (np.log1p, -1.0, "values > -1")}
-assert set(_TRANSFORMS) == set(NUMERIC_TRANSFORMS)
+# Declared numeric transforms: name -> numpy function; their domains are the schema's
+# (clinical.schema.TRANSFORM_DOMAINS), which the table readers check too (at conversion, before training).
+_TRANSFORMS = {"log": np.log, "log1p": np.log1p}
+assert set(_TRANSFORMS) == set(NUMERIC_TRANSFORMS) == set(TRANSFORM_DOMAINS)
 
 
 class ClinicalPreprocessingError(ValueError):
@@ -232,13 +235,13 @@ class ClinicalPreprocessor:
             transform, and each offending case with its value.
         """
         try:
-            function, bound, domain = _TRANSFORMS[spec.transform]
+            function, domain = _TRANSFORMS[spec.transform], TRANSFORM_DOMAINS[spec.transform][1]
         except KeyError:  # ClinicalSchema.from_dict refuses these; guard a hand-built ColumnSpec
             raise ClinicalPreprocessingError(
                 f"clinical column '{spec.name}': unknown transform {spec.transform!r}, "
                 f"expected one of {NUMERIC_TRANSFORMS}") from None
         observed = ~np.isnan(parsed)
-        outside = observed & ~(parsed > bound)
+        outside = outside_transform_domain(spec, parsed)
         if outside.any():
             self._raise_bad_values(spec.name, [(cases[i], values[i]) for i in np.flatnonzero(outside)],
                                    f"transform '{spec.transform}' needs {domain}")

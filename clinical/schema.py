@@ -22,15 +22,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+
 DEFAULT_SCHEMA_PATH = Path(__file__).with_name("larc_schema.json")
 COLUMN_TYPES = ("numeric", "categorical", "binary")
 #: Transforms a ``numeric`` column may declare (``"transform"``): ``log`` = ln(x), ``log1p`` = ln(1 + x).
 NUMERIC_TRANSFORMS = ("log", "log1p")
+#: Domain of each transform: a value must be strictly greater than the bound; the domain in words.
+TRANSFORM_DOMAINS = {"log": (0.0, "values > 0"), "log1p": (-1.0, "values > -1")}
+assert set(TRANSFORM_DOMAINS) == set(NUMERIC_TRANSFORMS)
 GROUPS = ("pretreatment", "postoperative")
 
 
 class SchemaError(ValueError):
     """The schema itself is malformed, or a table does not match it."""
+
+
+def _json_kind(value) -> str:
+    """What a parsed JSON value is, in words (for the "must be a JSON object" message)."""
+    if value is None:
+        return "null"
+    kind = {bool: "a boolean", list: "a list", str: "a string", int: "a number", float: "a number"}.get(type(value))
+    text = json.dumps(value) if kind else repr(value)
+    return f"{kind or type(value).__name__} ({text[:60]}{'...' if len(text) > 60 else ''})"
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,63 @@ class ColumnSpec:
         return d
 
 
+def outside_transform_domain(spec: "ColumnSpec", values) -> np.ndarray:
+    """Where observed values of a numeric column lie outside its declared transform's domain.
+
+    Parameters
+    ----------
+    spec : ColumnSpec
+        The column; without a ``transform`` nothing is outside.
+    values : array-like of float
+        The parsed values (NaN = missing: never outside, it is imputed).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where a value is observed and not strictly greater than the domain's bound
+        (:data:`TRANSFORM_DOMAINS`: ``log`` needs ``x > 0``, ``log1p`` needs ``x > -1``).
+    """
+    values = np.asarray(values, dtype=float)
+    if spec.transform is None:
+        return np.zeros(values.shape, dtype=bool)
+    if spec.transform not in TRANSFORM_DOMAINS:
+        raise SchemaError(f"column '{spec.name}': unknown transform {spec.transform!r}, expected one of "
+                          f"{NUMERIC_TRANSFORMS}")
+    bound = TRANSFORM_DOMAINS[spec.transform][0]
+    return ~np.isnan(values) & ~(values > bound)
+
+
+def _column_spec(name: str, spec, source: str) -> ColumnSpec:
+    """One validated entry of a schema's ``"columns"`` mapping."""
+    if not isinstance(spec, dict):
+        raise SchemaError(f"{source}: column '{name}': expected an object, got {spec!r}")
+    group, typ = spec.get("group"), spec.get("type")
+    if group not in GROUPS:
+        raise SchemaError(f"{source}: column '{name}': group must be one of {GROUPS}, got {group!r}")
+    if typ not in COLUMN_TYPES:
+        raise SchemaError(f"{source}: column '{name}': type must be one of {COLUMN_TYPES}, got {typ!r}")
+    cats = spec.get("categories")
+    if typ == "categorical":
+        if not isinstance(cats, list) or not cats or len(set(map(str, cats))) != len(cats):
+            raise SchemaError(f"{source}: categorical column '{name}' must declare distinct 'categories' (a "
+                              f"non-empty list), got {cats!r}")
+        cats = tuple(str(c) for c in cats)
+    elif cats is not None:
+        raise SchemaError(f"{source}: column '{name}' of type {typ} cannot declare categories")
+    unknown = set(spec) - {"group", "type", "categories", "unit", "transform"}
+    if unknown:
+        raise SchemaError(f"{source}: column '{name}': unknown keys {sorted(unknown)}")
+    transform = spec.get("transform")
+    if transform is not None:
+        if not isinstance(transform, str) or transform not in NUMERIC_TRANSFORMS:
+            raise SchemaError(f"{source}: column '{name}': transform must be one of "
+                              f"{NUMERIC_TRANSFORMS}, got {transform!r}")
+        if typ != "numeric":
+            raise SchemaError(f"{source}: column '{name}' of type {typ} cannot declare a transform "
+                              f"({transform!r}): only numeric columns can")
+    return ColumnSpec(name, group, typ, cats, spec.get("unit"), transform)
+
+
 @dataclass(frozen=True)
 class ClinicalSchema:
     columns: Dict[str, ColumnSpec]
@@ -66,37 +137,16 @@ class ClinicalSchema:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> "ClinicalSchema":
+        if not isinstance(d, dict):
+            raise SchemaError(f"{source}: a schema must be a JSON object ({{\"columns\": {{...}}, ...}}), got "
+                              f"{_json_kind(d)}")
         if "columns" not in d or not isinstance(d["columns"], dict) or not d["columns"]:
             raise SchemaError(f"{source}: schema needs a non-empty 'columns' mapping")
-        cols = {}
-        for name, spec in d["columns"].items():
-            if not isinstance(spec, dict):
-                raise SchemaError(f"{source}: column '{name}': expected an object, got {spec!r}")
-            group, typ = spec.get("group"), spec.get("type")
-            if group not in GROUPS:
-                raise SchemaError(f"{source}: column '{name}': group must be one of {GROUPS}, got {group!r}")
-            if typ not in COLUMN_TYPES:
-                raise SchemaError(f"{source}: column '{name}': type must be one of {COLUMN_TYPES}, got {typ!r}")
-            cats = spec.get("categories")
-            if typ == "categorical":
-                if not cats or len(set(map(str, cats))) != len(cats):
-                    raise SchemaError(f"{source}: categorical column '{name}' must declare distinct 'categories'")
-                cats = tuple(str(c) for c in cats)
-            elif cats is not None:
-                raise SchemaError(f"{source}: column '{name}' of type {typ} cannot declare categories")
-            unknown = set(spec) - {"group", "type", "categories", "unit", "transform"}
-            if unknown:
-                raise SchemaError(f"{source}: column '{name}': unknown keys {sorted(unknown)}")
-            transform = spec.get("transform")
-            if transform is not None:
-                if transform not in NUMERIC_TRANSFORMS:
-                    raise SchemaError(f"{source}: column '{name}': transform must be one of "
-                                      f"{NUMERIC_TRANSFORMS}, got {transform!r}")
-                if typ != "numeric":
-                    raise SchemaError(f"{source}: column '{name}' of type {typ} cannot declare a transform "
-                                      f"({transform!r}): only numeric columns can")
-            cols[name] = ColumnSpec(name, group, typ, cats, spec.get("unit"), transform)
+        cols = {name: _column_spec(str(name), spec, source) for name, spec in d["columns"].items()}
         kw = {k: d[k] for k in ("id_column", "centre_column", "time_column", "event_column", "time_unit") if k in d}
+        for key, value in kw.items():
+            if not isinstance(value, str) or not value.strip():
+                raise SchemaError(f"{source}: '{key}' must be a non-empty string, got {value!r}")
         reserved = {kw.get("id_column", "patient_id"), kw.get("centre_column", "centre"),
                     kw.get("time_column", "dfs_months"), kw.get("event_column", "dfs_event"), "case_id"}
         clash = reserved & set(cols)
@@ -106,13 +156,28 @@ class ClinicalSchema:
 
     @classmethod
     def load(cls, path: Optional[str | Path] = None) -> "ClinicalSchema":
+        """Read and validate a schema file (default :data:`DEFAULT_SCHEMA_PATH`).
+
+        Raises
+        ------
+        SchemaError
+            The file is missing or unreadable, is not JSON, its JSON is not an object (``null``, a
+            list, a number, a string), or the object is not a valid schema; the message names the file.
+        """
         path = Path(path) if path is not None else DEFAULT_SCHEMA_PATH
         try:
-            d = json.loads(Path(path).read_text())
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise SchemaError(f"schema file not found: {path}") from None
         except json.JSONDecodeError as e:
             raise SchemaError(f"schema file {path} is not valid JSON: {e}") from None
+        except UnicodeDecodeError as e:
+            raise SchemaError(f"schema file {path} is not UTF-8 text: {e}") from None
+        except OSError as e:  # a folder, no permission
+            raise SchemaError(f"schema file {path} cannot be read: {e}") from None
+        if not isinstance(d, dict):
+            raise SchemaError(f"schema file {path} must be a JSON object ({{\"columns\": {{...}}, ...}}), but it "
+                              f"holds {_json_kind(d)}")
         return cls.from_dict(d, source=str(path))
 
     def to_dict(self) -> dict:

@@ -21,7 +21,9 @@ The schema readers return a :class:`pandas.DataFrame` indexed by its id column (
 id column), with the columns in a fixed order: centre, the schema's feature columns in schema
 order, then the outcome columns where present. Types of the returned columns:
 
-* numeric feature -> float64 (NaN = missing)
+* numeric feature -> float64 (NaN = missing); a value outside the domain of the column's declared
+  transform (``log``: > 0, ``log1p``: > -1) is a problem, so it is refused where the table is read
+  (the converter: every development and test patient) rather than at training
 * binary feature -> float64 with values 0.0/1.0 (NaN = missing); the file may write 0/1 or 0.0/1.0
 * categorical feature -> object, one of the declared category strings (NaN = missing)
 * centre -> str (never missing)
@@ -43,7 +45,7 @@ from typing import Iterable, List, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from clinical.schema import ClinicalSchema, ColumnSpec, SchemaError
+from clinical.schema import TRANSFORM_DOMAINS, ClinicalSchema, ColumnSpec, SchemaError, outside_transform_domain
 
 __all__ = [
     "ClinicalTableError",
@@ -225,6 +227,14 @@ def _feature_problems(table: pd.DataFrame, schema: ClinicalSchema, feature_colum
         prefix = "binary value" if spec.type == "binary" else "value"
         for pid, value in zip(table.index[bad], table[name][bad], strict=True):
             problems.append(f"{id_column} {pid}: column '{name}': {prefix} {value!r} {what}")
+        if spec.type == "numeric" and spec.transform is not None:
+            outside = outside_transform_domain(spec, parsed)
+            domain = TRANSFORM_DOMAINS[spec.transform][1]
+            for pid, value in zip(table.index[outside], table[name][outside], strict=True):
+                problems.append(f"{id_column} {pid}: column '{name}': value {value!r} is outside the domain of its "
+                                f"declared transform: transform '{spec.transform}' needs {domain} (schema "
+                                f"{schema.source}; fix the value, leave it empty as missing, or declare another "
+                                f"transform)")
         out[name] = parsed if spec.type == "categorical" else parsed.astype(float)
     return problems
 

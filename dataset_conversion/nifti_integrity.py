@@ -7,6 +7,16 @@ stream ends properly and that it holds every voxel the header promises
 (``vox_offset + prod(dim) * bytes per voxel``), and returns the image built from those bytes,
 so a caller can look at its voxels without reading the file again.
 
+:func:`check_nifti_size` is the cheap form of the same promise check, for a caller that does not
+need the voxels: it reads the header, then compares the promised size with the file size
+(``.nii``) or with the decompressed stream, decompressed in chunks and never past the promised
+size (``.nii.gz``), so memory stays constant. Call it (or :func:`read_nifti_completely`) before
+ITK reads a file: ITK allocates the whole image the header declares (a header declaring
+10000 x 10000 x 10000 voxels in a file of a few hundred bytes makes it try to allocate terabytes).
+
+:func:`itk_error_reason` turns a SimpleITK ``RuntimeError`` into ITK's own reason (its message
+otherwise starts with a C++ source location).
+
 Used by the converter (``dataset_conversion.convert_larc``) and by the predictor's input
 checks (``nnunet_multitask.predictor``).
 """
@@ -14,12 +24,20 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import re
 import zlib
 from pathlib import Path
+from typing import Tuple
 
 import nibabel
 
-__all__ = ["IncompleteImageError", "read_nifti_completely", "is_nifti"]
+__all__ = ["IncompleteImageError", "read_nifti_completely", "check_nifti_size", "itk_error_reason", "is_nifti"]
+
+#: Bytes decompressed at a time by :func:`check_nifti_size`.
+_CHUNK = 1 << 20
+#: Bytes read to find and parse the header (NIfTI-2's header is 540 bytes, NIfTI-1's 348).
+_MAX_HEADER = 540
 
 _HEADER_CLASSES = {348: (nibabel.Nifti1Header, nibabel.Nifti1Image),
                    540: (nibabel.Nifti2Header, nibabel.Nifti2Image)}
@@ -77,29 +95,141 @@ def read_nifti_completely(path):
         raise IncompleteImageError(f"the gzip stream is damaged ({e})") from None
     except OSError as e:
         raise IncompleteImageError(f"cannot be read completely ({e})") from None
-    classes = _header_class(raw)
-    if classes is None:
-        raise IncompleteImageError("not a single-file NIfTI-1/2 image (no valid header size at its start)")
-    header_class, image_class = classes
-    try:
-        header = header_class.from_fileobj(io.BytesIO(raw), check=False)
-        shape = header.get_data_shape()
-        itemsize = header.get_data_dtype().itemsize
-        offset = int(header.get_data_offset())
-    except Exception as e:  # nibabel raises several types for a malformed header
-        raise IncompleteImageError(f"its NIfTI header cannot be parsed ({type(e).__name__}: {e})") from None
-    n_voxels = 1
-    for n in shape:
-        n_voxels *= int(n)
-    expected = offset + n_voxels * itemsize
+    header_class, image_class, expected, promise = _parse_header(raw)
     if len(raw) < expected:
-        present = max(0, len(raw) - offset) / max(1, n_voxels * itemsize)
-        raise IncompleteImageError(
-            f"the file is cut short: it holds {len(raw)} bytes (decompressed) but its header "
-            f"(shape {tuple(int(n) for n in shape)}, {itemsize} byte(s) per voxel, data at byte {offset}) "
-            f"promises {expected}; only {present:.0%} of the voxel data is present (an interrupted copy or "
-            f"export?)")
+        raise IncompleteImageError(_cut_short_message(len(raw), expected, promise, path.name.endswith(".gz")))
     try:
         return image_class.from_bytes(raw)
     except Exception as e:
         raise IncompleteImageError(f"cannot be parsed as NIfTI ({type(e).__name__}: {e})") from None
+
+
+def _parse_header(raw: bytes) -> Tuple[type, type, int, Tuple[tuple, int, int]]:
+    """Header class, image class, promised file size and (shape, bytes per voxel, data offset)
+    from the first bytes of a (decompressed) NIfTI file."""
+    classes = _header_class(raw)
+    if classes is None:
+        raise IncompleteImageError("not a single-file NIfTI-1/2 image (no valid header size at its start)")
+    header_class, image_class = classes
+    size = header_class.template_dtype.itemsize  # 348 (NIfTI-1) or 540 (NIfTI-2)
+    if len(raw) < size:
+        raise IncompleteImageError(f"the file is cut short: it holds {len(raw)} bytes, fewer than its "
+                                   f"{size}-byte NIfTI header")
+    try:
+        # only the fixed header (and an empty extension flag): the promise does not depend on extensions
+        header = header_class.from_fileobj(io.BytesIO(raw[:size] + b"\0\0\0\0"), check=False)
+        shape = tuple(int(n) for n in header.get_data_shape())
+        itemsize = header.get_data_dtype().itemsize
+        # a single-file image's data never starts inside its header (nibabel reads an unset 0 as 352)
+        offset = max(int(header.get_data_offset()), int(header.single_vox_offset))
+    except Exception as e:  # nibabel raises several types for a malformed header
+        raise IncompleteImageError(f"its NIfTI header cannot be parsed ({type(e).__name__}: {e})") from None
+    if any(n < 0 for n in shape) or offset < 0:
+        raise IncompleteImageError(f"its NIfTI header declares a negative size (shape {shape}, data at byte "
+                                   f"{offset})")
+    n_voxels = 1
+    for n in shape:
+        n_voxels *= n
+    return header_class, image_class, offset + n_voxels * itemsize, (shape, itemsize, offset)
+
+
+def _cut_short_message(actual: int, expected: int, promise: Tuple[tuple, int, int], decompressed: bool) -> str:
+    shape, itemsize, offset = promise
+    data_bytes = max(1, expected - offset)
+    present = max(0, actual - offset) / data_bytes
+    share = f"only {present:.0%} of the voxel data is present" if present >= 0.01 else \
+        f"less than 1% of the voxel data is present ({max(0, actual - offset)} of {data_bytes} bytes)"
+    hint = "an interrupted copy or export?" if present >= 0.01 else \
+        "an interrupted copy, or a header that does not describe this file's data?"
+    return (f"the file is cut short: it holds {actual} bytes{' (decompressed)' if decompressed else ''} but its "
+            f"header (shape {shape}, {itemsize} byte(s) per voxel, data at byte {offset}) promises {expected}; "
+            f"{share} ({hint})")
+
+
+def check_nifti_size(path) -> int:
+    """Compare the size a NIfTI header promises with the bytes the file holds, without reading its voxels.
+
+    Cheap and in constant memory: the header is parsed from the first bytes; a ``.nii`` is then
+    compared with its size on disk, a ``.nii.gz`` is decompressed in chunks of 1 MiB that are
+    counted and dropped, stopping as soon as the promised size is reached (so never further than
+    the header promises, and never further than the stream really holds). Call it before an
+    image reader that allocates what the header declares (ITK) reads the file.
+
+    It does not check that a gzip stream that holds enough bytes also ends properly; for that
+    (and for the voxels) use :func:`read_nifti_completely`.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.nii`` or ``.nii.gz`` file.
+
+    Returns
+    -------
+    int
+        The size in bytes the header promises: ``vox_offset + prod(dim) * bytes per voxel``
+        (decompressed, for ``.nii.gz``).
+
+    Raises
+    ------
+    IncompleteImageError
+        The file is not a single-file NIfTI-1/2 image, its header cannot be parsed, its gzip stream
+        is damaged or ends early, or it holds fewer bytes than its header promises (the message gives
+        the shape, the bytes per voxel, the promised and the actual size; without the path, which
+        the caller adds with the patient or case).
+    """
+    path = Path(path)
+    compressed = path.name.endswith(".gz")
+    try:
+        if not compressed:
+            with open(path, "rb") as f:
+                head = f.read(_MAX_HEADER)
+            _, _, expected, promise = _parse_header(head)
+            actual = os.path.getsize(path)
+        else:
+            with gzip.open(path, "rb") as f:
+                head = f.read(_MAX_HEADER)
+                _, _, expected, promise = _parse_header(head)
+                actual = len(head)
+                while actual < expected:
+                    chunk = f.read(min(_CHUNK, expected - actual))
+                    if not chunk:
+                        break
+                    actual += len(chunk)
+    except EOFError:
+        raise IncompleteImageError("the file is cut short (its gzip stream ends before the end-of-stream "
+                                   "marker: an interrupted copy or export?)") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise IncompleteImageError(f"the gzip stream is damaged ({e})") from None
+    except OSError as e:
+        raise IncompleteImageError(f"cannot be read ({e})") from None
+    if actual < expected:
+        raise IncompleteImageError(_cut_short_message(actual, expected, promise, compressed))
+    return expected
+
+
+_ITK_PREFIX = re.compile(r"^(?:ITK ERROR|sitk::ERROR|ERROR)\s*:\s*(?:[A-Za-z_][\w:]*\(0x[0-9a-fA-F]+\)\s*:\s*)?")
+_SOURCE_LOCATION = re.compile(r"\.(?:cxx|hxx|cpp|h|txx)(?::\d+)+:?\s*$")
+
+
+def itk_error_reason(error: BaseException) -> str:
+    """ITK's own reason from a SimpleITK ``RuntimeError`` (its message starts with a source location).
+
+    SimpleITK's message reads ``Exception thrown in SimpleITK ImageFileReader_Execute:
+    /.../itkNiftiImageIO.cxx:2135:`` then, on the next line(s), ``ITK ERROR: ITK only supports
+    orthonormal direction cosines.  No orthonormal definition found!``. This returns the text after
+    the ``ITK ERROR:`` / ``sitk::ERROR:`` marker (and an object address such as
+    ``ImageFileReader(0x55d0...):``), its lines joined, whitespace collapsed; without a marker,
+    the last line that is not a source location; the exception's type name if nothing is left.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        match = _ITK_PREFIX.match(line)
+        if match:
+            reason = " ".join([line[match.end():], *lines[i + 1:]])
+            reason = re.sub(r"\s+", " ", reason).strip()
+            if reason:
+                return reason
+    for line in reversed(lines):
+        if not _SOURCE_LOCATION.search(line):
+            return re.sub(r"\s+", " ", line)
+    return type(error).__name__
