@@ -725,19 +725,32 @@ def head_consistency(cls_logit: torch.Tensor, hazard_logits: torch.Tensor, bin_e
 # masked BCE
 # --------------------------------------------------------------------------------------------
 def masked_bce_with_logits(logit: torch.Tensor, label: torch.Tensor,
-                           weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Binary cross-entropy for recurrence-within-horizon with unknown (NaN) labels masked out.
+                           weights: Optional[torch.Tensor] = None,
+                           censoring_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r"""Binary cross-entropy for recurrence-within-horizon with unknown (NaN) labels masked out.
 
     ``label`` is 1/0/NaN as produced by ``clinical.outcomes.recurrence_label`` (NaN = censored
     before the horizon, status unknown, never treated as 0). Unknown or zero-weight samples get a
-    zero coefficient (still in the graph). The loss is ``sum(w_i * bce_i) / sum(w_i)`` over known
-    samples; finite 0 with a graph when none is known.
+    zero coefficient (still in the graph).
+
+    * Complete case (``censoring_weights`` None, the earlier behaviour):
+      :math:`\ell = \sum_{i\,known} w_i\,bce_i / \sum_{i\,known} w_i`.
+    * IPCW (``censoring_weights`` :math:`v_i` from ``clinical.outcomes.ipcw_weights``: 0 for an
+      unknown label, :math:`1/\hat G(\min(T_i,H)-)` otherwise):
+      :math:`\ell = \sum_{i\,known} w_i v_i\,bce_i / \sum_{i} w_i`, the denominator over *every*
+      weighted sample, known or not (Horvitz-Thompson). Since :math:`E[v_i] = 1` this is an unbiased
+      estimate, batch by batch, of the BCE the uncensored batch would have; normalising by
+      :math:`\sum w_i v_i` instead would cancel the weights in small batches (at batch size 2 a
+      batch with one known label would carry weight 1 whatever :math:`v_i` is).
+
+    Finite 0 with a graph when nothing is known (or nothing weighted).
 
     Parameters
     ----------
     logit : Tensor [N] or [N, 1]
     label : Tensor [N] or [N, 1], values in [0, 1] or NaN
-    weights : Tensor [N], optional, >= 0
+    weights : Tensor [N], optional, >= 0 (the supervision mask)
+    censoring_weights : Tensor [N], optional, >= 0 (inverse probability of censoring weights)
     """
     logit = _as_vector(logit, "logit")
     label = _as_vector(label, "label").to(device=logit.device, dtype=logit.dtype)
@@ -753,6 +766,12 @@ def masked_bce_with_logits(logit: torch.Tensor, label: torch.Tensor,
     coefficient = torch.where(known, weights, torch.zeros_like(weights))
     per_sample = F.binary_cross_entropy_with_logits(
         logit, torch.where(known, label, torch.zeros_like(label)), reduction="none")
+    if censoring_weights is not None:
+        censoring_weights = _prepare_weights(censoring_weights, n, logit, binary=False)
+        total = weights.sum()
+        if float(total) == 0.0 or float(coefficient.sum()) == 0.0:
+            return 0.0 * logit.sum()
+        return (coefficient * censoring_weights * per_sample).sum() / total
     total = coefficient.sum()
     if float(total) == 0.0:
         return 0.0 * logit.sum()

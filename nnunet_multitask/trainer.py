@@ -47,7 +47,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
-from clinical.outcomes import recurrence_label
+from clinical.outcomes import MIN_CENSORING_SURVIVAL, ipcw_event_rate, ipcw_weights, recurrence_label
 from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask import losses as L
 from nnunet_multitask.aggregation import group_patch_records, patient_prediction
@@ -61,6 +61,9 @@ from nnunet_multitask.roi import (CENTRE_JITTER_VOXELS, crop_box, largest_compon
 
 #: environment variable that seeds a training run (torch, numpy, random; see README "Seeds")
 SEED_ENV = "MULTIREC_SEED"
+
+#: values of ``MultiRecTrainerBase.classification_censoring``
+CLASSIFICATION_CENSORING = ("complete_case", "ipcw")
 
 EXTRA_LOG_KEYS = ("train_seg_losses", "train_cls_losses", "train_surv_losses", "val_c_index", "val_auc",
                   "val_head_cases", "ema_selection_score")
@@ -188,6 +191,16 @@ class MultiRecTrainerBase(nnUNetTrainer):
     survival_head : {"cox", "discrete"}
     lambda_cls, lambda_surv : float
         Weights of the head losses relative to nnU-Net's DC+CE.
+    classification_censoring : {"complete_case", "ipcw"}
+        How the classification head's loss treats patients censored before the horizon (status
+        unknown): ``"complete_case"`` leaves them out and averages the BCE over the known labels;
+        ``"ipcw"`` also leaves them out but weights each known label by the inverse probability that
+        it was observed, ``1 / G(min(T, H)-)`` with G the Kaplan-Meier censoring distribution of the
+        training fold (``clinical.outcomes.ipcw_weights``, G floored at ``min_censoring_survival``),
+        and averages over every supervised sample (``losses.masked_bce_with_logits``); the output
+        bias then starts at the IPCW event rate. Measured in BENCHMARKS.md (benchmarks/bench_ipcw.py).
+    min_censoring_survival : float
+        Floor on G for the IPCW weights (a weight never exceeds its inverse).
     lambda_consistency : float
         Weight of a term tying the classification head's horizon risk to the survival head's
         (``losses.head_consistency``; 0 = off, the measured default: BENCHMARKS.md row c).
@@ -248,6 +261,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
     lambda_cls: float = 0.5
     lambda_surv: float = 0.5
     lambda_consistency: float = 0.0
+    classification_censoring: str = "complete_case"
+    min_censoring_survival: float = MIN_CENSORING_SURVIVAL
     cox_ties: str = "efron"
     risk_memory_size: int = 128
     cox_normalise: str = "batch"
@@ -299,6 +314,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
         if self.image_features == "tumour_roi" and not self.whole_fold_validation:
             raise ValueError(f"{type(self).__name__}: image_features='tumour_roi' needs whole_fold_validation (its "
                              f"heads read the tumour box of the whole image, not nnU-Net's validation patches)")
+        if self.classification_censoring not in CLASSIFICATION_CENSORING:
+            raise ValueError(f"{type(self).__name__}: classification_censoring must be one of "
+                             f"{CLASSIFICATION_CENSORING}, got {self.classification_censoring!r}")
         if self.modality_dropout_rate > 0 and not self.channel_availability:
             raise ValueError(f"{type(self).__name__}: modality_dropout_rate needs channel_availability = True (the "
                              f"heads must be told which series were dropped)")
@@ -437,12 +455,32 @@ class MultiRecTrainerBase(nnUNetTrainer):
         vectors = prep.transform(feats.reset_index(), id_column="case_id")
         outs = lookup_rows(outcomes, keys, "outcomes table", opath)
         labels = recurrence_label(outs[tcol].values, outs[ecol].values, self.horizon)
+        cls_weights = self.classification_weights(outs[tcol].values, outs[ecol].values,
+                                                  tr_out[tcol].values, tr_out[ecol].values)
         self._case_index = {k: i for i, k in enumerate(keys)}
         self._case_data = {k: {"clinical": vectors[i].astype(np.float32), "time": float(outs[tcol].values[i]),
                                "event": float(outs[ecol].values[i]), "label": float(labels[i]),
+                               "cls_weight": float(cls_weights[i]),
                                "availability": availability[k]}
                            for i, k in enumerate(keys)}
         self._val_keys = list(val_keys)
+        tr_w = cls_weights[:len(tr_keys)]
+        known = ~np.isnan(labels[:len(tr_keys)])
+        self.print_to_log_file(
+            f"Classification loss: {self.classification_censoring}; {int(known.sum())} of {len(tr_keys)} training "
+            f"cases have a known status at {self.horizon:g} {self.contract.time_unit}"
+            + (f", IPCW weights {tr_w[known].min():.2f}..{tr_w[known].max():.2f} (censoring Kaplan-Meier of the "
+               f"training fold, floored at {self.min_censoring_survival})"
+               if self.classification_censoring == "ipcw" and known.any() else ""))
+
+    def classification_weights(self, time, event, train_time, train_event) -> np.ndarray:
+        """Per-case censoring weights of the classification loss: ``ipcw_weights`` with the censoring
+        distribution of the training fold (``train_time``, ``train_event``) for ``"ipcw"``; 1 for a
+        known label and 0 for an unknown one for ``"complete_case"`` (then unused)."""
+        if self.classification_censoring == "ipcw":
+            return ipcw_weights(time, event, self.horizon, train_time, train_event,
+                                min_censoring_survival=self.min_censoring_survival)
+        return (~np.isnan(recurrence_label(time, event, self.horizon))).astype(float)
 
     def _fold_availability(self, keys) -> Dict[str, np.ndarray]:
         """0/1 availability over the dataset's channels of every fold case (all ones for a dataset
@@ -524,14 +562,17 @@ class MultiRecTrainerBase(nnUNetTrainer):
 
     def _initialise_output_biases(self, net: MultiTaskUNet, times, events):
         """Start the heads at the training fold's baseline: discrete-time output bias = the
-        covariate-free hazard logits, classification bias = logit of the known-status event rate."""
+        covariate-free hazard logits, classification bias = logit of the known-status event rate
+        (``"ipcw"``: of the IPCW event rate, ``clinical.outcomes.ipcw_event_rate``)."""
         if net.survival_head == "discrete":
             logits = L.discrete_time_baseline_logits(times, events, net.time_bin_edges.cpu().numpy())
             net.survival_output.bias.copy_(torch.as_tensor(logits, dtype=net.survival_output.bias.dtype))
         labels = recurrence_label(times, events, self.horizon)
         known = labels[~np.isnan(labels)]
         if known.size:
-            rate = float(np.clip(known.mean(), 1e-3, 1 - 1e-3))
+            rate = known.mean() if self.classification_censoring != "ipcw" else ipcw_event_rate(
+                times, events, self.horizon, min_censoring_survival=self.min_censoring_survival)
+            rate = float(np.clip(rate, 1e-3, 1 - 1e-3))
             net.classification_head.bias.fill_(float(np.log(rate / (1 - rate))))
 
     def _fit_time_bins(self, times, events) -> torch.Tensor:
@@ -575,13 +616,14 @@ class MultiRecTrainerBase(nnUNetTrainer):
         # one host-to-device copy per step (on a GPU, every small copy is a synchronisation)
         table = np.concatenate([np.stack([r["clinical"] for r in rows]).reshape(len(rows), -1),
                                 np.array([[r["time"], r["event"], r["label"],
-                                           self._case_tumour_voxels.get(str(k), 0.0)]
+                                           self._case_tumour_voxels.get(str(k), 0.0), r.get("cls_weight", 1.0)]
                                           for r, k in zip(rows, keys)], dtype=np.float32),
                                 availability], axis=1)
         table = torch.from_numpy(table).to(self.device, non_blocking=True)
-        n = table.shape[1] - 4 - n_ch
+        n = table.shape[1] - 5 - n_ch
         return {"clinical": table[:, :n], "time": table[:, n], "event": table[:, n + 1], "label": table[:, n + 2],
-                "tumour_voxels": table[:, n + 3], "availability": table[:, n + 4:], "keys": [str(k) for k in keys],
+                "tumour_voxels": table[:, n + 3], "cls_weight": table[:, n + 4],
+                "availability": table[:, n + 5:], "keys": [str(k) for k in keys],
                 # integer identity of each case inside this fold, for the Cox memory's one entry per case
                 "case_index": torch.tensor([self._case_index[str(k)] for k in keys], dtype=torch.long)}
 
@@ -613,7 +655,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
             has_tumour = self.head_supervision_weights(t0, ctx["keys"], ctx.get("tumour_voxels"))
         ctx["heads"] = heads
         ctx["head_weights"] = has_tumour  # the consistency term weighs the same patches
-        cls_loss = L.masked_bce_with_logits(heads["cls_logit"].float(), ctx["label"], weights=has_tumour)
+        cls_loss = L.masked_bce_with_logits(
+            heads["cls_logit"].float(), ctx["label"], weights=has_tumour,
+            censoring_weights=ctx["cls_weight"] if self.classification_censoring == "ipcw" else None)
         time_, event = ctx["time"], ctx["event"]
         if net.survival_head == "cox":
             log_risk, w, ids = heads["log_risk"].float(), has_tumour, ctx["case_index"]
