@@ -63,7 +63,7 @@ B_VALUE_TOLERANCE = 5.0
 #: about 3000, so a larger value is noise or flow)
 DAPP_BOUNDS = (1.0, 5000.0)
 #: default foreground threshold: this fraction of the 99th percentile of the lowest-b signal
-BACKGROUND_FRACTION = 0.05
+BACKGROUND_FRACTION = 0.1
 #: voxels per block of the vectorised DKI fit (bounds the memory of the temporaries, ~20 MB each)
 CHUNK_VOXELS = 1 << 18
 #: Levenberg-Marquardt iterations of the bounded refinement (voxels that converge leave earlier)

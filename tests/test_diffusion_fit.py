@@ -191,7 +191,7 @@ def test_missing_low_b_and_too_few_adc_b_values_raise():
 def test_background_and_nonpositive_voxels_are_zero_never_nan():
     signal = dki_signal(B_RECTAL, np.full(6, 1200.0), np.full(6, 0.9))
     signal[:, 0] = 0.0                  # background
-    signal[:, 1] = 1.0                  # faint (below 5 % of the 99th percentile)
+    signal[:, 1] = 1.0                  # faint (below 10 % of the 99th percentile)
     signal[3, 2] = 0.0                  # a zero at b=1500: not in the ADC set, left out of the DKI fit
     signal[1, 3] = -5.0                 # negative at b=50: left out of both
     fit = fit_diffusion(signal, B_RECTAL)
