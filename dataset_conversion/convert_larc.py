@@ -39,9 +39,13 @@ Usage::
 or the same flags after the console script ``nnUNetv2_convert_larc``. Bad input exits with status 2 and an
 ``error:`` line (as ``nnUNetv2_predict_multitask`` and the evaluation).
 
-Every image is read completely (a ``.nii.gz`` cut short is refused, see
+Every image is read completely, and compared with the size its header promises before ITK reads it (a
+``.nii.gz`` cut short, or a header declaring far more voxels than the file holds, is refused, see
 :mod:`dataset_conversion.nifti_integrity`), and a constant series (e.g. an all-zero T2 or ADC from
-a failed export) is refused unless ``--allow-constant-series`` is given.
+a failed export) is refused unless ``--allow-constant-series`` is given. A patient folder holds one
+file per series: a second file for a series under another ending or capitalisation (``T2.nii`` or
+``t2.nii.gz`` beside ``T2.nii.gz``) is refused before any image is read (:func:`series_file`, the one
+resolver every check and the conversion read through).
 
 A patient lacking ADC, Dapp or Kapp is refused unless ``--allow-missing-series`` is given (T2 and the
 mask are always required). With it, a missing channel of a development case (``imagesTr``) is written as
@@ -74,13 +78,14 @@ from tqdm import tqdm
 
 from clinical.schema import GROUPS, ClinicalSchema
 from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
-from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
+from dataset_conversion.nifti_integrity import (IncompleteImageError, is_nifti, itk_error_reason,
+                                                read_nifti_completely)
 from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract, missing_series_filler
 
 __all__ = [
     "CHANNELS", "OPTIONAL_CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "SERIES_AVAILABILITY_FILE",
-    "ConversionError", "EXIT_BAD_INPUT", "convert_cohort", "split_internal_test", "make_folds", "build_parser",
-    "main",
+    "IMAGE_ENDINGS", "ConversionError", "EXIT_BAD_INPUT", "convert_cohort", "series_file", "split_internal_test",
+    "make_folds", "build_parser", "main",
 ]
 
 #: nnU-Net channel index -> series name; also the file stem in the cohort folder.
@@ -92,6 +97,11 @@ SERIES_AVAILABILITY_FILE = "series_availability.csv"
 MASK_FILE = "mask.nii.gz"
 LABELS = {"background": 0, "tumour": 1}
 FILE_ENDING = ".nii.gz"
+#: Endings of an image file (compared in lower case). A patient folder may hold one file per series: a second
+#: one with another ending or capitalisation (``T2.nii`` or ``t2.nii.gz`` beside ``T2.nii.gz``) is refused,
+#: because ITK's NIfTI reader asked for ``T2.nii.gz`` reads ``T2.nii`` when both exist.
+IMAGE_ENDINGS: Tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".hdr", ".hdr.gz", ".img",
+                                  ".img.gz", ".gipl", ".gipl.gz", ".vtk", ".dcm")
 #: A diffusion map must physically cover at least this fraction of the T2 volume.
 MIN_FOV_COVERAGE = 0.95
 # Tolerances for "same grid": spacing relative, origin in voxels of the T2 grid, direction cosines.
@@ -113,56 +123,99 @@ class ConversionError(ValueError):
 
 
 # ---------------------------------------------------------------------------- images
-def _read_image(path: Path, patient_id: str) -> sitk.Image:
-    """Read a 3D scalar image, with errors that name the patient and the file."""
-    if not path.is_file():
-        raise ConversionError(f"patient {patient_id}: missing file {path}{_case_hint(path)}")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"patient {patient_id}: cannot read {path}: {first_line}") from None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ConversionError(f"patient {patient_id}: {path} is not a 3D single-channel image "
-                              f"(dimension {image.GetDimension()}, "
-                              f"{image.GetNumberOfComponentsPerPixel()} components)")
-    return image
+def series_file(patient_dir: Path, file_name: str, patient_id: str) -> Tuple[Path, bool, str]:
+    """Which file of a patient folder holds one series: the one resolver of the converter.
 
+    Every check and the conversion read the path returned here, so the file checked is the file
+    converted. A folder may hold one file per series: two or more files whose names differ from
+    ``file_name`` only in their ending (:data:`IMAGE_ENDINGS`: ``T2.nii`` beside ``T2.nii.gz``,
+    ``T2.mha``, ...) or capitalisation (``t2.nii.gz`` beside ``T2.nii.gz``) are refused, naming the
+    patient and every file; ITK's NIfTI reader asked for ``T2.nii.gz`` reads ``T2.nii`` when both exist.
+    Other files (``T2.json``, a report) are ignored.
 
-def _case_hint(path: Path) -> str:
-    """A hint when the file exists under another capitalisation (``t2.nii.gz`` for ``T2.nii.gz``)."""
-    if not path.parent.is_dir():
-        return ""
-    others = sorted(p.name for p in path.parent.iterdir() if p.name.lower() == path.name.lower() and p != path)
-    if not others:
-        return ""
-    return (f" (found {', '.join(others)}: file names are case-sensitive; rename it to {path.name})")
+    Parameters
+    ----------
+    patient_dir : Path
+        ``images/<patient_id>`` of the cohort.
+    file_name : str
+        The expected name (``T2.nii.gz``, ``mask.nii.gz``); names are case-sensitive.
+    patient_id : str
+        Named in errors.
 
+    Returns
+    -------
+    path : Path
+        ``patient_dir / file_name``.
+    present : bool
+        Whether exactly that file exists.
+    hint : str
+        When it does not exist but one file of the series exists under another name, a hint
+        naming it (empty otherwise).
 
-def _check_complete_and_finite(image: sitk.Image, path: Path, patient_id: str) -> None:
-    """Refuse a file that is cut short, and NaN or infinite voxels, counted in the stored values.
-
-    SimpleITK reads a ``.nii.gz`` cut short (an interrupted copy) without complaint and fills the
-    missing voxels with zeros, so every NIfTI file is decompressed completely once and its size
-    compared with what its header promises (:mod:`dataset_conversion.nifti_integrity`).
-    ITK before version 6 also silently replaces every non-finite voxel of a NIfTI file by 0 on read
-    (ITK pull request #6683), so the SimpleITK image cannot show them; for NIfTI the on-disk
-    values are taken from that same complete read (nibabel), other formats keep them in SimpleITK.
+    Raises
+    ------
+    ConversionError
+        Two or more files for the series.
     """
+    path = patient_dir / file_name
+    stem = file_name[:-len(FILE_ENDING)] if file_name.endswith(FILE_ENDING) else file_name
+    accepted = {(stem + ending).lower() for ending in IMAGE_ENDINGS}
+    found = sorted(p.name for p in patient_dir.iterdir() if p.name.lower() in accepted and p.is_file()) \
+        if patient_dir.is_dir() else []
+    if len(found) > 1:
+        raise ConversionError(
+            f"patient {patient_id}: {len(found)} files for series {stem} in {patient_dir}: {', '.join(found)}: one "
+            f"file per series; keep {file_name} and move the other(s) out of the folder (a reader could otherwise "
+            f"take another file than the one checked)")
+    if found == [file_name]:
+        return path, True, ""
+    if not found:
+        return path, False, ""
+    other = found[0]
+    if other.lower() == file_name.lower():
+        return path, False, f" (found {other}: file names are case-sensitive; rename it to {file_name})"
+    return path, False, (f" (found {other}: the cohort layout expects {file_name}, a gzip-compressed NIfTI file; "
+                         f"convert it to that name)")
+
+
+def _read_image(path: Path, patient_id: str) -> sitk.Image:
+    """Read a 3D scalar image completely, with errors that name the patient, the file and the problem.
+
+    A NIfTI file is first decompressed completely (:func:`dataset_conversion.nifti_integrity.read_nifti_completely`)
+    and compared with the size its header promises, before ITK reads it: ITK zero-fills a ``.nii.gz`` cut
+    short, and allocates whatever the header declares (10000^3 voxels in a file of a few hundred bytes: terabytes).
+    ITK's own reason is kept in the message (its text starts with a C++ source line). NaN and infinite
+    voxels are refused, counted in the stored values: ITK before version 6 silently replaces every
+    non-finite voxel of a NIfTI file by 0 on read (ITK pull request #6683), so for NIfTI they are counted
+    in the complete nibabel read; other formats keep them in SimpleITK.
+    """
+    nifti = None
     if is_nifti(path):
         try:
             nifti = read_nifti_completely(path)
         except IncompleteImageError as e:
-            raise ConversionError(f"patient {patient_id}: {path}: {e}") from None
-        if nifti.get_data_dtype().kind not in "fc":  # integer voxels cannot be NaN or infinite
-            return
-        voxels = np.asanyarray(nifti.dataobj)
+            raise ConversionError(f"patient {patient_id}: cannot read {path}: {e}") from None
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        reason = itk_error_reason(e)
+        if "orthonormal" in reason:
+            reason += (" (the file's orientation, its sform/qform affine, is sheared or degenerate: re-export the "
+                       "series or repair its header)")
+        raise ConversionError(f"patient {patient_id}: cannot read {path}: {reason}") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ConversionError(f"patient {patient_id}: {path} is not a 3D single-channel image "
+                              f"(dimension {image.GetDimension()}, "
+                              f"{image.GetNumberOfComponentsPerPixel()} components)")
+    if nifti is not None:
+        voxels = np.asanyarray(nifti.dataobj) if nifti.get_data_dtype().kind in "fc" else None
     else:
         voxels = sitk.GetArrayViewFromImage(image)
-    if np.issubdtype(voxels.dtype, np.inexact):
+    if voxels is not None and np.issubdtype(voxels.dtype, np.inexact):  # integer voxels cannot be NaN or inf
         n_bad = int(voxels.size - np.count_nonzero(np.isfinite(voxels)))
         if n_bad:
             raise ConversionError(f"patient {patient_id}: {path} has {n_bad} NaN or infinite voxel(s)")
+    return image
 
 
 def _check_not_constant(image: sitk.Image, path: Path, patient_id: str, series: str,
@@ -213,31 +266,40 @@ def resample_onto(moving: sitk.Image, reference: sitk.Image) -> sitk.Image:
     return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
-def _require_present(path: Path, patient_id: str, allow_missing_series: bool) -> None:
-    """Under ``--allow-missing-series``, refuse a missing T2 or mask saying that they stay required.
+def _required_file(patient_dir: Path, file_name: str, patient_id: str, allow_missing_series: bool) -> Path:
+    """The T2 or mask file of a patient (:func:`series_file`); a missing one is refused, also with
+    ``--allow-missing-series`` (saying that they stay required)."""
+    path, present, hint = series_file(patient_dir, file_name, patient_id)
+    if present:
+        return path
+    tail = ": T2 and the mask are required even with --allow-missing-series" if allow_missing_series else ""
+    raise ConversionError(f"patient {patient_id}: missing file {path}{hint}{tail}")
 
-    Without the flag :func:`_read_image` refuses the missing file as for any other series.
+
+def _optional_file(patient_dir: Path, file_name: str, patient_id: str, allow_missing_series: bool) -> Optional[Path]:
+    """The file of a diffusion series (:func:`series_file`), or None when it is missing (allowed only with
+    ``allow_missing_series``).
+
+    A file present under another name (``adc.nii.gz``, ``ADC.nii``) is not "missing": it is refused
+    with a rename hint, so a misnamed series is never silently replaced by a filler.
     """
-    if path.is_file() or not allow_missing_series:
-        return  # without the flag _read_image gives today's "missing file" error
-    raise ConversionError(f"patient {patient_id}: missing file {path}{_case_hint(path)}: T2 and the mask are "
-                          f"required even with --allow-missing-series")
-
-
-def _series_is_missing(path: Path, patient_id: str, allow_missing_series: bool) -> bool:
-    """Whether the optional series ``path`` is absent (allowed only with ``allow_missing_series``).
-
-    A file present under another capitalisation (``adc.nii.gz``) is not "missing": it is left to
-    :func:`_read_image`, which refuses it with a rename hint, so a misnamed series is never
-    silently replaced by a filler.
-    """
-    if path.is_file() or _case_hint(path):
-        return False
+    path, present, hint = series_file(patient_dir, file_name, patient_id)
+    if present:
+        return path
+    if hint:
+        raise ConversionError(f"patient {patient_id}: missing file {path}{hint}")
     if not allow_missing_series:
         lacking = f"{', '.join(OPTIONAL_CHANNELS[:-1])} or {OPTIONAL_CHANNELS[-1]}"
         raise ConversionError(f"patient {patient_id}: missing file {path}. Pass --allow-missing-series to convert "
                               f"patients lacking {lacking} (T2 and the mask stay required)")
-    return True
+    return None
+
+
+def _check_one_file_per_series(cohort_dir: Path, patients: Sequence[str]) -> None:
+    """Before any image is read: no patient folder holds two files for one series (:func:`series_file`)."""
+    for patient_id in patients:
+        for file_name in (*(f"{series}{FILE_ENDING}" for series in CHANNELS), MASK_FILE):
+            series_file(cohort_dir / "images" / patient_id, file_name, patient_id)
 
 
 def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: Path,
@@ -266,19 +328,15 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     tuple of int
         Availability per channel in :data:`CHANNELS` order: 1 the real series, 0 missing.
     """
-    t2_path = patient_dir / f"{CHANNELS[0]}{FILE_ENDING}"
-    _require_present(t2_path, patient_id, allow_missing_series)
+    t2_path = _required_file(patient_dir, f"{CHANNELS[0]}{FILE_ENDING}", patient_id, allow_missing_series)
     t2 = _read_image(t2_path, patient_id)
-    _check_complete_and_finite(t2, t2_path, patient_id)
     _check_not_constant(t2, t2_path, patient_id, CHANNELS[0], allow_constant_series)
     # Cast, Resample and GetImageFromArray start from an empty metadata dictionary, so header
     # text of the export (NIfTI descrip, often a patient name or id) is not carried over.
     t2 = sitk.Cast(t2, sitk.sitkFloat32)
 
-    mask_path = patient_dir / MASK_FILE
-    _require_present(mask_path, patient_id, allow_missing_series)
+    mask_path = _required_file(patient_dir, MASK_FILE, patient_id, allow_missing_series)
     mask = _read_image(mask_path, patient_id)
-    _check_complete_and_finite(mask, mask_path, patient_id)
     why = _grid_mismatch(mask, t2)
     if why is not None:
         raise ConversionError(f"patient {patient_id}: {mask_path} is not on the T2 grid of {t2_path}: {why}")
@@ -295,15 +353,14 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     channels: List[Optional[sitk.Image]] = [t2]
     available = [1]
     for series in CHANNELS[1:]:
-        path = patient_dir / f"{series}{FILE_ENDING}"
-        if _series_is_missing(path, patient_id, allow_missing_series):
+        path = _optional_file(patient_dir, f"{series}{FILE_ENDING}", patient_id, allow_missing_series)
+        if path is None:
             # zeros on the T2 grid, the same filler the predictor writes (why zero: its docstring); the
             # constant and coverage checks below are for real series only, never for this filler
             channels.append(missing_series_filler(t2) if write_missing_as_zeros else None)
             available.append(0)
             continue
         diffusion = _read_image(path, patient_id)
-        _check_complete_and_finite(diffusion, path, patient_id)
         _check_not_constant(diffusion, path, patient_id, series, allow_constant_series)
         # Diffusion FOVs are often smaller than the T2 FOV (fewer slices); voxels outside the map
         # become 0 after resampling. A small uncovered rim is normal, more means a wrong series or
@@ -636,6 +693,7 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
 
     schema = ClinicalSchema.load(schema_path)
     plan = _plan(cohort_dir, schema, name, external_centres, internal_test_fraction, n_folds, seed)
+    _check_one_file_per_series(cohort_dir, sorted(plan.case_of))
 
     preprocessed_splits = preprocessed_root / folder_name / "splits_final.json" if preprocessed_root else None
     if preprocessed_splits is not None and not overwrite:
