@@ -224,6 +224,8 @@ def _rigid_parts(transform) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rotation matrix, centre and translation of a 3-D rigid matrix-offset transform."""
     if isinstance(transform, sitk.Transform) and type(transform) is sitk.Transform:
         transform = transform.Downcast()
+    if isinstance(transform, sitk.CompositeTransform) and transform.GetNumberOfTransforms() == 1:
+        transform = transform.GetNthTransform(0).Downcast()     # what ImageRegistrationMethod.Execute returns
     if not all(hasattr(transform, a) for a in ("GetMatrix", "GetCenter", "GetTranslation")):
         raise RegistrationError(f"a {type(transform).__name__} is not a rigid matrix transform "
                                 f"(Euler3DTransform or VersorRigid3DTransform expected)")
@@ -249,7 +251,7 @@ def apply_rigid_to_geometry(image: sitk.Image, transform) -> sitk.Image:
         3-D image on the moving image's frame (e.g. the DWI, or ADC / Dapp / Kapp on the DWI grid).
     transform : SimpleITK transform
         Rigid: ``Euler3DTransform`` (as :func:`register_rigid` returns), ``VersorRigid3DTransform``, or a
-        generic ``Transform`` holding one.
+        generic ``Transform`` or one-element ``CompositeTransform`` holding one.
 
     Returns
     -------

@@ -182,6 +182,7 @@ def test_apply_rigid_to_geometry_equals_resampling():
     np.testing.assert_allclose(tx.TransformPoint(p_corrected), moving.TransformIndexToPhysicalPoint(index), atol=1e-9)
     # a generic Transform holding the Euler transform works; a scaling cannot be absorbed
     assert apply_rigid_to_geometry(moving, sitk.Transform(tx)).GetOrigin() == corrected.GetOrigin()
+    assert apply_rigid_to_geometry(moving, sitk.CompositeTransform([tx])).GetDirection() == corrected.GetDirection()
     scaled = sitk.Similarity3DTransform()
     scaled.SetScale(1.1)
     with pytest.raises(RegistrationError, match="not a rotation"):
