@@ -153,6 +153,7 @@ Command line::
         [--shape X Y Z] [--centres 3] [--censoring-rate R] [--follow-up-months MIN MAX] [--overwrite] \
         [--missing-series SERIES[,SERIES...]:FRACTION|centre=C ...] \
         [--findings LIST|all] [--image-risk LIST|none] [--permute-findings] [--no-radiologist-columns]
+        [--dicom-out DIR]   (also the cohort as DICOM: dataset_conversion.synthetic_dicom)
 
 or the same flags after the console script ``multirec_synthetic_cohort``; bad input exits with status 2.
 """
@@ -1653,6 +1654,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave mrf and emvi out of clinical.csv (with extension / emvi drawn only the "
                              "images then show them) and write schema.json, the clinical schema without them, "
                              "for convert_larc --schema")
+    parser.add_argument("--dicom-out", default=None, metavar="DIR",
+                        help="also write the cohort as DICOM into DIR (dataset_conversion.synthetic_dicom: T2 and "
+                             "one multi-b DWI series per patient, default SNR and b-values, seed --seed)")
     return parser
 
 
@@ -1666,6 +1670,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          for spec in args.missing_series]
     except ValueError as error:
         parser.error(str(error))
+    if args.dicom_out and args.missing_series:
+        parser.error("--dicom-out needs every series of every patient (leave out --missing-series)")
     start = time.perf_counter()
     try:
         table = generate_cohort(args.out, args.patients, seed=args.seed, shape=tuple(args.shape),
@@ -1684,6 +1690,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if missing_specs:
         removed = select_missing_series(missing_specs, args.patients, args.seed, args.centres)
         print(missing_series_summary(removed, args.patients))
+    if args.dicom_out:
+        from dataset_conversion.synthetic_dicom import write_cohort_dicom
+        try:
+            write_cohort_dicom(args.out, args.dicom_out, overwrite=args.overwrite, seed=args.seed)
+        except (ValueError, FileExistsError) as error:
+            print(f"error: --dicom-out: {error}", file=sys.stderr)
+            return 2
+        print(f"wrote the cohort as DICOM to {Path(args.dicom_out).resolve()}")
     return 0
 
 

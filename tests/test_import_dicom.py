@@ -392,6 +392,22 @@ def test_command_line_exits_2_without_traceback(source, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_synthetic_larc_dicom_out(tmp_path, capsys):
+    """--dicom-out writes the DICOM cohort beside the NIfTI one, which stays byte-identical."""
+    base = ["--patients", "1", "--seed", "4", "--shape", *map(str, SHAPE), "--no-progress"]
+    assert sl.main(["--out", str(tmp_path / "plain"), *base]) == 0
+    assert sl.main(["--out", str(tmp_path / "cohort"), *base, "--dicom-out", str(tmp_path / "dicom")]) == 0
+    for path in (tmp_path / "plain").rglob("*"):
+        if path.is_file():
+            assert path.read_bytes() == (tmp_path / "cohort" / path.relative_to(tmp_path / "plain")).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "dicom" / "P0001").iterdir()) == ["ADC", "DWI", "T2"]
+    assert run_import(tmp_path / "dicom" / "P0001", tmp_path / "out") == 0
+    with pytest.raises(SystemExit):
+        sl.main(["--out", str(tmp_path / "x"), *base, "--dicom-out", str(tmp_path / "d2"), "--missing-series",
+                 "Dapp:1.0"])
+    assert "--dicom-out needs every series" in capsys.readouterr().err
+
+
 def test_import_patient_raises_named_error(source, tmp_path):
     with pytest.raises(DicomImportError, match="no DICOM images found"):
         (tmp_path / "empty").mkdir()
