@@ -507,18 +507,21 @@ def _dwi_groups(dwi: List[_Series], notes: List[str], ignored: List[dict]) -> Di
 
 
 # ---------------------------------------------------------------------------- the import
-def _fit(images: List[sitk.Image], b_values: List[float], adc_b_values, max_b: float, refine: bool):
+def _fit(images: List[sitk.Image], b_values: List[float], adc_b_values, max_b: float, refine: bool, label: str):
     from dataset_conversion.diffusion_fit import DiffusionFitError, fit_diffusion_images
     try:
         return fit_diffusion_images(images, b_values, adc_b_values=adc_b_values, max_b=max_b, refine=refine)
     except DiffusionFitError as error:
-        raise DicomImportError(f"diffusion fit: {error}") from None
+        raise DicomImportError(f"{label}: diffusion fit: {error}") from None
 
 
 def _register(t2: sitk.Image, low_b: sitk.Image, maps: Dict[str, sitk.Image]) -> Tuple[Dict[str, sitk.Image], dict]:
-    from dataset_conversion.registration import apply_rigid_to_geometry, register_rigid
-    registration = register_rigid(t2, low_b)
-    moved = {name: apply_rigid_to_geometry(image, registration.transform) for name, image in maps.items()}
+    from dataset_conversion.registration import RegistrationError, apply_rigid_to_geometry, register_rigid
+    try:
+        registration = register_rigid(t2, low_b)
+        moved = {name: apply_rigid_to_geometry(image, registration.transform) for name, image in maps.items()}
+    except RegistrationError as error:
+        raise DicomImportError(f"--register rigid: {error}") from None
     record = registration.record()
     record.setdefault("metric_before", registration.metric_before)
     record.setdefault("metric_after", registration.metric_after)
@@ -618,7 +621,7 @@ def import_patient(dicom_dir, out_dir, options: Optional[ImportOptions] = None, 
     if adc_only and not options.allow_adc_only:
         raise DicomImportError(f"{dwi_label}: {len(fitted_b)} distinct b-values <= {options.max_b:g} ({fitted_b}); "
                                "Dapp and Kapp need 3; pass --allow-adc-only to import ADC only")
-    maps, fit_record = _fit(volumes, b_values, options.adc_b_values, options.max_b, options.refine)
+    maps, fit_record = _fit(volumes, b_values, options.adc_b_values, options.max_b, options.refine, dwi_label)
     if adc_only:
         log(f"{PROG}: WARNING: ADC ONLY for patient {patient_id}: {len(fitted_b)} distinct b-values ({fitted_b}); "
             "no Dapp or Kapp written (convert with --allow-missing-series)", file=sys.stderr)

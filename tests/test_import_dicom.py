@@ -267,6 +267,17 @@ def test_written_cohort_converts_and_holds_no_identifiers(source, tmp_path, caps
     assert (raw / "Dataset591_DICOMTEST" / "dataset.json").is_file()
 
 
+def test_fit_options_reach_the_fit(source, tmp_path, capsys):
+    written = dicom_of(source, tmp_path, scanner_adc="none")
+    out = tmp_path / "out"
+    assert run_import(written["folder"], out, "--adc-b-values", "0", "800", "--max-b", "1500", "--no-refine") == 0
+    fit = json.loads((out / FIT_FOLDER / "P0001" / "fit_record.json").read_text())["fit"]
+    assert fit["adc"]["b_values"] == [0.0, 800.0]
+    assert fit["dki"]["b_values"] == [0.0, 50.0, 800.0, 1500.0] and fit["dki"]["refine"] is False
+    fails_cleanly(capsys, written["folder"], tmp_path / "out2", ["ep2d_diff", "diffusion fit", "1000"],
+                  "--adc-b-values", "0", "1000")
+
+
 def test_existing_patient_needs_overwrite(source, tmp_path, capsys):
     written = dicom_of(source, tmp_path)
     out = tmp_path / "out"
