@@ -78,8 +78,10 @@ from tqdm import tqdm
 
 from clinical.schema import GROUPS, ClinicalSchema
 from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
-from dataset_conversion.nifti_integrity import (IncompleteImageError, is_nifti, itk_error_reason,
-                                                read_nifti_completely)
+# IMAGE_ENDINGS: a patient folder holds one file per series; a second one under another of these endings or
+# another capitalisation (T2.nii or t2.nii.gz beside T2.nii.gz) is refused (ITK reads T2.nii when asked for T2.nii.gz)
+from dataset_conversion.nifti_integrity import (IMAGE_ENDINGS, IncompleteImageError, find_series_files, is_nifti,
+                                                itk_error_reason, read_nifti_completely)
 from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract, missing_series_filler
 
 __all__ = [
@@ -97,11 +99,6 @@ SERIES_AVAILABILITY_FILE = "series_availability.csv"
 MASK_FILE = "mask.nii.gz"
 LABELS = {"background": 0, "tumour": 1}
 FILE_ENDING = ".nii.gz"
-#: Endings of an image file (compared in lower case). A patient folder may hold one file per series: a second
-#: one with another ending or capitalisation (``T2.nii`` or ``t2.nii.gz`` beside ``T2.nii.gz``) is refused,
-#: because ITK's NIfTI reader asked for ``T2.nii.gz`` reads ``T2.nii`` when both exist.
-IMAGE_ENDINGS: Tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".hdr", ".hdr.gz", ".img",
-                                  ".img.gz", ".gipl", ".gipl.gz", ".vtk", ".dcm")
 #: A diffusion map must physically cover at least this fraction of the T2 volume.
 MIN_FOV_COVERAGE = 0.95
 # Tolerances for "same grid": spacing relative, origin in voxels of the T2 grid, direction cosines.
@@ -128,10 +125,10 @@ def series_file(patient_dir: Path, file_name: str, patient_id: str) -> Tuple[Pat
 
     Every check and the conversion read the path returned here, so the file checked is the file
     converted. A folder may hold one file per series: two or more files whose names differ from
-    ``file_name`` only in their ending (:data:`IMAGE_ENDINGS`: ``T2.nii`` beside ``T2.nii.gz``,
-    ``T2.mha``, ...) or capitalisation (``t2.nii.gz`` beside ``T2.nii.gz``) are refused, naming the
-    patient and every file; ITK's NIfTI reader asked for ``T2.nii.gz`` reads ``T2.nii`` when both exist.
-    Other files (``T2.json``, a report) are ignored.
+    ``file_name`` only in their ending (``T2.nii``, ``T2.mha``, ... beside ``T2.nii.gz``: any of
+    :data:`~dataset_conversion.nifti_integrity.IMAGE_ENDINGS`) or capitalisation (``t2.nii.gz`` beside
+    ``T2.nii.gz``) are refused, naming the patient and every file; ITK's NIfTI reader asked for
+    ``T2.nii.gz`` reads ``T2.nii`` when both exist. Other files (``T2.json``, a report) are ignored.
 
     Parameters
     ----------
@@ -159,9 +156,7 @@ def series_file(patient_dir: Path, file_name: str, patient_id: str) -> Tuple[Pat
     """
     path = patient_dir / file_name
     stem = file_name[:-len(FILE_ENDING)] if file_name.endswith(FILE_ENDING) else file_name
-    accepted = {(stem + ending).lower() for ending in IMAGE_ENDINGS}
-    found = sorted(p.name for p in patient_dir.iterdir() if p.name.lower() in accepted and p.is_file()) \
-        if patient_dir.is_dir() else []
+    found = [p.name for p in find_series_files(patient_dir, stem)]
     if len(found) > 1:
         raise ConversionError(
             f"patient {patient_id}: {len(found)} files for series {stem} in {patient_dir}: {', '.join(found)}: one "

@@ -32,7 +32,14 @@ from typing import Tuple
 
 import nibabel
 
-__all__ = ["IncompleteImageError", "read_nifti_completely", "check_nifti_size", "itk_error_reason", "is_nifti"]
+__all__ = ["IncompleteImageError", "read_nifti_completely", "check_nifti_size", "itk_error_reason", "is_nifti",
+           "IMAGE_ENDINGS", "split_image_name", "find_series_files"]
+
+#: Endings of an image file, compared in lower case (longest first where one ends another). Two files of one
+#: series (or one case and channel) whose names differ only in these endings or in capitalisation are
+#: ambiguous: ITK's NIfTI reader asked for ``T2.nii.gz`` reads ``T2.nii`` when both exist.
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".hdr.gz", ".hdr", ".img.gz", ".img",
+                 ".gipl.gz", ".gipl", ".vtk", ".dcm")
 
 #: Bytes decompressed at a time by :func:`check_nifti_size`.
 _CHUNK = 1 << 20
@@ -49,6 +56,46 @@ class IncompleteImageError(ValueError):
 
 def is_nifti(path) -> bool:
     return str(path).endswith((".nii", ".nii.gz"))
+
+
+def split_image_name(name: str):
+    """``(stem, ending)`` of an image file name (the ending as written, matched case-insensitively
+    against :data:`IMAGE_ENDINGS`), or None when the name has none of them (``T2.json``, ``notes.txt``)."""
+    lower = name.lower()
+    for ending in IMAGE_ENDINGS:
+        if lower.endswith(ending) and len(name) > len(ending):
+            return name[:-len(ending)], name[-len(ending):]
+    return None
+
+
+def find_series_files(folder, stem: str, names=None) -> list:
+    """Every image file in ``folder`` whose stem equals ``stem`` ignoring case, whatever its image ending.
+
+    More than one means two files for one series (``T2.nii`` beside ``T2.nii.gz``, ``t2.nii.gz`` beside
+    ``T2.nii.gz``, ``case_0000.nii`` beside ``case_0000.nii.gz``): the caller should refuse, naming
+    them, since a reader may take another file than the one that was checked.
+
+    Parameters
+    ----------
+    folder : str or Path
+    stem : str
+        The name without its ending (``"T2"``, ``"LARC_0001_0000"``).
+    names : iterable of str, optional
+        The folder's file names, when the caller already listed it (a folder of thousands of cases is
+        then listed once, not once per case); otherwise the folder is listed here.
+
+    Returns
+    -------
+    list of Path
+        Sorted by name; only regular files (or links to them) when the folder is listed here.
+    """
+    folder = Path(folder)
+    if names is None:
+        if not folder.is_dir():
+            return []
+        names = [p.name for p in folder.iterdir() if p.is_file()]
+    wanted = stem.lower()
+    return [folder / n for n in sorted(names) if (split := split_image_name(n)) and split[0].lower() == wanted]
 
 
 def _header_class(raw: bytes):

@@ -30,8 +30,8 @@ import SimpleITK as sitk
 from clinical.schema import DEFAULT_SCHEMA_PATH, ClinicalSchema, SchemaError
 from clinical.tables import ClinicalTableError, read_case_table
 from dataset_conversion import convert_larc
-from dataset_conversion.nifti_integrity import (IncompleteImageError, check_nifti_size, itk_error_reason,
-                                                read_nifti_completely)
+from dataset_conversion.nifti_integrity import (IncompleteImageError, check_nifti_size, find_series_files,
+                                                itk_error_reason, read_nifti_completely, split_image_name)
 
 try:
     from cohort_factory import T2_ORIGIN, T2_SPACING, write_cohort
@@ -330,6 +330,23 @@ def test_the_file_checked_is_the_file_converted(cohort, roots, capsys):
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(written_path)))
     source = np.asanyarray(nibabel.load(str(folder / "T2.nii.gz")).dataobj).transpose(2, 1, 0)
     np.testing.assert_array_equal(written, source)
+
+
+def test_find_series_files_for_the_predictor(tmp_path):
+    """The public helper the predictor can use for one file per case and channel."""
+    assert split_image_name("T2.nii.gz") == ("T2", ".nii.gz")
+    assert split_image_name("LARC_0001_0000.NII") == ("LARC_0001_0000", ".NII")
+    assert split_image_name("T2.json") is None and split_image_name(".nii.gz") is None
+    for name in ("LARC_0001_0000.nii.gz", "LARC_0001_0000.nii", "larc_0001_0000.nii.gz", "LARC_0001_0001.nii.gz",
+                 "LARC_0001_0000.json", "LARC_0001_00000.nii.gz"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "LARC_0001_0000.mha").mkdir()  # a folder is not a file
+    expected = [tmp_path / n for n in ("LARC_0001_0000.nii", "LARC_0001_0000.nii.gz", "larc_0001_0000.nii.gz")]
+    assert find_series_files(tmp_path, "LARC_0001_0000") == expected
+    assert find_series_files(tmp_path, "LARC_0001_0001") == [tmp_path / "LARC_0001_0001.nii.gz"]
+    listing = [p.name for p in tmp_path.iterdir()]  # listed once by the caller: folders are the caller's business
+    assert find_series_files(tmp_path, "LARC_0001_0000", names=listing)[-1] == tmp_path / "larc_0001_0000.nii.gz"
+    assert find_series_files(tmp_path / "absent", "x") == []
 
 
 def test_stray_file_with_overwrite_keeps_the_old_dataset(cohort, roots, capsys):
