@@ -47,7 +47,11 @@ number.  ``convert_larc`` reads only ``clinical.csv`` and ``images/``: the mask 
 clinical row are still to be added before converting.
 
 Bad input: ``multirec_import_dicom: error: <series/file>: <problem>`` on stderr, exit status 2, nothing
-written.
+written: no b=0 / low-b image, fewer than 3 distinct b-values (without ``--allow-adc-only``), b-groups on
+different geometries, missing slices, a series that is not what its label says, images of several patients,
+no T2 (the series descriptions found are listed), enhanced multi-frame MR, an existing patient (without
+``--overwrite``), a T2 series already imported under another id, a ``--patient-id`` equal to the DICOM
+PatientID, a failed fit or registration.
 """
 from __future__ import annotations
 
@@ -598,6 +602,11 @@ def import_patient(dicom_dir, out_dir, options: Optional[ImportOptions] = None, 
 
     t2_series = _select_t2(series, options.t2_series_description, options.t2_series_uid)
     dwi_series = _select_dwi(series, t2_series, options.dwi_series_uids)
+    earlier = [r["patient_id"] for r in _read_mapping(out_dir / MAPPING_FILE)
+               if r.get("t2_series_instance_uid") == t2_series.uid and r["patient_id"] != patient_id]
+    if earlier:
+        raise DicomImportError(f"{t2_series.label}: already imported as patient {earlier[0]} "
+                               f"({out_dir / MAPPING_FILE}); to redo it pass --patient-id {earlier[0]} --overwrite")
     notes: List[str] = []
     ignored = [{"series": s.label, "images": len(s.headers), "reason": _ignored_reason(s)}
                for s in series.values() if s.uid != t2_series.uid and s not in dwi_series]

@@ -284,6 +284,8 @@ def test_existing_patient_needs_overwrite(source, tmp_path, capsys):
     assert run_import(written["folder"], out, "--patient-id", "P0007") == 0
     before = (out / "images" / "P0007" / "ADC.nii.gz").read_bytes()
     fails_cleanly(capsys, written["folder"], out, ["P0007", "exists", "--overwrite"], "--patient-id", "P0007")
+    fails_cleanly(capsys, written["folder"], out, ["t2_tse_tra", "already imported as patient P0007",
+                                                  "--patient-id P0007 --overwrite"])
     assert run_import(written["folder"], out, "--patient-id", "P0007", "--overwrite", "--max-b", "1500") == 0
     assert (out / "images" / "P0007" / "ADC.nii.gz").read_bytes() == before     # same ADC b-values
     record = json.loads((out / FIT_FOLDER / "P0007" / "fit_record.json").read_text())
