@@ -16,11 +16,13 @@ the study.  Both carry the statement :data:`RESEARCH_USE_STATEMENT`.
 :func:`write_risk_report`
     A Comprehensive SR whose root container ("MultiRecNet recurrence risk report") holds a TEXT item with
     the research-use statement and one NUM item per value (``risk_score``, ``p_recurrence_<H>m``,
-    ``surv_prob_<T>m``, ...; codes of the private scheme ``99MULTIREC``, unit UCUM "1" no units).
+    ``surv_prob_<T>m``, their ``*_sd`` ...; codes of the private scheme ``99MULTIREC``, unit UCUM "1" no
+    units).
 """
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence, Tuple
 
@@ -171,7 +173,14 @@ def write_dicom_seg(mask: sitk.Image, t2_dicom_files: Sequence, out_path, *, ser
     return out_path
 
 
+def _code_value(key: str) -> str:
+    """The item's CodeValue (SH, at most 16 characters): the name, or a short stable digest of a longer one."""
+    return key if len(key) <= 16 else f"{key[:7]}{zlib.crc32(key.encode()):08X}"[:16]
+
+
 def _meaning(key: str) -> str:
+    if key.endswith("_sd"):
+        return f"{_meaning(key[:-3])} (SD over folds)"[:64]
     m = re.fullmatch(r"p_recurrence_(\d+(?:\.\d+)?)m", key)
     if m:
         return f"Probability of recurrence within {m.group(1)} months"
@@ -188,15 +197,16 @@ def _checked_values(values: Mapping[str, float]) -> List[Tuple[str, float]]:
         raise DicomExportError("risk report: no values")
     out = []
     for key, value in values.items():
-        if not re.fullmatch(r"[A-Za-z0-9_.]{1,16}", str(key)):
-            raise DicomExportError(f"risk report: name {key!r} must be 1-16 letters, digits, '_' or '.'")
+        if not re.fullmatch(r"[A-Za-z0-9_.]{1,64}", str(key)):
+            raise DicomExportError(f"risk report: name {key!r} must be 1-64 letters, digits, '_' or '.'")
         try:
             number = float(value)
         except (TypeError, ValueError):
             raise DicomExportError(f"risk report: {key} = {value!r} is not a number") from None
         if not np.isfinite(number):
             raise DicomExportError(f"risk report: {key} = {value!r} is not finite")
-        if (key.startswith("p_") or key.startswith("surv_prob")) and not 0.0 <= number <= 1.0:
+        if (key.startswith("p_") or key.startswith("surv_prob")) and not key.endswith("_sd") \
+                and not 0.0 <= number <= 1.0:
             raise DicomExportError(f"risk report: {key} = {number} is a probability outside [0, 1]")
         out.append((str(key), number))
     return out
@@ -210,7 +220,9 @@ def write_risk_report(values: Mapping[str, float], t2_dicom_files: Sequence, out
     ----------
     values : mapping of str to float
         E.g. ``{"risk_score": 0.42, "p_recurrence_36m": 0.31, "surv_prob_36m": 0.69}`` (a row of the
-        predictor's ``predictions.csv``); names of at most 16 characters, probabilities in [0, 1].
+        predictor's ``predictions.csv``: its numeric columns, ``*_sd`` included); names of 1-64 letters,
+        digits, '_' or '.' (the CodeValue is the name, or for a name over 16 characters its first 7
+        characters and a CRC-32 digest; the CodeMeaning says what it is), probabilities in [0, 1].
     t2_dicom_files : sequence of path
         The T2 series' files (evidence; patient and study attributes are copied from them).
     out_path : path
@@ -234,8 +246,8 @@ def write_risk_report(values: Mapping[str, float], t2_dicom_files: Sequence, out
             name=hd.sr.CodedConcept("MODEL", CODING_SCHEME, "Model"), value=str(model_description),
             relationship_type=contains))
     for key, number in items:
-        content.append(hd.sr.NumContentItem(name=hd.sr.CodedConcept(key, CODING_SCHEME, _meaning(key)), value=number,
-                                            unit=_NO_UNITS, relationship_type=contains))
+        name = hd.sr.CodedConcept(_code_value(key), CODING_SCHEME, _meaning(key))
+        content.append(hd.sr.NumContentItem(name=name, value=number, unit=_NO_UNITS, relationship_type=contains))
     root = hd.sr.ContainerContentItem(name=_REPORT_TITLE)
     root.ContentSequence = hd.sr.ContentSequence(content)
     report = hd.sr.ComprehensiveSR(

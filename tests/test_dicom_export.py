@@ -126,7 +126,8 @@ def test_empty_mask_writes_a_seg_with_every_frame(patient, tmp_path):
 
 
 def test_risk_report_round_trip(patient, tmp_path):
-    values = {"risk_score": 0.731, "p_recurrence_36m": 0.284, "surv_prob_12m": 0.93, "surv_prob_36m": 0.716}
+    values = {"risk_score": 0.731, "p_recurrence_36m": 0.284, "surv_prob_12m": 0.93, "surv_prob_36m": 0.716,
+              "n_folds": 5}
     path = write_risk_report(values, shuffled(patient["t2_files"]), tmp_path / "sr.dcm",
                              model_description="MultiRecTrainer, folds 0-4, horizon 36 months")
     sr = pydicom.dcmread(path)
@@ -144,6 +145,11 @@ def test_risk_report_round_trip(patient, tmp_path):
         assert items[key].ConceptNameCodeSequence[0].CodingSchemeDesignator == "99MULTIREC"
     assert items["p_recurrence_36m"].ConceptNameCodeSequence[0].CodeMeaning == \
         "Probability of recurrence within 36 months"
+    # a name over 16 characters (the predictor's *_sd columns) gets a short code and says what it is
+    sr = pydicom.dcmread(write_risk_report({"p_recurrence_36m_sd": 0.05}, patient["t2_files"], tmp_path / "sd.dcm"))
+    code = sr.ContentSequence[1].ConceptNameCodeSequence[0]
+    assert len(code.CodeValue) <= 16 and code.CodeValue.startswith("p_recur")
+    assert code.CodeMeaning == "Probability of recurrence within 36 months (SD over folds)"
     # highdicom parses it as an SR document
     assert hd.sr.srread(path).ContentSequence[0].TextValue == RESEARCH_USE_STATEMENT
 
