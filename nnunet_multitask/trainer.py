@@ -24,6 +24,10 @@ Choices stated once:
   the patch size around its tumour cut from the un-augmented preprocessed image (centred on the
   reference mask's largest component with a shift of up to two voxels, randomly mirrored), and the
   U-Net's own probability on that box: the same input as in prediction, every case supervised.
+* Censoring before the horizon: the classification head's BCE weights each known 36-month status
+  by the inverse probability of censoring (Kaplan-Meier of the training fold's censoring), so
+  patients censored early are accounted for instead of silently dropped (``classification_censoring``;
+  ``"complete_case"`` is the earlier behaviour).
 * Best checkpoint: the EMA (0.9) of ``(pseudo-Dice + validation C-index + validation AUC) / 3``
   computed each epoch on patient-level predictions over the validation fold; an undefined
   C-index or AUC (too few cases or events) counts as chance (0.5).
@@ -198,7 +202,10 @@ class MultiRecTrainerBase(nnUNetTrainer):
         it was observed, ``1 / G(min(T, H)-)`` with G the Kaplan-Meier censoring distribution of the
         training fold (``clinical.outcomes.ipcw_weights``, G floored at ``min_censoring_survival``),
         and averages over every supervised sample (``losses.masked_bce_with_logits``); the output
-        bias then starts at the IPCW event rate. Measured in BENCHMARKS.md (benchmarks/bench_ipcw.py).
+        bias then starts at the IPCW event rate. ``"ipcw"`` is the default: with short follow-up the
+        complete-case head overestimates the 36-month risk, IPCW does not, at no measured cost in
+        discrimination (BENCHMARKS.md, benchmarks/bench_ipcw.py); with nobody censored before the
+        horizon the two are the same loss.
     min_censoring_survival : float
         Floor on G for the IPCW weights (a weight never exceeds its inverse).
     lambda_consistency : float
@@ -261,7 +268,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
     lambda_cls: float = 0.5
     lambda_surv: float = 0.5
     lambda_consistency: float = 0.0
-    classification_censoring: str = "complete_case"
+    classification_censoring: str = "ipcw"
     min_censoring_survival: float = MIN_CENSORING_SURVIVAL
     cox_ties: str = "efron"
     risk_memory_size: int = 128

@@ -122,3 +122,39 @@ def test_trainer_weights_and_batch_table_carry_the_censoring_weight():
     np.testing.assert_allclose(ctx["cls_weight"].numpy(), [4 / 3, 0.0, 1.0], rtol=1e-6)
     assert ctx["clinical"].shape == (3, 2) and ctx["availability"].shape == (3, 4)
     np.testing.assert_allclose(ctx["time"].numpy(), [30.0, 20.0, 10.0])
+
+
+def test_head_losses_use_the_censoring_weights_only_for_ipcw():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from nnunet_multitask.network import MultiTaskUNet
+    torch.manual_seed(0)
+    base = PlainConvUNet(1, 2, (4, 8), torch.nn.Conv3d, 3, (1, 2), (1, 1), 2, (1,), conv_bias=True,
+                         norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU)
+    net = MultiTaskUNet(base, None, 0, 1, survival_head="discrete", n_time_bins=3)
+    with torch.no_grad():
+        net.time_bin_edges.copy_(torch.tensor([0.0, 15.0, 30.0, 60.0], dtype=torch.float64))
+    time, event = np.array([10.0, 20.0, 30.0, 40.0, 50.0]), np.array([1, 0, 1, 0, 1])
+    labels = recurrence_label(time, event, 35.0)
+    ns = SimpleNamespace(classification_censoring="ipcw", horizon=35.0, min_censoring_survival=0.05)
+    w = MultiRecTrainerBase.classification_weights(ns, time, event, time, event)
+    case_data = {k: {"clinical": np.zeros(0, np.float32), "time": t, "event": float(e), "label": float(lab),
+                     "cls_weight": float(cw), "availability": np.ones(1, np.float32)}
+                 for k, t, e, lab, cw in zip("abcde", time, event, labels, w)}
+    keys = ["a", "b", "c", "d", "e"]
+    losses = {}
+    for mode in ("complete_case", "ipcw"):
+        trainer = SimpleNamespace(_case_data=case_data, _case_tumour_voxels={}, device=torch.device("cpu"),
+                                  _case_index={k: i for i, k in enumerate(keys)}, classification_censoring=mode,
+                                  is_ddp=False, network=SimpleNamespace(training=True), mt_network=lambda: net,
+                                  head_supervision_weights=lambda target, k, v: torch.ones(len(k)))
+        trainer._step_context = MultiRecTrainerBase._batch_context(trainer, keys, np.ones((5, 1), np.float32))
+        heads = net.heads(torch.linspace(-1, 1, 10).reshape(5, 2), None)
+        net.head_sink = [heads]
+        cls, _ = MultiRecTrainerBase.head_losses(trainer, torch.zeros(5, 1, 2, 2, 2))
+        logit = heads["cls_logit"].detach()
+        lab = torch.as_tensor(labels, dtype=torch.float32)
+        expect = masked_bce_with_logits(logit, lab, censoring_weights=torch.as_tensor(w, dtype=torch.float32)) \
+            if mode == "ipcw" else masked_bce_with_logits(logit, lab)
+        assert cls.item() == pytest.approx(expect.item(), rel=1e-6)
+        losses[mode] = cls.item()
+    assert losses["ipcw"] != pytest.approx(losses["complete_case"])
