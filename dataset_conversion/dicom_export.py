@@ -3,7 +3,8 @@
 Both objects reference the patient's T2 series (the classic single-frame MR files the cohort's T2 came
 from; :func:`dataset_conversion.import_dicom.t2_files_from_mapping` finds them through
 ``COHORT_DIR/dicom_mapping.csv``) and copy its patient and study attributes, so a PACS files them with
-the study.  Both carry the statement :data:`RESEARCH_USE_STATEMENT`.
+the study.  Both carry a research-use statement: the SR :data:`RESEARCH_USE_STATEMENT` as a TEXT item, the
+SEG :data:`RESEARCH_USE_SHORT` as ContentDescription and "(research use only)" in its SeriesDescription.
 
 :func:`write_dicom_seg`
     A binary DICOM Segmentation (highdicom) with one segment "Tumour": category SNOMED CT 49755003
@@ -32,9 +33,11 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.sr.coding import Code
 
-__all__ = ["DicomExportError", "RESEARCH_USE_STATEMENT", "TUMOUR_CATEGORY", "TUMOUR_TYPE", "RECTUM",
-           "CODING_SCHEME", "read_t2_series", "t2_reference_grid", "write_dicom_seg", "write_risk_report"]
+__all__ = ["DicomExportError", "RESEARCH_USE_STATEMENT", "RESEARCH_USE_SHORT", "TUMOUR_CATEGORY", "TUMOUR_TYPE",
+           "RECTUM", "CODING_SCHEME", "read_t2_series", "t2_reference_grid", "write_dicom_seg", "write_risk_report"]
 
+#: the short form (ContentDescription of the SEG, LO: at most 64 characters)
+RESEARCH_USE_SHORT = "RESEARCH USE ONLY - NOT FOR CLINICAL DECISIONS"
 RESEARCH_USE_STATEMENT = ("RESEARCH USE ONLY - NOT FOR CLINICAL DECISIONS. Produced by a research model "
                           "(MultiRecNet, nnU-Net v2 multitask) that is not a medical device; not validated for "
                           "diagnosis, prognosis or treatment.")
@@ -164,7 +167,7 @@ def write_dicom_seg(mask: sitk.Image, t2_dicom_files: Sequence, out_path, *, ser
         segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=int(series_number),
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=MODEL_NAME,
         software_versions=software_version, device_serial_number="none",
-        content_description=RESEARCH_USE_STATEMENT[:64], content_label="TUMOUR",
+        content_description=RESEARCH_USE_SHORT, content_label="TUMOUR",
         omit_empty_frames=bool(frames.any()))
     seg.SeriesDescription = series_description
     out_path = Path(out_path)

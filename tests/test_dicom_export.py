@@ -53,6 +53,8 @@ def check_seg_against_mask(path, mask: sitk.Image, t2_files, ids) -> None:
     assert seg.SegmentationType == "BINARY"
     (segment,) = seg.SegmentSequence
     assert segment.SegmentLabel == "Tumour"
+    assert seg.ContentDescription == "RESEARCH USE ONLY - NOT FOR CLINICAL DECISIONS"
+    assert "research use only" in seg.SeriesDescription
     assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"
     assert segment.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
