@@ -40,13 +40,14 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import pandas as pd
 
 from nnunet_multitask.checkpoints import file_sha256
-from nnunet_multitask.predictor import (PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError,
-                                        _atomic_write, _STAGING_PREFIX, output_folder_lock)
+from nnunet_multitask.predictor import (EXIT_FINISHED_WITH_FAILURES, FAILURES_CSV, PREDICTIONS_CSV, PREDICTIONS_JSON,
+                                        MultitaskPredictionError, _atomic_write, _STAGING_PREFIX, output_folder_lock)
 
 PART_KEY = "part"
 #: provenance entries that differ between runs of one model on the same settings (time, paths,
 #: the part's own record); every other entry of predictions.json must agree between parts
-PER_RUN_KEYS = ("created", "n_cases", "model_folder", "clinical_table", PART_KEY, "merged_from")
+PER_RUN_KEYS = ("created", "n_cases", "model_folder", "clinical_table", PART_KEY, "merged_from", "tables_sha256",
+                "failed_cases", "complete")
 SALIENCY_FOLDER = "saliency"
 
 
@@ -131,7 +132,8 @@ def refuse_other_part_in_folder(output_folder: str, part_id: int, num_parts: int
 
 def predict_part(predictor, input_folder: str, output_folder: str, cases: Sequence[str], part_id: int,
                  num_parts: int, num_processes_preprocessing: int = 0,
-                 num_processes_segmentation_export: int = 0) -> pd.DataFrame:
+                 num_processes_segmentation_export: int = 0, resume: bool = False,
+                 keep_going: bool = False) -> pd.DataFrame:
     """Predict part ``part_id`` of ``num_parts`` into ``output_folder`` (the caller,
     :func:`~nnunet_multitask.predictor.predict_folder`, has checked every case and holds the
     folder's lock): the share's segmentations and a partial ``predictions.csv`` /
@@ -144,7 +146,7 @@ def predict_part(predictor, input_folder: str, output_folder: str, cases: Sequen
     try:
         with share_input_folder(input_folder, share, predictor.dataset_json["file_ending"]) as share_folder:
             table = _predict_into(predictor, share_folder, output_folder, share, num_processes_preprocessing,
-                                  num_processes_segmentation_export)
+                                  num_processes_segmentation_export, resume=resume, keep_going=keep_going)
             args_json = join(output_folder, "predict_from_raw_data_args.json")
             if isfile(args_json):  # nnU-Net's record names the real input folder, not the temporary share
                 with open(args_json) as f:
@@ -175,12 +177,37 @@ def _read_part(folder: str) -> dict:
     missing = [k for k in ("part_id", "num_parts", "cases", "all_cases", "all_cases_sha256") if k not in part]
     if missing:
         raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)}: the part record lacks {missing}")
+    _check_table_digests(folder, meta)
     try:
         # text as written: the merged file repeats the parts' values exactly
         table = pd.read_csv(join(folder, PREDICTIONS_CSV), dtype=str, keep_default_na=False)
+        failures = (pd.read_csv(join(folder, FAILURES_CSV), dtype=str, keep_default_na=False)
+                    if isfile(join(folder, FAILURES_CSV)) else pd.DataFrame({"case_id": [], "reason": []}))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_CSV)} cannot be read: {e}") from None
-    return {"folder": folder, "meta": meta, "part": part, "table": table}
+        raise PartMergeError(f"--merge: a table of {folder} cannot be read: {e}") from None
+    if sorted(failures["case_id"]) != sorted(meta.get("failed_cases") or []):
+        raise PartMergeError(f"--merge: {join(folder, FAILURES_CSV)} does not list the failed cases "
+                             f"{meta.get('failed_cases')} that {join(folder, PREDICTIONS_JSON)} records")
+    return {"folder": folder, "meta": meta, "part": part, "table": table, "failures": failures}
+
+
+def _check_table_digests(folder: str, meta: dict) -> None:
+    """Each table of a part must still have the SHA-256 its prediction recorded: a value edited
+    afterwards would otherwise be carried into the merged table."""
+    digests = meta.get("tables_sha256")
+    if not isinstance(digests, dict) or PREDICTIONS_CSV not in digests:
+        raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)} records no SHA-256 of its tables (a part "
+                             f"predicted before the digests were recorded): predict the part again")
+    if isfile(join(folder, FAILURES_CSV)) and FAILURES_CSV not in digests:
+        raise PartMergeError(f"--merge: {join(folder, FAILURES_CSV)} is not a table this part's prediction wrote")
+    for name, expected in sorted(digests.items()):
+        path = join(folder, name)
+        if not isfile(path):
+            raise PartMergeError(f"--merge: {path} is missing (its prediction wrote it)")
+        if file_sha256(path) != expected:
+            raise PartMergeError(f"--merge: {path} was changed after it was predicted (its SHA-256 differs from the "
+                                 f"one recorded in {join(folder, PREDICTIONS_JSON)}): merge only unedited parts, or "
+                                 f"predict the part again")
 
 
 def _model_identity(meta: dict, part: dict) -> dict:
@@ -237,13 +264,14 @@ def check_parts(parts: List[dict]) -> List[str]:
         if len(set(cases)) != len(cases):
             raise PartMergeError(f"--merge: {join(p['folder'], PREDICTIONS_CSV)} repeats a case id")
         share = part_share(all_cases, p["part"]["part_id"], n)
-        if sorted(cases) != share:
-            missing = sorted(set(share) - set(cases))
+        failed = list(p["failures"]["case_id"])
+        if sorted(cases + failed) != share:
+            missing = sorted(set(share) - set(cases) - set(failed))
             extra = sorted(set(cases) - set(share))
             raise PartMergeError(f"--merge: {join(p['folder'], PREDICTIONS_CSV)} (part {p['part']['part_id']} of {n}) "
                                  f"does not hold its share of the cases (missing {missing[:5]}, not its own "
                                  f"{extra[:5]})")
-        owner.update({c: p["folder"] for c in cases})
+        owner.update({c: p["folder"] for c in cases + failed})
         if list(p["table"].columns) != list(first["table"].columns):
             raise PartMergeError(f"--merge: {p['folder']} and {first['folder']} have different predictions.csv "
                                  f"columns")
@@ -259,6 +287,27 @@ def _segmentation_ending(folder: str) -> Optional[str]:
         return None
     with open(path) as f:
         return json.load(f).get("file_ending")
+
+
+def _merged_copies(parts: List[dict]) -> List[tuple]:
+    """(source, name in the merged folder) of every file a merge copies: the predicted cases'
+    segmentations and saliency maps, nnU-Net's dataset.json and plans.json."""
+    ending = _segmentation_ending(parts[0]["folder"])
+    copies = []  # (source, name in the merged folder)
+    for p in parts:
+        if ending is not None:
+            for c in p["table"]["case_id"]:
+                src = join(p["folder"], c + ending)
+                if not isfile(src):
+                    raise PartMergeError(f"--merge: {p['folder']} lacks the segmentation {c + ending} of its case {c}")
+                copies.append((src, c + ending))
+        sal = join(p["folder"], SALIENCY_FOLDER)
+        if isdir(sal):
+            copies += [(join(sal, n), join(SALIENCY_FOLDER, n)) for n in sorted(os.listdir(sal))
+                       if any(n.startswith(c + ".") for c in p["table"]["case_id"])]
+    copies += [(join(parts[0]["folder"], n), n) for n in ("dataset.json", "plans.json")
+               if isfile(join(parts[0]["folder"], n))]
+    return copies
 
 
 def merge_parts(part_folders: Sequence[str], output_folder: str) -> pd.DataFrame:
@@ -295,24 +344,10 @@ def merge_parts(part_folders: Sequence[str], output_folder: str) -> pd.DataFrame
                              f"a new folder")
     parts = sorted((_read_part(f) for f in part_folders), key=lambda p: p["part"]["part_id"])
     all_cases = check_parts(parts)
-    ending = _segmentation_ending(parts[0]["folder"])
-    copies = []  # (source, name in the merged folder)
-    for p in parts:
-        if ending is not None:
-            for c in p["part"]["cases"]:
-                src = join(p["folder"], c + ending)
-                if not isfile(src):
-                    raise PartMergeError(f"--merge: {p['folder']} lacks the segmentation {c + ending} of its case {c}")
-                copies.append((src, c + ending))
-        sal = join(p["folder"], SALIENCY_FOLDER)
-        if isdir(sal):
-            copies += [(join(sal, n), join(SALIENCY_FOLDER, n)) for n in sorted(os.listdir(sal))
-                       if any(n.startswith(c + ".") for c in p["part"]["cases"])]
-    copies += [(join(parts[0]["folder"], n), n) for n in ("dataset.json", "plans.json")
-               if isfile(join(parts[0]["folder"], n))]
-
+    copies = _merged_copies(parts)
     table = pd.concat([p["table"] for p in parts], ignore_index=True)
-    table = table.set_index("case_id", drop=False).loc[all_cases].reset_index(drop=True)
+    predicted = [c for c in all_cases if c in set(table["case_id"])]
+    table = table.set_index("case_id", drop=False).loc[predicted].reset_index(drop=True)
     meta = {k: v for k, v in parts[0]["meta"].items() if k != PART_KEY}
     meta["n_cases"] = len(table)
     meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -321,6 +356,13 @@ def merge_parts(part_folders: Sequence[str], output_folder: str) -> pd.DataFrame
                             "created": p["meta"].get("created"), "model_folder": p["meta"].get("model_folder"),
                             "input_folder": p["part"].get("input_folder")} for p in parts]
     meta["merged_cases_sha256"] = parts[0]["part"]["all_cases_sha256"]
+    failures = pd.concat([p["failures"] for p in parts], ignore_index=True).sort_values("case_id")
+    table_text, failures_text = table.to_csv(index=False), failures.to_csv(index=False)
+    meta["failed_cases"] = list(failures["case_id"])
+    meta["complete"] = failures.empty
+    meta["tables_sha256"] = {PREDICTIONS_CSV: hashlib.sha256(table_text.encode()).hexdigest()}
+    if not failures.empty:
+        meta["tables_sha256"][FAILURES_CSV] = hashlib.sha256(failures_text.encode()).hexdigest()
 
     with output_folder_lock(output_folder):
         staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
@@ -328,8 +370,12 @@ def merge_parts(part_folders: Sequence[str], output_folder: str) -> pd.DataFrame
             for src, name in copies:
                 os.makedirs(os.path.dirname(join(staging, name)), exist_ok=True)
                 shutil.copy2(src, join(staging, name))
+            if not failures.empty:
+                _atomic_write(join(staging, FAILURES_CSV), failures_text)
+            elif isfile(join(output_folder, FAILURES_CSV)):
+                os.remove(join(output_folder, FAILURES_CSV))
             _atomic_write(join(staging, PREDICTIONS_JSON), json.dumps(meta, indent=2))
-            _atomic_write(join(staging, PREDICTIONS_CSV), table.to_csv(index=False))
+            _atomic_write(join(staging, PREDICTIONS_CSV), table_text)
             last = (PREDICTIONS_JSON, PREDICTIONS_CSV)
             names = [n for n in sorted(os.listdir(staging)) if n not in last] + list(last)
             for name in names:
@@ -365,6 +411,8 @@ def merge_main(argv: Sequence[str]) -> None:
         parser.error(str(e))
     print(f"Merged {len(args.merge)} parts: {len(table)} patient-level predictions in {join(args.o, PREDICTIONS_CSV)} "
           f"(segmentations copied beside it)")
+    with open(join(args.o, PREDICTIONS_JSON)) as f:
+        failed = json.load(f).get("failed_cases") or []
     if args.report:
         from nnunet_multitask.report import ReportError, write_report
         images = args.i
@@ -378,3 +426,8 @@ def merge_main(argv: Sequence[str]) -> None:
         except (ReportError, OSError) as e:
             print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
             sys.exit(2)
+    if failed:
+        print(f"nnUNetv2_predict_multitask: merged with failures: {len(failed)} case(s) were not predicted "
+              f"({', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}); the merged table is not complete "
+              f"(predictions.json 'complete': false) and {join(args.o, FAILURES_CSV)} lists them", file=sys.stderr)
+        sys.exit(EXIT_FINISHED_WITH_FAILURES)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -68,7 +69,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from clinical.preprocessing import ClinicalPreprocessingError, ClinicalPreprocessor
 from clinical.schema import ClinicalSchema, SchemaError
 from clinical.tables import CASE_ID_COLUMN, read_case_table
-from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
+from dataset_conversion.convert_larc import ConversionError
+from dataset_conversion.nifti_integrity import (IncompleteImageError, check_nifti_size, is_nifti, itk_error_reason,
+                                               read_nifti_completely, split_image_name)
 from nnunet_multitask.aggregation import patient_level_prediction, survival_at_times
 from nnunet_multitask.contract import (REQUIRED_SERIES, SERIES_COLUMN, SURVIVAL_TIMES, ContractError,  # noqa: F401
                                        DatasetContract, HeadConfig, missing_series_filler, recurrence_column,
@@ -77,9 +80,22 @@ from nnunet_multitask.dataset_tables import MultitaskDatasetError, dataset_table
 from nnunet_multitask.checkpoints import CheckpointError, file_sha256, load_checkpoint_safely
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network
 
+#: File endings SimpleITK reads, checked for stray files and headers.
+_ITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+#: Largest difference between the channels' grids still taken as one grid (mm; direction cosines):
+#: NIfTI stores the geometry in float32, so equal grids written by two programs differ by ~1e-5.
+GEOMETRY_TOLERANCE = {"spacing_mm": 1e-3, "origin_mm": 1e-3, "direction": 1e-4}
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 _STAGING_PREFIX = ".nnunet_multitask_partial_"
+#: The staging folder of a prediction run; a killed run leaves it for ``--continue``.
+_RUN_STAGING = _STAGING_PREFIX + "run"
+_RUN_RECORD = "run.json"
+_CASE_RECORDS = "case_records"
+#: Cases that failed in a ``--keep-going`` run, with the reason.
+FAILURES_CSV = "failures.csv"
+#: Exit status of a ``--keep-going`` run that finished with failed cases (2: refused, nothing written).
+EXIT_FINISHED_WITH_FAILURES = 3
 #: Held (flock) by the run writing into an output folder; removed when the run ends.
 _LOCK_NAME = ".nnunet_multitask.lock"
 _held_locks: Dict[str, int] = {}
@@ -176,6 +192,12 @@ class MultiTaskPredictor(nnUNetPredictor):
         #: 0/1 per channel of the cases being predicted (which series are real); empty: all real
         self.case_availability: Dict[str, np.ndarray] = {}
         self.allow_missing_series = False
+        #: per case, channels on another grid than the first channel's, resampled onto it (--resample-to-first)
+        self.misaligned_channels: Dict[str, List[int]] = {}
+        #: where each finished case's row is kept during a run (for --continue); None: not kept
+        self.case_record_folder: Optional[str] = None
+        #: the folder the user named when the images were prepared elsewhere (a cohort folder)
+        self.input_label: Optional[str] = None
 
     # ------------------------------------------------------------------ loading
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
@@ -419,6 +441,8 @@ class MultiTaskPredictor(nnUNetPredictor):
         torch.set_num_threads(n_threads)
         self.head_results[case_id] = {"folds": per_fold, "clinical_imputed": imputed,
                                       "n_clinical_values_imputed": n_missing, "availability": availability}
+        if self.case_record_folder is not None:  # the case's row, kept for --continue
+            _atomic_write(join(self.case_record_folder, case_id + ".json"), json.dumps(self.case_row(case_id)))
         return prediction
 
     def _manage_input_and_output_lists(self, list_of_lists_or_source_folder,
@@ -454,28 +478,29 @@ class MultiTaskPredictor(nnUNetPredictor):
     def predictions_table(self) -> pd.DataFrame:
         """One row per case: fold-ensembled outputs (log-risks and probabilities averaged) and their
         spread over folds (sample sd; NaN for a single fold)."""
+        return pd.DataFrame([self.case_row(case_id) for case_id in sorted(self.head_results)])
+
+    def case_row(self, case_id: str) -> dict:
+        """The ``predictions.csv`` row of one predicted case (see :meth:`predictions_table`)."""
         horizon = self.head_config.horizon_months
-        rows = []
-        for case_id in sorted(self.head_results):
-            res = self.head_results[case_id]
-            folds = res["folds"]
-            row = {"case_id": case_id}
-            cols = {"risk_score": [f["risk_score"] for f in folds],
-                    recurrence_column(horizon): [f["p_recurrence"] for f in folds]}
-            if "survival" in folds[0]:
-                for t in survival_times(horizon):
-                    cols[survival_column(t)] = [f["survival"][t] for f in folds]
-            for name, vals in cols.items():
-                row[name] = float(np.mean(vals))
-            for name, vals in cols.items():
-                row[f"{name}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
-            row["n_folds"] = len(folds)
-            row["tumour_found"] = all(f["tumour_found"] for f in folds)
-            row["clinical_imputed"] = bool(res["clinical_imputed"])
-            row["n_clinical_values_imputed"] = int(res.get("n_clinical_values_imputed", 0))
-            row[SERIES_COLUMN] = self.series_text(res.get("availability"))
-            rows.append(row)
-        return pd.DataFrame(rows)
+        res = self.head_results[case_id]
+        folds = res["folds"]
+        row = {"case_id": case_id}
+        cols = {"risk_score": [f["risk_score"] for f in folds],
+                recurrence_column(horizon): [f["p_recurrence"] for f in folds]}
+        if "survival" in folds[0]:
+            for t in survival_times(horizon):
+                cols[survival_column(t)] = [f["survival"][t] for f in folds]
+        for name, vals in cols.items():
+            row[name] = float(np.mean(vals))
+        for name, vals in cols.items():
+            row[f"{name}_sd"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+        row["n_folds"] = len(folds)
+        row["tumour_found"] = all(f["tumour_found"] for f in folds)
+        row["clinical_imputed"] = bool(res["clinical_imputed"])
+        row["n_clinical_values_imputed"] = int(res.get("n_clinical_values_imputed", 0))
+        row[SERIES_COLUMN] = self.series_text(res.get("availability"))
+        return row
 
     def series_text(self, availability: Optional[np.ndarray]) -> str:
         """The real series of a case, ``;``-joined in channel order (``T2;ADC;Dapp;Kapp``)."""
@@ -496,6 +521,8 @@ class MultiTaskPredictor(nnUNetPredictor):
                      "clinical_columns": self.model_clinical_columns(),
                      "impute_missing_clinical": self.impute_missing_clinical,
                      "allow_missing_series": self.allow_missing_series,
+                     "resampled_to_first_channel": {c: [self.dataset_json["channel_names"][str(i)] for i in chans]
+                                                    for c, chans in sorted(self.misaligned_channels.items())},
                      "channel_availability": cfg.channel_availability,
                      "patient_level": "heads once on tumour-level features of the stitched whole-image "
                                       "segmentation (nnunet_multitask.aggregation.patient_level_prediction); "
@@ -510,11 +537,25 @@ class MultiTaskPredictor(nnUNetPredictor):
             meta["part"] = part
         return meta
 
-    def write_predictions(self, output_folder: str) -> pd.DataFrame:
-        """Write ``predictions.json`` then ``predictions.csv`` (each atomically) into a folder."""
-        table = self.predictions_table()
-        _atomic_write(join(output_folder, PREDICTIONS_JSON), json.dumps(self.provenance_record(table), indent=2))
-        _atomic_write(join(output_folder, PREDICTIONS_CSV), table.to_csv(index=False))
+    def write_predictions(self, output_folder: str, table: Optional[pd.DataFrame] = None,
+                          failures: Optional[Mapping[str, str]] = None) -> pd.DataFrame:
+        """Write ``failures.csv`` (when cases failed), ``predictions.json`` then ``predictions.csv``
+        (each atomically) into a folder; ``predictions.json`` holds the SHA-256 of the tables, so an
+        edit made afterwards is found (``--merge`` checks it)."""
+        table = self.predictions_table() if table is None else table
+        meta = self.provenance_record(table)
+        text = table.to_csv(index=False)
+        digests = {PREDICTIONS_CSV: hashlib.sha256(text.encode()).hexdigest()}
+        if failures:
+            failed = pd.DataFrame({"case_id": sorted(failures), "reason": [failures[c] for c in sorted(failures)]})
+            failed_text = failed.to_csv(index=False)
+            _atomic_write(join(output_folder, FAILURES_CSV), failed_text)
+            digests[FAILURES_CSV] = hashlib.sha256(failed_text.encode()).hexdigest()
+        meta["failed_cases"] = sorted(failures or {})
+        meta["complete"] = not failures
+        meta["tables_sha256"] = digests
+        _atomic_write(join(output_folder, PREDICTIONS_JSON), json.dumps(meta, indent=2))
+        _atomic_write(join(output_folder, PREDICTIONS_CSV), text)
         return table
 
 
@@ -591,13 +632,17 @@ def predict_heads_for_preprocessed_cases(trainer, case_inputs: Mapping[str, Mapp
 
 
 # ---------------------------------------------------------------------- checks before predicting
-def _check_inputs(input_folder: str, dataset_json: dict, allow_missing_series: bool = False) -> List[str]:
+def _check_inputs(input_folder: str, dataset_json: dict, allow_missing_series: bool = False,
+                  resample_to_first: bool = False) -> List[str]:
     """Check an nnU-Net input folder against the model's channels before anything is predicted.
 
     Every file must be named ``<case>_<XXXX><file_ending>`` with a channel the model was trained
     with, every case must have all channels (with ``allow_missing_series``: its required series,
     T2; :func:`input_availability` says which others it has), and (for formats SimpleITK reads)
-    each case's channel images must be readable headers of one 3-D size.
+    each case's channel images must be readable headers of one 3-D grid: size, spacing, origin and
+    direction within :data:`GEOMETRY_TOLERANCE` of the first channel's (with ``resample_to_first``
+    a channel on another grid is allowed: the prediction resamples it onto the first channel's).
+    Image files with another ending than the model's are refused.
 
     Returns
     -------
@@ -609,6 +654,7 @@ def _check_inputs(input_folder: str, dataset_json: dict, allow_missing_series: b
     n_ch = len(channel_names)
     if not isdir(input_folder):
         raise MultitaskPredictionError(f"input folder not found: {input_folder}")
+    _refuse_other_image_endings(input_folder, ending)
     files = sorted(f for f in os.listdir(input_folder) if f.endswith(ending))
     if not files:
         raise MultitaskPredictionError(f"{input_folder}: no images ending in {ending}")
@@ -646,9 +692,27 @@ def _check_inputs(input_folder: str, dataset_json: dict, allow_missing_series: b
             raise MultitaskPredictionError(
                 f"case {c}: missing channel file(s) {lacking} in {input_folder}: "
                 f"{', '.join(channel_names[str(i)] for i in required)} is required even with --allow-missing-series")
-    if ending in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        _check_image_headers(input_folder, cases, n_ch, ending, present=channels)
+    if ending in _ITK_ENDINGS:
+        _check_image_headers(input_folder, cases, n_ch, ending, present=channels,
+                             allow_misaligned=resample_to_first)
     return cases
+
+
+def _refuse_other_image_endings(input_folder: str, ending: str) -> None:
+    """An image file in the input folder with another ending than the model's is refused: beside
+    ``<case>_0001.nii.gz`` a ``<case>_0001.nii`` would leave it to chance which one is the
+    channel, and on its own it would be silently ignored (nnU-Net lists the model's ending only)."""
+    stray = []
+    for name in sorted(os.listdir(input_folder)):
+        split = split_image_name(name)
+        if split is None or name.endswith(ending):
+            continue
+        twin = split[0] + ending
+        stray.append(f"{name} (beside {twin})" if isfile(join(input_folder, twin)) else name)
+    if stray:
+        raise MultitaskPredictionError(
+            f"{input_folder}: image file(s) {stray[:5]} do not end in {ending}, the model's file ending: one file per "
+            f"case and channel, named <case>_<XXXX>{ending}; remove the stray file(s) or convert them")
 
 
 def input_availability(input_folder: str, dataset_json: dict, cases: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -676,57 +740,118 @@ def check_missing_series_support(predictor: "MultiTaskPredictor", availability: 
                 f"use {', '.join(lacking)} (MultiRecTrainer_T2)")
 
 
-def _fill_missing_series(input_folder: str, filled_folder: str, dataset_json: dict,
-                         availability: Mapping[str, np.ndarray]) -> None:
-    """An input folder for nnU-Net in which every case has every channel file: links to the real
-    files, and for a missing series the converter's filler (zeros on the T2 grid: after nnU-Net's
-    z-score normalisation the same zeros as the training data's filler)."""
+def _prepare_input_folder(input_folder: str, prepared_folder: str, dataset_json: dict,
+                          availability: Mapping[str, np.ndarray],
+                          misaligned: Optional[Mapping[str, Sequence[int]]] = None) -> None:
+    """An input folder for nnU-Net in which every case has every channel file on one grid: links
+    to the real files; for a missing series the converter's filler (zeros on the T2 grid: after
+    nnU-Net's z-score normalisation the same zeros as the training data's filler); for a channel
+    on another grid (``--resample-to-first``) the channel resampled onto the first channel's grid
+    (linear, as the converter resamples the diffusion maps onto T2)."""
     import SimpleITK as sitk
+    from dataset_conversion.convert_larc import resample_onto
     ending, n_ch = dataset_json["file_ending"], len(dataset_json["channel_names"])
+    misaligned = misaligned or {}
     for case, avail in availability.items():
         reference = None
         for i in range(n_ch):
             name = f"{case}_{i:04d}{ending}"
-            if avail[i] > 0:
-                os.symlink(os.path.abspath(join(input_folder, name)), join(filled_folder, name))
+            if avail[i] > 0 and i not in misaligned.get(case, ()):
+                os.symlink(os.path.abspath(join(input_folder, name)), join(prepared_folder, name))
                 continue
             if reference is None:
                 reference = sitk.ReadImage(join(input_folder, f"{case}_0000{ending}"))
-            sitk.WriteImage(missing_series_filler(reference), join(filled_folder, name))
+            image = (resample_onto(sitk.ReadImage(join(input_folder, name)), reference) if avail[i] > 0
+                     else missing_series_filler(reference))
+            sitk.WriteImage(image, join(prepared_folder, name))
+
+
+def _grid_difference(reader, reference) -> Optional[str]:
+    """How the grid read by ``reader`` differs from ``reference``'s (both ``ImageFileReader``
+    after ``ReadImageInformation``), beyond :data:`GEOMETRY_TOLERANCE`; None when it does not."""
+    if tuple(reader.GetSize()) != tuple(reference.GetSize()):
+        return f"size {tuple(reader.GetSize())} vs {tuple(reference.GetSize())}"
+    for what, key in (("spacing", "spacing_mm"), ("origin", "origin_mm"), ("direction", "direction")):
+        a = np.asarray(getattr(reader, f"Get{what.capitalize()}")(), dtype=float)
+        b = np.asarray(getattr(reference, f"Get{what.capitalize()}")(), dtype=float)
+        if np.max(np.abs(a - b)) > GEOMETRY_TOLERANCE[key]:
+            unit = "" if what == "direction" else " mm"
+            return f"{what} {tuple(np.round(a, 4).tolist())} vs {tuple(np.round(b, 4).tolist())}{unit}"
+    return None
+
+
+def misaligned_channels(input_folder: str, dataset_json: dict, cases: Sequence[str]) -> Dict[str, List[int]]:
+    """Per case, the channels (indices) whose grid differs from its first channel's (headers only)."""
+    import SimpleITK as sitk
+    ending, n_ch = dataset_json["file_ending"], len(dataset_json["channel_names"])
+    result: Dict[str, List[int]] = {}
+    for c in cases:
+        reference = None
+        for i in range(n_ch):
+            path = join(input_folder, f"{c}_{i:04d}{ending}")
+            if not isfile(path):
+                continue
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(path)
+            reader.ReadImageInformation()
+            if reference is None:
+                reference = reader
+            elif _grid_difference(reader, reference) is not None:
+                result.setdefault(c, []).append(i)
+    return result
+
+
+def _read_header(path: str, case: str):
+    import SimpleITK as sitk
+    if is_nifti(path):
+        try:  # before ITK reads it: a header promising terabytes in a small file would make ITK allocate them
+            check_nifti_size(path)
+        except IncompleteImageError as e:
+            raise MultitaskPredictionError(f"case {case}: {path}: {e}") from None
+        except OSError as e:
+            raise MultitaskPredictionError(f"case {case}: {path} cannot be read: {e}") from None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise MultitaskPredictionError(f"case {case}: {path} cannot be read as an image: "
+                                       f"{itk_error_reason(e)}") from None
+    if reader.GetDimension() != 3:
+        raise MultitaskPredictionError(f"case {case}: {path} is {reader.GetDimension()}-D, expected 3-D")
+    return reader
 
 
 def _check_image_headers(input_folder: str, cases: Sequence[str], n_ch: int, ending: str,
-                         present: Optional[Mapping[str, set]] = None):
-    """Readable headers, 3-D, one size per case across channels (nnU-Net would otherwise fail in
-    a preprocessing worker, after other cases were already predicted), and every NIfTI file
-    complete: decompressed once in full and compared with the size its header promises (a file
+                         present: Optional[Mapping[str, set]] = None, allow_misaligned: bool = False):
+    """Readable headers, 3-D, one grid per case across channels (nnU-Net would otherwise fail in a
+    preprocessing worker after other cases were predicted, or, for a shifted origin or another
+    direction, only warn and read a diffusion map that does not lie on the tumour), and every NIfTI
+    file complete: decompressed once in full and compared with the size its header promises (a file
     cut short would otherwise be read with its missing voxels as zeros)."""
-    import SimpleITK as sitk
     for c in cases:
-        sizes = {}
+        reference = None
         for i in range(n_ch):
             if present is not None and i not in present[c]:
                 continue
             path = join(input_folder, f"{c}_{i:04d}{ending}")
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(path)
-            try:
-                reader.ReadImageInformation()
-            except RuntimeError as e:
-                raise MultitaskPredictionError(f"case {c}: {path} cannot be read as an image: "
-                                               f"{str(e).strip().splitlines()[-1]}") from None
-            if reader.GetDimension() != 3:
-                raise MultitaskPredictionError(f"case {c}: {path} is {reader.GetDimension()}-D, expected 3-D")
+            reader = _read_header(path, c)
             if is_nifti(path):
                 # SimpleITK zero-fills a .nii.gz cut short; decompress it completely once to be sure
                 try:
                     read_nifti_completely(path)
                 except IncompleteImageError as e:
                     raise MultitaskPredictionError(f"case {c}: {path}: {e}") from None
-            sizes[basename(path)] = tuple(reader.GetSize())
-        if len(set(sizes.values())) > 1:
-            raise MultitaskPredictionError(f"case {c}: channel images differ in size {sizes}; all channels "
-                                           f"must be on one grid")
+            if reference is None:
+                reference = (reader, path)
+                continue
+            why = _grid_difference(reader, reference[0])
+            if why is not None and not allow_misaligned:
+                raise MultitaskPredictionError(
+                    f"case {c}: {basename(path)} is not on the grid of {basename(reference[1])} ({why}): every channel "
+                    f"of a case must lie on one voxel grid, or the heads read a diffusion map that does not lie on "
+                    f"the tumour; convert the case with nnUNetv2_convert_larc (it resamples the maps onto T2), give "
+                    f"a cohort folder as -i, or pass --resample-to-first to resample it onto the first channel's grid")
 
 
 def _check_output_folder(output_folder: str):
@@ -752,28 +877,33 @@ def _refuse_duplicate_folds(folds: Sequence) -> None:
             f"same checkpoint twice is not an ensemble (it would report a spread of zero); name each fold once")
 
 
-def _remove_stale_staging(output_folder: str) -> None:
+def _remove_stale_staging(output_folder: str, keep_run: bool = False) -> None:
     """Remove staging folders left by a run that was killed; only called with the folder's lock
-    held, so no live run owns them."""
+    held, so no live run owns them. ``keep_run``: keep the killed run's own staging folder, which
+    ``--continue`` picks up."""
     for name in sorted(os.listdir(output_folder)):
         path = join(output_folder, name)
+        if keep_run and name == _RUN_STAGING:
+            continue
         if name.startswith(_STAGING_PREFIX) and isdir(path):
             shutil.rmtree(path, ignore_errors=True)
             print(f"nnUNetv2_predict_multitask: note: removed {path}, the hidden staging folder of an earlier "
                   f"prediction into this folder that was interrupted before it finished (its partial results were "
-                  f"never moved into place)", file=sys.stderr)
+                  f"never moved into place{'; --continue would have resumed it' if name == _RUN_STAGING else ''})",
+                  file=sys.stderr)
         elif name.startswith(".write_test_") and isfile(path):
             with contextlib.suppress(OSError):
                 os.remove(path)
 
 
 @contextlib.contextmanager
-def output_folder_lock(output_folder: str):
+def output_folder_lock(output_folder: str, resume: bool = False):
     """Hold the output folder for one prediction run.
 
     Creates the folder if needed (and removes it again if it is left empty), takes an exclusive
     ``flock`` on ``<output>/.nnunet_multitask.lock`` (released by the kernel if the process is
-    killed), refuses when another run holds it, and removes staging folders of killed runs.
+    killed), refuses when another run holds it, and removes staging folders of killed runs (with
+    ``resume``, all but the run's own, which ``--continue`` picks up).
     Re-entrant within one process (the CLI holds it around model loading and ``predict_folder``).
     """
     key = os.path.realpath(output_folder)
@@ -811,7 +941,7 @@ def output_folder_lock(output_folder: str):
                  f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n".encode())
     _held_locks[key] = fd
     try:
-        _remove_stale_staging(output_folder)
+        _remove_stale_staging(output_folder, keep_run=resume)
         yield
     finally:
         del _held_locks[key]
@@ -827,7 +957,8 @@ def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_fold
                    clinical: Optional[pd.DataFrame | str] = None, impute_missing_clinical: bool = False,
                    num_processes_preprocessing: int = 0, num_processes_segmentation_export: int = 0,
                    checked_cases: Optional[List[str]] = None, allow_missing_series: bool = False,
-                   part_id: int = 0, num_parts: int = 1) -> pd.DataFrame:
+                   part_id: int = 0, num_parts: int = 1, resample_to_first: bool = False,
+                   resume: bool = False, keep_going: bool = False) -> pd.DataFrame:
     """Predict every case of an input folder: segmentations, ``predictions.csv``, ``predictions.json``.
 
     Everything that can be checked is checked first (input files and channels, clinical columns,
@@ -859,6 +990,16 @@ def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_fold
         ``sorted(cases)[part_id::num_parts]`` (nnU-Net's) and record the part in
         ``predictions.json`` for ``--merge``. Every case is still checked, so every part refuses
         what a single run would refuse.
+    resample_to_first : bool
+        A channel whose grid (size, spacing, origin, direction) differs from the case's first
+        channel's is resampled onto it (linear) instead of refused; predictions.json lists them.
+    resume : bool
+        ``--continue``: pick up a run into this output folder that was killed, without predicting
+        its finished cases again (it must have used the same model, settings and inputs).
+    keep_going : bool
+        ``--keep-going``: a case that fails while it is predicted or exported (after the checks)
+        is written to ``failures.csv`` with its reason and the others are published;
+        ``predictions.json`` then says ``"complete": false``.
 
     The output folder is held with :func:`output_folder_lock` for the run: a second run into it
     is refused, and staging folders of killed runs are removed.
@@ -869,7 +1010,10 @@ def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_fold
         The table written to ``predictions.csv``.
     """
     cases = checked_cases if checked_cases is not None else \
-        _check_inputs(input_folder, predictor.dataset_json, allow_missing_series)
+        _check_inputs(input_folder, predictor.dataset_json, allow_missing_series, resample_to_first)
+    if os.path.realpath(input_folder) == os.path.realpath(output_folder):
+        raise MultitaskPredictionError(f"-o {output_folder} is the input folder -i: predictions, plans and "
+                                       f"segmentations would be written among the input images; use another folder")
     availability = input_availability(input_folder, predictor.dataset_json, cases)
     check_missing_series_support(predictor, availability)
     split = (part_id, num_parts) != (0, 1)
@@ -877,59 +1021,213 @@ def predict_folder(predictor: MultiTaskPredictor, input_folder: str, output_fold
         from nnunet_multitask.prediction_parts import part_share, predict_part
         availability = {c: availability[c] for c in part_share(cases, part_id, num_parts)}
     predictor.case_availability, predictor.allow_missing_series = availability, allow_missing_series
+    predictor.misaligned_channels = (misaligned_channels(input_folder, predictor.dataset_json, list(availability))
+                                     if resample_to_first else {})
     predictor.set_clinical_table(clinical, impute_missing=impute_missing_clinical)
     predictor.check_clinical_rows(cases)
     _check_output_folder(output_folder)
-    with output_folder_lock(output_folder):
+    with output_folder_lock(output_folder, resume=resume):
         if split:
             return predict_part(predictor, input_folder, output_folder, cases, part_id, num_parts,
-                                num_processes_preprocessing, num_processes_segmentation_export)
+                                num_processes_preprocessing, num_processes_segmentation_export,
+                                resume=resume, keep_going=keep_going)
         return _predict_into(predictor, input_folder, output_folder, cases, num_processes_preprocessing,
-                             num_processes_segmentation_export)
+                             num_processes_segmentation_export, resume=resume, keep_going=keep_going)
+
+
+def is_cohort_folder(folder: str) -> bool:
+    """A folder in the cohort layout (``images/<patient_id>/``) rather than nnU-Net's flat one."""
+    return isdir(join(folder, "images")) and not any(
+        f.endswith(e) for f in os.listdir(folder) for e in _ITK_ENDINGS)
+
+
+def run_fingerprint(predictor: MultiTaskPredictor, input_folder: str, cases: Sequence[str]) -> dict:
+    """What a run must share with the killed run it continues (``--continue``): the model and its
+    checkpoints, the settings, the inputs (case list, the clinical table's bytes)."""
+    source = predictor.clinical_table_source
+    prov = predictor.provenance
+    return {"model_folder": prov.get("model_folder"), "checkpoint_sha256": prov.get("checkpoint_sha256"),
+            "folds": prov.get("folds"), "checkpoint": prov.get("checkpoint"),
+            "tile_step_size": predictor.tile_step_size, "use_mirroring": predictor.use_mirroring,
+            "input_folder": predictor.input_label or os.path.abspath(input_folder),
+            "cases_sha256": hashlib.sha256("\n".join(sorted(cases)).encode()).hexdigest(),
+            "clinical_table_sha256": file_sha256(source) if source and isfile(source) else source,
+            "impute_missing_clinical": predictor.impute_missing_clinical,
+            "allow_missing_series": predictor.allow_missing_series,
+            "resampled_channels": {c: list(v) for c, v in sorted(predictor.misaligned_channels.items())}}
+
+
+def _open_run_staging(output_folder: str, fingerprint: dict, resume: bool) -> str:
+    """The run's staging folder: reused with ``resume`` when a killed run with the same
+    fingerprint left it, otherwise new."""
+    staging = join(output_folder, _RUN_STAGING)
+    record = join(staging, _RUN_RECORD)
+    if resume and isdir(staging):
+        try:
+            with open(record) as f:
+                earlier = json.load(f)
+        except (OSError, ValueError):
+            earlier = None
+        if isinstance(earlier, dict) and earlier == json.loads(json.dumps(fingerprint)):
+            return staging
+        differing = sorted(k for k in fingerprint if not isinstance(earlier, dict) or
+                           earlier.get(k) != json.loads(json.dumps(fingerprint))[k])
+        raise MultitaskPredictionError(
+            f"--continue: the interrupted run in {output_folder} was started with other inputs or settings "
+            f"(differing: {differing}); continue it with the same model, folds, flags, input folder and clinical "
+            f"table, or run without --continue to start again (its finished cases are then discarded)")
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(join(staging, _CASE_RECORDS))
+    _atomic_write(record, json.dumps(fingerprint, indent=2))
+    return staging
+
+
+def _finished_cases(staging: str, cases: Sequence[str], ending: str) -> List[str]:
+    """Cases a killed run finished: their head record and a complete segmentation in staging."""
+    done = []
+    for c in cases:
+        seg = join(staging, c + ending)
+        if not (isfile(join(staging, _CASE_RECORDS, c + ".json")) and isfile(seg)):
+            continue
+        if is_nifti(seg):
+            try:  # an export killed half-way leaves a file cut short: predict that case again
+                read_nifti_completely(seg)
+            except (IncompleteImageError, OSError, ValueError):
+                continue
+        done.append(c)
+    return done
+
+
+def _case_links(source: str, cases: Sequence[str], ending: str, folder: str) -> str:
+    """``folder`` filled with links to the given cases' channel files in ``source``."""
+    wanted, pattern = set(cases), re.compile(r"(.+)_\d{4}" + re.escape(ending))
+    for name in sorted(os.listdir(source)):
+        m = pattern.fullmatch(name)
+        if m is not None and m.group(1) in wanted:
+            os.symlink(os.path.realpath(join(source, name)), join(folder, name))
+    return folder
+
+
+def _run_nnunet(predictor: MultiTaskPredictor, source: str, staging: str, npp: int, nps: int) -> None:
+    if npp == 0 and nps == 0:
+        predictor.predict_from_files_sequential(source, staging, overwrite=True)
+    else:
+        predictor.predict_from_files(source, staging, overwrite=True, num_processes_preprocessing=max(1, npp),
+                                     num_processes_segmentation_export=max(1, nps))
+
+
+def _predict_cases_isolated(predictor: MultiTaskPredictor, source: str, staging: str, cases: Sequence[str],
+                            output_folder: str) -> Dict[str, str]:
+    """``--keep-going``: each case on its own (nnU-Net's sequential path); a case that fails is
+    recorded with its reason, its partial outputs are removed, and the others go on."""
+    ending = predictor.dataset_json["file_ending"]
+    failures = {}
+    for case in cases:
+        links = tempfile.mkdtemp(prefix=_STAGING_PREFIX + "case_", dir=output_folder)
+        try:
+            _run_nnunet(predictor, _case_links(source, [case], ending, links), staging, 0, 0)
+        except Exception as e:  # noqa: BLE001 -- isolation is the point: any failure of one case
+            failures[case] = f"{type(e).__name__}: {e}".replace("\n", " ")
+            print(f"nnUNetv2_predict_multitask: case {case} failed, going on with the others: {failures[case]}",
+                  file=sys.stderr)
+            for path in (join(staging, case + ending), join(staging, _CASE_RECORDS, case + ".json")):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        finally:
+            shutil.rmtree(links, ignore_errors=True)
+    return failures
 
 
 def _predict_into(predictor: MultiTaskPredictor, input_folder: str, output_folder: str, cases: List[str],
-                  num_processes_preprocessing: int, num_processes_segmentation_export: int) -> pd.DataFrame:
+                  num_processes_preprocessing: int, num_processes_segmentation_export: int,
+                  resume: bool = False, keep_going: bool = False) -> pd.DataFrame:
+    """Predict ``cases`` into the run's staging folder and publish it (module docstring).
+
+    Each finished case leaves its head record in the staging folder, so ``resume`` (``--continue``)
+    predicts only the cases a killed run had not finished; ``keep_going`` isolates the cases and
+    publishes the others with ``failures.csv``.
+    """
     predictor.head_results = {}
-    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
-    # cases with missing series are predicted from a folder where the filler stands in for them; it
-    # carries the staging prefix, so a killed run's copy is removed like its staging folder
+    staging = _open_run_staging(output_folder, run_fingerprint(predictor, input_folder, cases), resume)
+    ending = predictor.dataset_json["file_ending"]
+    done = _finished_cases(staging, cases, ending) if resume else []
+    if done:
+        print(f"nnUNetv2_predict_multitask: --continue: {len(done)} of {len(cases)} cases were finished by the "
+              f"interrupted run; predicting the other {len(cases) - len(done)}", file=sys.stderr)
+    todo = [c for c in cases if c not in set(done)]
+    # cases with missing series (or channels to resample) are predicted from a prepared folder; it
+    # carries the staging prefix, so a killed run's copy is removed like a staging folder
     filled = None
-    if any((a == 0).any() for a in predictor.case_availability.values()):
+    if any((a == 0).any() for a in predictor.case_availability.values()) or predictor.misaligned_channels:
         filled = tempfile.mkdtemp(prefix=_STAGING_PREFIX + "input_", dir=output_folder)
-        _fill_missing_series(input_folder, filled, predictor.dataset_json, predictor.case_availability)
-    source = filled or input_folder
+        _prepare_input_folder(input_folder, filled, predictor.dataset_json,
+                              {c: predictor.case_availability[c] for c in todo if c in predictor.case_availability},
+                              predictor.misaligned_channels)
+    source, subset, failures = filled or input_folder, None, {}
+    predictor.case_record_folder = join(staging, _CASE_RECORDS)
     try:
-        if num_processes_preprocessing == 0 and num_processes_segmentation_export == 0:
-            predictor.predict_from_files_sequential(source, staging, overwrite=True)
-        else:
-            predictor.predict_from_files(source, staging, overwrite=True,
-                                         num_processes_preprocessing=max(1, num_processes_preprocessing),
-                                         num_processes_segmentation_export=max(1, num_processes_segmentation_export))
-        predicted = sorted(predictor.head_results)
-        if predicted != cases:
-            raise MultitaskPredictionError(f"predicted cases {predicted} differ from the input cases {cases}")
-        ending = predictor.dataset_json["file_ending"]
-        absent = [c for c in cases if not isfile(join(staging, c + ending))]
-        if absent:
-            raise MultitaskPredictionError(f"nnU-Net wrote no segmentation for case(s) {absent}")
-        args_json = join(staging, "predict_from_raw_data_args.json")
-        if isfile(args_json):  # name the real output folder, not the staging folder, in nnU-Net's record
-            with open(args_json) as f:
-                text = f.read()
-            text = text.replace(staging, os.path.abspath(output_folder))
-            if filled is not None:
-                text = text.replace(filled, os.path.abspath(input_folder))
-            _atomic_write(args_json, text)
-        table = predictor.write_predictions(staging)
-        last = (PREDICTIONS_JSON, PREDICTIONS_CSV)
-        names = [n for n in sorted(os.listdir(staging)) if n not in last] + list(last)
-        for name in names:
-            os.replace(join(staging, name), join(output_folder, name))
-    finally:
+        if keep_going:
+            failures = _predict_cases_isolated(predictor, source, staging, todo, output_folder)
+        elif todo:
+            if done:  # only the unfinished cases, from a folder of links to them
+                subset = _case_links(source, todo, ending,
+                                     tempfile.mkdtemp(prefix=_STAGING_PREFIX + "todo_", dir=output_folder))
+            _run_nnunet(predictor, subset or source, staging, num_processes_preprocessing,
+                        num_processes_segmentation_export)
+        table = _publish_run(predictor, staging, output_folder, cases, failures, [input_folder, filled, subset])
+    except Exception:
+        # a failure (not a kill) leaves the output folder as it was; a killed run leaves its staging
+        # folder for --continue
         shutil.rmtree(staging, ignore_errors=True)
-        if filled is not None:
-            shutil.rmtree(filled, ignore_errors=True)
+        raise
+    finally:
+        predictor.case_record_folder = None
+        for folder in (filled, subset):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    return table
+
+
+def _publish_run(predictor: MultiTaskPredictor, staging: str, output_folder: str, cases: List[str],
+                 failures: Mapping[str, str], inputs: Sequence[Optional[str]]) -> pd.DataFrame:
+    """Check that every case is predicted or failed, write the tables into staging and move
+    everything into the output folder (``predictions.csv`` last)."""
+    ending = predictor.dataset_json["file_ending"]
+    records = join(staging, _CASE_RECORDS)
+    predicted = sorted(c for c in cases if isfile(join(records, c + ".json")))
+    if failures and not predicted:
+        raise MultitaskPredictionError(f"every case failed, nothing to publish: {dict(list(failures.items())[:3])}")
+    if sorted(predicted + list(failures)) != sorted(cases):
+        raise MultitaskPredictionError(f"predicted cases {predicted} and failed cases {sorted(failures)} differ "
+                                       f"from the input cases {cases}")
+    absent = [c for c in predicted if not isfile(join(staging, c + ending))]
+    if absent:
+        raise MultitaskPredictionError(f"nnU-Net wrote no segmentation for case(s) {absent}")
+    args_json = join(staging, "predict_from_raw_data_args.json")
+    if isfile(args_json):  # name the real folders, not the staging or prepared ones, in nnU-Net's record
+        with open(args_json) as f:
+            text = f.read()
+        text = text.replace(staging, os.path.abspath(output_folder))
+        for folder in inputs[1:]:
+            if folder is not None:
+                text = text.replace(folder, os.path.abspath(inputs[0]))
+        _atomic_write(args_json, text)
+    rows = []
+    for c in predicted:
+        with open(join(records, c + ".json")) as f:
+            rows.append(json.load(f))
+    table = pd.DataFrame(rows)
+    predictor.write_predictions(staging, table, failures)
+    shutil.rmtree(records)
+    os.remove(join(staging, _RUN_RECORD))
+    last = (PREDICTIONS_JSON, PREDICTIONS_CSV)
+    names = [n for n in sorted(os.listdir(staging)) if n not in last] + list(last)
+    stale_failures = join(output_folder, FAILURES_CSV)
+    if not failures and isfile(stale_failures):  # an earlier run's failures do not describe this one
+        os.remove(stale_failures)
+    for name in names:
+        os.replace(join(staging, name), join(output_folder, name))
     return table
 
 
@@ -942,7 +1240,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "surv_prob_<t>m from the survival head; spread over folds) "
                     "and predictions.json (provenance). Everything is checked before prediction starts, and "
                     "the output folder receives the results only when every case succeeded.")
-    parser.add_argument("-i", required=True, help="input folder (<case>_<XXXX>.nii.gz, as nnUNetv2_predict)")
+    parser.add_argument("-i", required=True, help="input folder: <case>_<XXXX>.nii.gz files as nnUNetv2_predict, or "
+                        "new patients in the cohort layout (images/<patient_id>/T2.nii.gz, ADC, Dapp, Kapp on their "
+                        "own grids, no mask; clinical.csv without follow-up), checked and resampled as the converter "
+                        "does")
     parser.add_argument("-o", required=True, help="output folder")
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier")
@@ -973,6 +1274,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cases may lack series other than T2 (e.g. no Dapp/Kapp): they are filled as at "
                              "conversion and flagged to a model trained for it (MultiRecTrainer_ModalityDropout); "
                              "predictions.csv names each case's series (series_available)")
+    parser.add_argument("--resample-to-first", action="store_true",
+                        help="a channel whose grid (size, spacing, origin or direction) differs from the case's first "
+                             "channel's is resampled onto it (linear) instead of refused; predictions.json lists them")
+    parser.add_argument("--continue", dest="continue_prediction", action="store_true",
+                        help="pick up a run into the same -o that was killed (as nnUNetv2_predict's "
+                             "--continue_prediction): its finished cases are not predicted again; the run must use "
+                             "the same model, folds, flags, inputs and clinical table")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="a case that fails while it is predicted or exported (after the up-front checks) is "
+                             "written to failures.csv with its reason and the other cases are published; exit "
+                             f"status {EXIT_FINISHED_WITH_FAILURES} says the run finished with failures (each case "
+                             "is predicted on its own, on nnU-Net's sequential path)")
+    parser.add_argument("--dicom-out", action="store_true",
+                        help="with -i a cohort folder made by multirec_import_dicom: also write <output>/dicom/ with "
+                             "each patient's predicted tumour as DICOM-SEG and the risk outputs as a structured report "
+                             "(research use only), both referencing the patient's T2 series; these DICOM objects "
+                             "carry the source study's patient identifiers, as DICOM must")
     # split inference as in nnUNetv2_predict, and the merge of its parts (nnunet_multitask.prediction_parts)
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (run each "
                         "part on its own machine, each into its own output folder, then merge them with --merge)")
@@ -1019,6 +1337,15 @@ def _check_part_and_report_options(parser: argparse.ArgumentParser, args) -> Non
             parser.error(str(e))
 
 
+def _check_report_against_cases(args, cases: Sequence[str], ending: str) -> None:
+    """The report's inputs against the cases to predict, before any is predicted."""
+    from nnunet_multitask.report import ReportError, check_report_inputs
+    try:
+        check_report_inputs(args.i, args.seg_gt, cases, ending)
+    except ReportError as e:
+        raise MultitaskPredictionError(str(e)) from None
+
+
 def _finished_message(args, table: pd.DataFrame) -> str:
     if (args.part_id, args.num_parts) == (0, 1):
         return f"Wrote {len(table)} patient-level predictions to {join(args.o, PREDICTIONS_CSV)}"
@@ -1027,9 +1354,125 @@ def _finished_message(args, table: pd.DataFrame) -> str:
             f"nnUNetv2_predict_multitask --merge PART_DIR [PART_DIR ...] -o OUT")
 
 
+def _early_dataset_json(model_folder: str) -> Optional[dict]:
+    """The model folder's dataset.json when it can be read (channels and file ending), so the inputs
+    are checked before any checkpoint is loaded; None: the model initialisation reports why."""
+    path = join(model_folder, "dataset.json")
+    if not isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            early = json.load(f)
+        early["channel_names"], early["file_ending"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return early
+
+
+def _load_predictor(args, device, model_folder: str, folds) -> MultiTaskPredictor:
+    predictor = MultiTaskPredictor(tile_step_size=args.step_size, use_gaussian=True,
+                                   use_mirroring=not args.disable_tta,
+                                   perform_everything_on_device=args.device == "cuda", device=device,
+                                   verbose=args.verbose, verbose_preprocessing=args.verbose,
+                                   allow_tqdm=not args.disable_progress_bar)
+    predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
+    if args.clinical is not None and not predictor.uses_clinical_data:
+        print(f"Note: {args.tr} uses no clinical data; --clinical {args.clinical} is not read")
+    return predictor
+
+
+def _dicom_references(args, prepared) -> Dict[str, list]:
+    """``--dicom-out``: each new patient's T2 DICOM files (through the importer's
+    ``dicom_mapping.csv``), found before anything is predicted; empty without the option."""
+    if not args.dicom_out:
+        return {}
+    if prepared is None or not isfile(join(args.i, "dicom_mapping.csv")):
+        raise MultitaskPredictionError(f"--dicom-out: -i {args.i} is not a cohort folder made by multirec_import_dicom "
+                                       f"(no dicom_mapping.csv): the DICOM objects must reference the T2 series the "
+                                       f"patient came from")
+    from dataset_conversion.import_dicom import DicomImportError, t2_files_from_mapping
+    references = {}
+    for case_id, patient_id in zip(prepared.mapping["case_id"], prepared.mapping["patient_id"]):
+        try:
+            references[case_id] = t2_files_from_mapping(args.i, patient_id)
+        except (DicomImportError, OSError) as e:
+            raise MultitaskPredictionError(f"--dicom-out: patient {patient_id}: {e}") from None
+    return references
+
+
+def _write_dicom_outputs(output_folder: str, table: pd.DataFrame, t2_files: Mapping[str, list],
+                         ending: str) -> None:
+    """``<output>/dicom/<case>_seg.dcm`` (the predicted tumour as DICOM-SEG) and ``<case>_sr.dcm``
+    (the risk outputs as a structured report marked research use), staged and moved into place."""
+    import SimpleITK as sitk
+    from dataset_conversion.dicom_export import write_dicom_seg, write_risk_report
+    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX + "dicom_", dir=output_folder)
+    try:
+        for _, row in table.iterrows():
+            case = row["case_id"]
+            values = {c: float(row[c]) for c in column_sources(table.columns)
+                      if pd.notna(row[c]) and np.isfinite(float(row[c]))}
+            write_dicom_seg(sitk.ReadImage(join(output_folder, case + ending)), t2_files[case],
+                            join(staging, f"{case}_seg.dcm"))
+            write_risk_report(values, t2_files[case], join(staging, f"{case}_sr.dcm"))
+        target = join(output_folder, "dicom")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    except Exception:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _run_prediction(args, folds, device, work: str) -> pd.DataFrame:
+    """Check the inputs, load the model and predict (inside the CLI's error handling)."""
+    model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
+    if not isdir(model_folder):
+        raise MultitaskPredictionError(f"no trained model at {model_folder}")
+    early_json = _early_dataset_json(model_folder)
+    images, clinical, source_label, prepared = args.i, args.clinical, None, None
+    if is_cohort_folder(args.i):  # new patients in the cohort layout: checked and resampled as the converter does
+        if early_json is None:
+            raise MultitaskPredictionError(f"{model_folder}: dataset.json missing or unreadable")
+        from dataset_conversion.new_patients import prepare_new_patients
+        prepared = prepare_new_patients(args.i, early_json, work, clinical=args.clinical,
+                                        allow_missing_series=args.allow_missing_series)
+        images, clinical, source_label = prepared.images, prepared.clinical, os.path.abspath(args.i)
+    dicom_t2 = _dicom_references(args, prepared)
+    # the input images are checked (in full) before any checkpoint is loaded
+    checked_cases = None
+    if early_json is not None:
+        checked_cases = _check_inputs(images, early_json, args.allow_missing_series, args.resample_to_first)
+        if args.report:
+            _check_report_against_cases(args, checked_cases, early_json["file_ending"])
+    with output_folder_lock(args.o, resume=args.continue_prediction):
+        predictor = _load_predictor(args, device, model_folder, folds)
+        if predictor.dataset_json.get("channel_names") != (early_json or {}).get("channel_names") or \
+                predictor.dataset_json.get("file_ending") != (early_json or {}).get("file_ending"):
+            checked_cases = None  # predict_folder checks against the loaded model's own dataset.json
+        if source_label is not None:
+            predictor.input_label = source_label
+        table = predict_folder(predictor, images, args.o, clinical=clinical,
+                               impute_missing_clinical=args.impute_missing_clinical,
+                               num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps,
+                               checked_cases=checked_cases, allow_missing_series=args.allow_missing_series,
+                               part_id=args.part_id, num_parts=args.num_parts,
+                               resample_to_first=args.resample_to_first, resume=args.continue_prediction,
+                               keep_going=args.keep_going)
+        if source_label is not None:
+            prepared.publish_mapping(args.o)
+        if dicom_t2:
+            _write_dicom_outputs(args.o, table, dicom_t2, predictor.dataset_json["file_ending"])
+        if args.report:
+            from nnunet_multitask.report import report_for_prediction
+            report_for_prediction(predictor, images, args.o, table, seg_gt_folder=args.seg_gt,
+                                  saliency=args.saliency, saliency_blocks=args.saliency_blocks)
+    return table
+
+
 def predict_entry_point(argv: Optional[List[str]] = None):
     """Console script ``nnUNetv2_predict_multitask``; errors are printed (naming the case, file and
-    problem) with exit status 2, without a traceback."""
+    problem) with exit status 2, without a traceback; a ``--keep-going`` run that finished with
+    failed cases exits with :data:`EXIT_FINISHED_WITH_FAILURES`."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--merge" in argv:  # merging parts needs no model and no input folder: its own flags
         from nnunet_multitask.prediction_parts import merge_main
@@ -1038,6 +1481,9 @@ def predict_entry_point(argv: Optional[List[str]] = None):
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_part_and_report_options(parser, args)
+    if os.path.realpath(args.o) == os.path.realpath(args.i):
+        parser.error(f"-o {args.o} is the input folder -i: predictions, plans and segmentations would be written "
+                     f"among the input images (and a second run would read them as input); use another folder")
     try:
         folds = [f if f == "all" else int(f) for f in args.f]
     except ValueError:
@@ -1046,6 +1492,7 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         _refuse_duplicate_folds(folds)
     except MultitaskPredictionError as e:
         parser.error(f"-f: {e}")
+    work = tempfile.mkdtemp(prefix="nnunet_multitask_inputs_")
     try:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise MultitaskPredictionError("-device cuda: no CUDA device is available (use -device cpu)")
@@ -1053,49 +1500,26 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         if args.device == "cpu":
             import multiprocessing
             torch.set_num_threads(multiprocessing.cpu_count())
-        model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
-        if not isdir(model_folder):
-            raise MultitaskPredictionError(f"no trained model at {model_folder}")
-        # the input images are checked (in full) before any checkpoint is loaded; the model folder's
-        # dataset.json says which channels and file ending to expect
-        checked_cases, early_json = None, None
-        model_dataset_json = join(model_folder, "dataset.json")
-        if isfile(model_dataset_json):
-            try:
-                with open(model_dataset_json) as f:
-                    early_json = json.load(f)
-                early_json["channel_names"], early_json["file_ending"]
-            except (OSError, ValueError, KeyError, TypeError):
-                early_json = None  # reported by the model initialisation below
-            if early_json is not None:
-                checked_cases = _check_inputs(args.i, early_json, args.allow_missing_series)
-        with output_folder_lock(args.o):
-            predictor = MultiTaskPredictor(tile_step_size=args.step_size, use_gaussian=True,
-                                           use_mirroring=not args.disable_tta,
-                                           perform_everything_on_device=args.device == "cuda", device=device,
-                                           verbose=args.verbose, verbose_preprocessing=args.verbose,
-                                           allow_tqdm=not args.disable_progress_bar)
-            predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
-            if args.clinical is not None and not predictor.uses_clinical_data:
-                print(f"Note: {args.tr} uses no clinical data; --clinical {args.clinical} is not read")
-            if predictor.dataset_json.get("channel_names") != (early_json or {}).get("channel_names") or \
-                    predictor.dataset_json.get("file_ending") != (early_json or {}).get("file_ending"):
-                checked_cases = None  # predict_folder checks against the loaded model's own dataset.json
-            table = predict_folder(predictor, args.i, args.o, clinical=args.clinical,
-                                   impute_missing_clinical=args.impute_missing_clinical,
-                                   num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps,
-                                   checked_cases=checked_cases, allow_missing_series=args.allow_missing_series,
-                                   part_id=args.part_id, num_parts=args.num_parts)
-            if args.report:
-                from nnunet_multitask.report import report_for_prediction
-                report_for_prediction(predictor, args.i, args.o, table, seg_gt_folder=args.seg_gt,
-                                      saliency=args.saliency, saliency_blocks=args.saliency_blocks)
+        table = _run_prediction(args, folds, device, work)
     except (MultitaskPredictionError, CheckpointError, SchemaError, MultitaskDatasetError,
-            ClinicalPreprocessingError) as e:
+            ClinicalPreprocessingError, ConversionError) as e:
         # SchemaError covers clinical.tables.ClinicalTableError (bad values, undeclared categories)
         print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(_finished_message(args, table))
+    failed = _failed_cases(args.o)
+    if failed:
+        print(f"nnUNetv2_predict_multitask: finished with failures: {len(failed)} case(s) could not be predicted "
+              f"({', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}); their reasons are in "
+              f"{join(args.o, FAILURES_CSV)}", file=sys.stderr)
+        sys.exit(EXIT_FINISHED_WITH_FAILURES)
+
+
+def _failed_cases(output_folder: str) -> List[str]:
+    with open(join(output_folder, PREDICTIONS_JSON)) as f:
+        return list(json.load(f).get("failed_cases") or [])
 
 
 if __name__ == "__main__":

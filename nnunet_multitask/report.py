@@ -236,8 +236,10 @@ def case_set(case_id: str, dataset_json: dict) -> str:
     return ""
 
 
-def check_report_inputs(image_folder: str, seg_gt_folder: Optional[str]) -> None:
-    """What the report needs, checked before a prediction starts (the CLI calls this first)."""
+def check_report_inputs(image_folder: str, seg_gt_folder: Optional[str], cases: Optional[Sequence[str]] = None,
+                        ending: Optional[str] = None) -> None:
+    """What the report needs, checked before a prediction starts (the CLI calls this first, and
+    again with the cases to predict and their file ending once the input folder was checked)."""
     try:
         import matplotlib  # noqa: F401
     except ImportError as e:
@@ -246,6 +248,10 @@ def check_report_inputs(image_folder: str, seg_gt_folder: Optional[str]) -> None
         raise ReportError(f"--report: image folder not found: {image_folder}")
     if seg_gt_folder is not None and not isdir(seg_gt_folder):
         raise ReportError(f"--seg-gt: folder not found: {seg_gt_folder}")
+    if seg_gt_folder is not None and cases is not None and ending is not None and \
+            not any(isfile(join(seg_gt_folder, c + ending)) for c in cases):
+        raise ReportError(f"--seg-gt {seg_gt_folder}: holds no reference mask <case>{ending} of any case to "
+                          f"predict (e.g. {cases[0]}{ending}); check the folder, or leave --seg-gt out")
 
 
 # ---------------------------------------------------------------------- numbers of one case

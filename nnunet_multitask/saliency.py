@@ -270,13 +270,18 @@ def saliency_for_cases(predictor, input_folder: str, cases: Sequence[str], risk_
     records = {}
     for case in cases:
         availability = run_availability.get(case)
+        misaligned = (getattr(predictor, "misaligned_channels", None) or {}).get(case)
         filled = None
         try:
-            if availability is not None and (np.asarray(availability) == 0).any():
-                # the prediction's input: the filler stands in for a missing series
-                from nnunet_multitask.predictor import _fill_missing_series
+            if (availability is not None and (np.asarray(availability) == 0).any()) or misaligned:
+                # the prediction's input: the filler stands in for a missing series, a channel on
+                # another grid resampled onto the first channel's
+                from nnunet_multitask.predictor import _prepare_input_folder
                 filled = tempfile.mkdtemp(prefix="nnunet_multitask_saliency_input_")
-                _fill_missing_series(input_folder, filled, predictor.dataset_json, {case: availability})
+                if availability is None:
+                    availability = np.ones(n_ch, dtype=np.float32)
+                _prepare_input_folder(input_folder, filled, predictor.dataset_json, {case: availability},
+                                      {case: misaligned} if misaligned else None)
             files = case_image_files(filled or input_folder, case, n_ch, ending)
             sal = occlusion_saliency(predictor, files, case, max_blocks, availability)
         finally:

@@ -277,7 +277,9 @@ def test_input_folder_checks(api_env, predictor, tmp_path):
 
     other_grid = _case_folder(images, cases[:1], tmp_path / "grid", channels=(0, 1, 2))
     sitk.WriteImage(sitk.Image([7, 7, 3], sitk.sitkFloat32), str(other_grid / f"{cases[0]}_0003.nii.gz"))
-    with pytest.raises(MultitaskPredictionError, match=rf"case {cases[0]}: channel images differ in size"):
+    with pytest.raises(MultitaskPredictionError,
+                       match=rf"case {cases[0]}: {cases[0]}_0003.nii.gz is not on the grid of "
+                             rf"{cases[0]}_0000.nii.gz \(size"):
         _check_inputs(str(other_grid), dj)
 
     broken = _case_folder(images, cases[:1], tmp_path / "broken", channels=(0, 1, 2))

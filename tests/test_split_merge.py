@@ -8,6 +8,7 @@ refusals are tested on fabricated part folders (no model needed) and through the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -49,12 +50,20 @@ def _fake_part(folder: Path, part_id: int, num_parts: int, all_cases, sha: str =
             "part": {"part_id": part_id, "num_parts": num_parts, "cases": share, "all_cases": sorted(all_cases),
                      "all_cases_sha256": case_list_sha256(all_cases), "input_folder": "/data/imagesTs",
                      "clinical_table_sha256": "c" * 64}}
+    meta["tables_sha256"] = {"predictions.csv": hashlib.sha256((folder / "predictions.csv").read_bytes()).hexdigest()}
     meta.update(meta_changes)
     (folder / "predictions.json").write_text(json.dumps(meta))
     (folder / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
     for c in share:
         (folder / f"{c}.nii.gz").write_bytes(c.encode())
     return folder
+
+
+def _reseal(folder: Path) -> None:
+    """Record the part's current predictions.csv digest, as if its prediction had written it."""
+    meta = json.loads((folder / "predictions.json").read_text())
+    meta["tables_sha256"] = {"predictions.csv": hashlib.sha256((folder / "predictions.csv").read_bytes()).hexdigest()}
+    (folder / "predictions.json").write_text(json.dumps(meta))
 
 
 CASES = [f"LARC_{i:04d}" for i in (3, 1, 8, 5, 10)]
@@ -133,6 +142,7 @@ def test_merge_refuses_mismatched_parts(tmp_path, case, capsys):
         extra = pd.read_csv(p0 / "predictions.csv", dtype=str, keep_default_na=False).iloc[:1]
         both = pd.concat([pd.read_csv(p1 / "predictions.csv", dtype=str, keep_default_na=False), extra])
         both.to_csv(p1 / "predictions.csv", index=False)
+        _reseal(p1)  # an overlap made by the prediction itself, not an edit afterwards
         parts.append(p1)
         expected = rf"case\(s\) \['{sorted(CASES)[0]}'\] are in both .*p0 and .*p1: parts overlap"
     elif case == "missing_part":
