@@ -80,8 +80,8 @@ from clinical.schema import GROUPS, ClinicalSchema
 from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
 # IMAGE_ENDINGS: a patient folder holds one file per series; a second one under another of these endings or
 # another capitalisation (T2.nii or t2.nii.gz beside T2.nii.gz) is refused (ITK reads T2.nii when asked for T2.nii.gz)
-from dataset_conversion.nifti_integrity import (IMAGE_ENDINGS, IncompleteImageError, find_series_files, is_nifti,
-                                                itk_error_reason, read_nifti_completely)
+from dataset_conversion.nifti_integrity import (IMAGE_ENDINGS, IncompleteImageError, check_nifti_geometry,
+                                                find_series_files, is_nifti, itk_error_reason, read_nifti_completely)
 from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract, missing_series_filler
 
 __all__ = [
@@ -188,6 +188,7 @@ def _read_image(path: Path, patient_id: str) -> sitk.Image:
     if is_nifti(path):
         try:
             nifti = read_nifti_completely(path)
+            check_nifti_geometry(path)
         except IncompleteImageError as e:
             raise ConversionError(f"patient {patient_id}: cannot read {path}: {e}") from None
     try:
@@ -202,6 +203,10 @@ def _read_image(path: Path, patient_id: str) -> sitk.Image:
         raise ConversionError(f"patient {patient_id}: {path} is not a 3D single-channel image "
                               f"(dimension {image.GetDimension()}, "
                               f"{image.GetNumberOfComponentsPerPixel()} components)")
+    geometry = (*image.GetSpacing(), *image.GetOrigin(), *image.GetDirection())
+    if not (np.isfinite(geometry).all() and min(image.GetSpacing()) > 0):
+        raise ConversionError(f"patient {patient_id}: {path} has an undefined geometry (spacing {image.GetSpacing()}, "
+                              f"origin {image.GetOrigin()}, direction {image.GetDirection()})")
     if nifti is not None:
         voxels = np.asanyarray(nifti.dataobj) if nifti.get_data_dtype().kind in "fc" else None
     else:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import re
+import struct
 import zlib
 from pathlib import Path
 from typing import Tuple
@@ -33,7 +35,7 @@ from typing import Tuple
 import nibabel
 
 __all__ = ["IncompleteImageError", "read_nifti_completely", "check_nifti_size", "itk_error_reason", "is_nifti",
-           "IMAGE_ENDINGS", "split_image_name", "find_series_files"]
+           "check_nifti_geometry", "IMAGE_ENDINGS", "split_image_name", "find_series_files"]
 
 #: Endings of an image file, compared in lower case (longest first where one ends another). Two files of one
 #: series (or one case and channel) whose names differ only in these endings or in capitalisation are
@@ -98,14 +100,39 @@ def find_series_files(folder, stem: str, names=None) -> list:
     return [folder / n for n in sorted(names) if (split := split_image_name(n)) and split[0].lower() == wanted]
 
 
-def _header_class(raw: bytes):
+def _header_kind(raw: bytes):
+    """(header class, image class, header size, byte order) from the ``sizeof_hdr`` field, or None."""
     if len(raw) < 4:
         return None
     for order in ("little", "big"):
         size = int.from_bytes(raw[:4], order)
         if size in _HEADER_CLASSES:
-            return _HEADER_CLASSES[size]
+            return (*_HEADER_CLASSES[size], size, order)
     return None
+
+
+# header size -> (offset of dim[8], struct format of one dim entry, offset of datatype)
+_RAW_LAYOUT = {348: (40, "h", 70), 540: (16, "q", 12)}
+
+
+def _check_raw_fields(raw: bytes, size: int, order: str) -> None:
+    """The fields nibabel needs to describe the data, read in the byte order ``sizeof_hdr`` gave, so a
+    malformed header is named plainly (nibabel would guess another byte order, or raise a bare KeyError)."""
+    endian = "<" if order == "little" else ">"
+    dim_offset, dim_format, datatype_offset = _RAW_LAYOUT[size]
+    dims = struct.unpack_from(f"{endian}8{dim_format}", raw, dim_offset)
+    datatype = struct.unpack_from(f"{endian}h", raw, datatype_offset)[0]
+    ndim = dims[0]
+    if not 1 <= ndim <= 7:
+        raise IncompleteImageError(f"its NIfTI header declares dim[0] = {ndim} dimensions (1 to 7 are valid): "
+                                   f"not a valid NIfTI header")
+    shape = tuple(int(n) for n in dims[1:ndim + 1])
+    if any(n < 0 for n in shape):
+        raise IncompleteImageError(f"its NIfTI header declares a negative size (shape {shape})")
+    if any(n == 0 for n in shape):
+        raise IncompleteImageError(f"its NIfTI header declares no voxels (shape {shape}: a size of 0)")
+    if datatype not in nibabel.nifti1.data_type_codes.value_set("code"):
+        raise IncompleteImageError(f"its NIfTI header declares an unknown datatype code {datatype}")
 
 
 def read_nifti_completely(path):
@@ -154,14 +181,14 @@ def read_nifti_completely(path):
 def _parse_header(raw: bytes) -> Tuple[type, type, int, Tuple[tuple, int, int]]:
     """Header class, image class, promised file size and (shape, bytes per voxel, data offset)
     from the first bytes of a (decompressed) NIfTI file."""
-    classes = _header_class(raw)
-    if classes is None:
+    kind = _header_kind(raw)
+    if kind is None:
         raise IncompleteImageError("not a single-file NIfTI-1/2 image (no valid header size at its start)")
-    header_class, image_class = classes
-    size = header_class.template_dtype.itemsize  # 348 (NIfTI-1) or 540 (NIfTI-2)
+    header_class, image_class, size, order = kind  # size 348 (NIfTI-1) or 540 (NIfTI-2)
     if len(raw) < size:
         raise IncompleteImageError(f"the file is cut short: it holds {len(raw)} bytes, fewer than its "
                                    f"{size}-byte NIfTI header")
+    _check_raw_fields(raw, size, order)
     try:
         # only the fixed header (and an empty extension flag): the promise does not depend on extensions
         header = header_class.from_fileobj(io.BytesIO(raw[:size] + b"\0\0\0\0"), check=False)
@@ -174,6 +201,9 @@ def _parse_header(raw: bytes) -> Tuple[type, type, int, Tuple[tuple, int, int]]:
     if any(n < 0 for n in shape) or offset < 0:
         raise IncompleteImageError(f"its NIfTI header declares a negative size (shape {shape}, data at byte "
                                    f"{offset})")
+    if itemsize == 0:
+        raise IncompleteImageError(f"its NIfTI header declares datatype code {int(header['datatype'])}, which "
+                                   f"holds no voxel values")
     n_voxels = 1
     for n in shape:
         n_voxels *= n
@@ -252,6 +282,64 @@ def check_nifti_size(path) -> int:
     if actual < expected:
         raise IncompleteImageError(_cut_short_message(actual, expected, promise, compressed))
     return expected
+
+
+def check_nifti_geometry(path) -> None:
+    """Refuse a NIfTI header whose geometry ITK would silently replace or cannot use.
+
+    ITK reads a voxel size (``pixdim[1..3]``) of 0 or NaN as 1 and folds a negative one into the
+    direction; a NaN or infinite ``sform`` / ``qform`` gives a non-finite origin or direction. Every
+    spatial voxel size must be finite and > 0, and the affine of every orientation the header
+    declares (``sform_code`` / ``qform_code`` > 0) finite. (A sheared or degenerate but finite
+    affine is left to ITK, which refuses it; :func:`itk_error_reason` keeps its reason.)
+
+    Only the header is read (the first bytes of the file, decompressed), as stored: nibabel's image
+    loading "fixes" a zero or negative voxel size silently, as ITK does, so an image from
+    :func:`read_nifti_completely` cannot show it.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.nii`` or ``.nii.gz`` file.
+
+    Raises
+    ------
+    IncompleteImageError
+        Naming the field and its values (without the path, which the caller adds); also when the
+        header cannot be read (as :func:`check_nifti_size`).
+    """
+    path = Path(path)
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rb") as f:
+            head = f.read(_MAX_HEADER)
+    except EOFError:
+        raise IncompleteImageError("the file is cut short (its gzip stream ends inside the header)") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise IncompleteImageError(f"the gzip stream is damaged ({e})") from None
+    except OSError as e:
+        raise IncompleteImageError(f"cannot be read ({e})") from None
+    _parse_header(head)  # a readable header that describes voxel data (raises otherwise)
+    header_class, _, size, _ = _header_kind(head)
+    header = header_class.from_fileobj(io.BytesIO(head[:size] + b"\0\0\0\0"), check=False)
+    ndim = int(header["dim"][0])
+    spacing = [float(v) for v in header["pixdim"][1:1 + min(3, ndim)]]
+    if not all(math.isfinite(v) and v > 0 for v in spacing):
+        raise IncompleteImageError(f"its NIfTI header's voxel size pixdim[1..{len(spacing)}] = "
+                                   f"({', '.join(f'{v:g}' for v in spacing)}) is not finite and > 0 (ITK would read 0 "
+                                   f"or NaN as 1 mm and fold a negative size into the direction): repair the header or "
+                                   f"re-export")
+    checks = []
+    if int(header["sform_code"]) > 0:
+        checks.append(("sform", [*header["srow_x"], *header["srow_y"], *header["srow_z"]]))
+    if int(header["qform_code"]) > 0:
+        checks.append(("qform", [float(header[k]) for k in ("quatern_b", "quatern_c", "quatern_d", "qoffset_x",
+                                                            "qoffset_y", "qoffset_z")]))
+    for name, values in checks:
+        if not all(math.isfinite(float(v)) for v in values):
+            raise IncompleteImageError(f"its NIfTI header's {name} holds a NaN or infinite value "
+                                       f"({', '.join(f'{float(v):g}' for v in values)}): its origin or "
+                                       f"direction is undefined")
 
 
 _ITK_PREFIX = re.compile(r"^(?:ITK ERROR|sitk::ERROR|ERROR)\s*:\s*(?:[A-Za-z_][\w:]*\(0x[0-9a-fA-F]+\)\s*:\s*)?")

@@ -8,14 +8,15 @@ folder, no temporary folder, no preprocessed folder; with ``--overwrite`` the ol
 1. a schema transform (``log``, ``log1p``) and a development or test patient outside its domain;
 2. a schema file whose JSON is not an object (``null``, a list, a number, a string);
 3. two files for one series in a patient folder (``T2.nii`` beside ``T2.nii.gz``, ...);
-4. ITK's reason for a degenerate / sheared direction matrix, and a header promising far more voxels
-   than the file holds (refused before ITK reads it).
+4. ITK's reason for a degenerate / sheared direction matrix, a header promising far more voxels
+   than the file holds (refused before ITK reads it), and header fields ITK would silently replace.
 """
 from __future__ import annotations
 
 import gzip
 import json
 import os
+import struct
 import subprocess
 import sys
 import tracemalloc
@@ -30,8 +31,9 @@ import SimpleITK as sitk
 from clinical.schema import DEFAULT_SCHEMA_PATH, ClinicalSchema, SchemaError
 from clinical.tables import ClinicalTableError, read_case_table
 from dataset_conversion import convert_larc
-from dataset_conversion.nifti_integrity import (IncompleteImageError, check_nifti_size, find_series_files,
-                                                itk_error_reason, read_nifti_completely, split_image_name)
+from dataset_conversion.nifti_integrity import (IncompleteImageError, check_nifti_geometry, check_nifti_size,
+                                                find_series_files, itk_error_reason, read_nifti_completely,
+                                                split_image_name)
 
 try:
     from cohort_factory import T2_ORIGIN, T2_SPACING, write_cohort
@@ -433,6 +435,38 @@ def test_huge_header_never_reaches_itk(cohort, roots, capsys, monkeypatch, name)
     monkeypatch.setattr(convert_larc.sitk, "ReadImage", guarded_read)
     assert_refused(run_main(cohort, capsys), roots,
                    ["patient HX006", name, "promises 4000000000352", "holds 4448 bytes (decompressed)"])
+
+
+def edit_header(path: Path, offset: int, fmt: str, value) -> None:
+    """Overwrite one field of a .nii.gz file's stored NIfTI-1 header (little-endian), nothing else."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(gzip.compress(bytes(raw)))
+
+
+# offsets in the NIfTI-1 header: dim[0] 40, dim[3] 46, datatype 70, pixdim[1] 80, pixdim[3] 88, srow_x[3] 292
+HEADER_DAMAGE = {
+    "voxel size 0": ((80, "<f", 0.0), ["pixdim[1..3] = (0, 0.7, 3)", "not finite and > 0"]),
+    "voxel size NaN": ((84, "<f", float("nan")), ["pixdim[1..3] = (0.7, nan, 3)", "not finite and > 0"]),
+    "negative voxel size": ((88, "<f", -3.0), ["pixdim[1..3] = (0.7, 0.7, -3)", "not finite and > 0"]),
+    "NaN origin in the sform": ((292, "<f", float("nan")), ["sform holds a NaN or infinite value"]),
+    "size 0": ((46, "<h", 0), ["declares no voxels", "(20, 18, 0)"]),
+    "negative size": ((46, "<h", -6), ["negative size", "(20, 18, -6)"]),
+    "dim[0] out of range": ((40, "<h", 9), ["dim[0] = 9", "1 to 7"]),
+    "unknown datatype": ((70, "<h", 9999), ["unknown datatype code 9999"]),
+}
+
+
+@pytest.mark.parametrize("damage", list(HEADER_DAMAGE))
+def test_header_geometry_itk_would_replace_is_refused(cohort, roots, capsys, damage):
+    """Fields ITK would silently replace (a voxel size of 0 or NaN read as 1 mm, a negative one folded into
+    the direction) or misread (no voxels, a bad dim[0] or datatype) are named before ITK reads the file."""
+    (offset, fmt, value), expected = HEADER_DAMAGE[damage]
+    path = image_path(cohort, "HX008", "T2.nii.gz")
+    edit_header(path, offset, fmt, value)
+    with pytest.raises(IncompleteImageError):
+        check_nifti_geometry(path)
+    assert_refused(run_main(cohort, capsys), roots, ["patient HX008", "T2.nii.gz", *expected])
 
 
 def test_check_nifti_size_compares_the_promise_with_the_file(tmp_path, cohort):
