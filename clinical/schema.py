@@ -38,6 +38,20 @@ class SchemaError(ValueError):
     """The schema itself is malformed, or a table does not match it."""
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _object_without_duplicates(pairs) -> dict:
+    """``json.loads`` object hook: a key given twice in one object raises (the default keeps the last)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _json_kind(value) -> str:
     """What a parsed JSON value is, in words (for the "must be a JSON object" message)."""
     if value is None:
@@ -166,7 +180,11 @@ class ClinicalSchema:
         """
         path = Path(path) if path is not None else DEFAULT_SCHEMA_PATH
         try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
+            # utf-8-sig: a byte-order mark (Windows editors) is not an error; duplicate keys are (JSON keeps the last)
+            d = json.loads(Path(path).read_text(encoding="utf-8-sig"), object_pairs_hook=_object_without_duplicates)
+        except _DuplicateKey as e:
+            raise SchemaError(f"schema file {path} declares the key '{e}' more than once in one object (JSON would "
+                              f"keep only the last): remove the duplicate") from None
         except FileNotFoundError:
             raise SchemaError(f"schema file not found: {path}") from None
         except json.JSONDecodeError as e:

@@ -215,6 +215,21 @@ def test_schema_null_is_refused_by_the_command(cohort, roots, tmp_path):
                    [f"schema file {schema}", "must be a JSON object", "null"])
 
 
+def test_schema_with_a_column_declared_twice_is_refused(cohort, roots, capsys, tmp_path):
+    """JSON keeps the last of two equal keys: a column declared twice would silently lose one declaration."""
+    text = DEFAULT_SCHEMA_PATH.read_text()
+    schema = tmp_path / "schema.json"
+    schema.write_text(text.replace('"cea":', '"cea": {"group": "pretreatment", "type": "numeric"},\n    "cea":', 1))
+    assert_refused(run_main(cohort, capsys, "--schema", str(schema)), roots,
+                   [f"schema file {schema}", "declares the key 'cea' more than once"])
+
+
+def test_schema_with_a_byte_order_mark_is_read(cohort, roots, capsys, tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_bytes(b"\xef\xbb\xbf" + DEFAULT_SCHEMA_PATH.read_bytes())
+    assert ClinicalSchema.load(schema).columns == ClinicalSchema.load().columns
+
+
 def test_schema_loader_and_from_dict_refuse_non_objects(tmp_path):
     """The one loader (ClinicalSchema.load), used wherever a schema file is read, and from_dict (the
     dataset.json block) name the source."""
