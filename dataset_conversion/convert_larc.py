@@ -156,7 +156,10 @@ def series_file(patient_dir: Path, file_name: str, patient_id: str) -> Tuple[Pat
     """
     path = patient_dir / file_name
     stem = file_name[:-len(FILE_ENDING)] if file_name.endswith(FILE_ENDING) else file_name
-    found = [p.name for p in find_series_files(patient_dir, stem)]
+    try:
+        found = [p.name for p in find_series_files(patient_dir, stem)]
+    except OSError as e:  # no permission to list the folder
+        raise ConversionError(f"patient {patient_id}: cannot list {patient_dir}: {e}") from None
     if len(found) > 1:
         raise ConversionError(
             f"patient {patient_id}: {len(found)} files for series {stem} in {patient_dir}: {', '.join(found)}: one "
@@ -303,7 +306,7 @@ def _check_one_file_per_series(cohort_dir: Path, patients: Sequence[str]) -> Non
 
 
 def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: Path,
-                  labels_dir: Path, allow_constant_series: bool = False, allow_missing_series: bool = False,
+                  labels_dir: Optional[Path], allow_constant_series: bool = False, allow_missing_series: bool = False,
                   write_missing_as_zeros: bool = True) -> Tuple[int, ...]:
     """Read, check, resample and write one patient's four channels and label as ``case_id``.
 
@@ -314,7 +317,8 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     patient_id, case_id : str
         The patient (named in errors) and the case id the files are written as.
     images_dir, labels_dir : Path
-        Where the channels and the label go (``imagesTr``/``labelsTr`` or ``imagesTs``/``labelsTs``).
+        Where the channels and the label go (``imagesTr``/``labelsTr`` or ``imagesTs``/``labelsTs``);
+        ``labels_dir`` None: no mask is read or written (new patients to predict).
     allow_constant_series : bool
         Convert a constant series with a warning instead of refusing it.
     allow_missing_series : bool
@@ -335,20 +339,8 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
     # text of the export (NIfTI descrip, often a patient name or id) is not carried over.
     t2 = sitk.Cast(t2, sitk.sitkFloat32)
 
-    mask_path = _required_file(patient_dir, MASK_FILE, patient_id, allow_missing_series)
-    mask = _read_image(mask_path, patient_id)
-    why = _grid_mismatch(mask, t2)
-    if why is not None:
-        raise ConversionError(f"patient {patient_id}: {mask_path} is not on the T2 grid of {t2_path}: {why}")
-    mask_voxels = sitk.GetArrayFromImage(mask)
-    found = np.unique(mask_voxels)
-    if not np.isin(found, [0, 1]).all():  # also catches NaN in a float mask
-        unexpected = [v.item() for v in found if v not in (0, 1)][:10]
-        raise ConversionError(f"patient {patient_id}: {mask_path} has labels {unexpected} other than {{0, 1}}")
-    if not (mask_voxels == 1).any():
-        raise ConversionError(f"patient {patient_id}: {mask_path} is empty (no tumour voxel labelled 1)")
-    label = sitk.GetImageFromArray(mask_voxels.astype(np.uint8))
-    label.CopyInformation(t2)  # equal within tolerance: write the exact T2 geometry
+    # new patients (labels_dir None: dataset_conversion.new_patients) have no mask to read
+    label = None if labels_dir is None else _read_label(patient_dir, patient_id, t2, t2_path, allow_missing_series)
 
     channels: List[Optional[sitk.Image]] = [t2]
     available = [1]
@@ -380,11 +372,33 @@ def _convert_case(patient_dir: Path, patient_id: str, case_id: str, images_dir: 
         out = images_dir / f"{case_id}_{index:04d}{FILE_ENDING}"
         sitk.WriteImage(image, str(out), useCompression=True)
         written.append(out)
-    label_out = labels_dir / f"{case_id}{FILE_ENDING}"
-    sitk.WriteImage(label, str(label_out), useCompression=True)
-    written.append(label_out)
+    if label is not None:
+        label_out = labels_dir / f"{case_id}{FILE_ENDING}"
+        sitk.WriteImage(label, str(label_out), useCompression=True)
+        written.append(label_out)
     _verify_written_geometry(written, case_id)
     return tuple(available)
+
+
+def _read_label(patient_dir: Path, patient_id: str, t2: sitk.Image, t2_path: Path,
+                allow_missing_series: bool) -> sitk.Image:
+    """The patient's tumour mask, checked (on the T2 grid, labels {0, 1}, not empty), as uint8 with
+    the exact T2 geometry."""
+    mask_path = _required_file(patient_dir, MASK_FILE, patient_id, allow_missing_series)
+    mask = _read_image(mask_path, patient_id)
+    why = _grid_mismatch(mask, t2)
+    if why is not None:
+        raise ConversionError(f"patient {patient_id}: {mask_path} is not on the T2 grid of {t2_path}: {why}")
+    mask_voxels = sitk.GetArrayFromImage(mask)
+    found = np.unique(mask_voxels)
+    if not np.isin(found, [0, 1]).all():  # also catches NaN in a float mask
+        unexpected = [v.item() for v in found if v not in (0, 1)][:10]
+        raise ConversionError(f"patient {patient_id}: {mask_path} has labels {unexpected} other than {{0, 1}}")
+    if not (mask_voxels == 1).any():
+        raise ConversionError(f"patient {patient_id}: {mask_path} is empty (no tumour voxel labelled 1)")
+    label = sitk.GetImageFromArray(mask_voxels.astype(np.uint8))
+    label.CopyInformation(t2)  # equal within tolerance: write the exact T2 geometry
+    return label
 
 
 def _read_geometry(path: Path) -> sitk.ImageFileReader:
