@@ -15,7 +15,10 @@ ITK reads a file: ITK allocates the whole image the header declares (a header de
 10000 x 10000 x 10000 voxels in a file of a few hundred bytes makes it try to allocate terabytes).
 
 :func:`itk_error_reason` turns a SimpleITK ``RuntimeError`` into ITK's own reason (its message
-otherwise starts with a C++ source location).
+otherwise starts with a C++ source location). :func:`check_nifti_geometry` refuses stored header
+fields ITK would silently replace (a voxel size of 0 or NaN read as 1 mm, a negative one folded
+into the direction, a NaN sform/qform). :func:`find_series_files` lists the files of one series (or
+one case and channel) under every image ending and capitalisation: more than one is ambiguous.
 
 Used by the converter (``dataset_conversion.convert_larc``) and by the predictor's input
 checks (``nnunet_multitask.predictor``).
@@ -53,7 +56,8 @@ _HEADER_CLASSES = {348: (nibabel.Nifti1Header, nibabel.Nifti1Image),
 
 
 class IncompleteImageError(ValueError):
-    """The file is cut short or its compressed stream is damaged; the message says how."""
+    """The file is cut short, its compressed stream is damaged, or its header is malformed or promises
+    what the file does not hold; the message says how."""
 
 
 def is_nifti(path) -> bool:
