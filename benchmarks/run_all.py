@@ -2,7 +2,8 @@
 
 Rows of BENCHMARKS.md: a. training speed and memory, b. inference speed, c. quality (long: about an
 hour per model on a 2-core CPU; skip with BENCH_SKIP_QUALITY=1, which also skips c.9, missing
-series), d. evaluation speed.
+series), d. evaluation speed, e. diffusion fitting speed, f. prediction at scale (1,000 cases in 4 parts),
+g. complete-case vs IPCW classification head.
 """
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["bench_training_speed.py", "bench_inference_speed.py", "bench_eval_speed.py", "bench_quality.py",
-           "bench_missing_series.py"]
+           "bench_missing_series.py", "bench_diffusion_fit.py", "bench_prediction_scale.py", "bench_ipcw.py"]
 QUALITY = ("bench_quality.py", "bench_missing_series.py")
 
 
