@@ -32,6 +32,10 @@ latent status. ``abs_citl_truth`` = |calibration-in-the-large|: a negative ipcw 
 difference means IPCW's mean prediction is closer to the truth. Per seed a paired bootstrap (1000
 resamples of the test patients) of ipcw - complete_case; across seeds mean +- sd.
 
+With ``--recalibration``, the ipcw arm is also cross-validated on the development set and the
+recalibration of ``nnunet_multitask.recalibration`` fitted on its out-of-sample predictions and scored
+on the test set (:func:`recalibration_check`).
+
     python benchmarks/bench_ipcw.py --seeds 0,1,2,3,4 -o bench_run/ipcw.json
 """
 from __future__ import annotations
@@ -221,7 +225,65 @@ def run_seed(seed: int, args) -> dict:
     res["paired_ipcw_minus_complete_case"] = {
         m: {"delta": res["arms"]["ipcw"][m] - res["arms"]["complete_case"][m], "ci": list(percentile_ci(boot[m]))}
         for m in PAIRED}
+    if args.recalibration:
+        res["recalibration"] = recalibration_check(seed, dev, test, x, t, e, args)
+        print(f"seed {seed} recalibration: {res['recalibration']}", flush=True)
     return res
+
+
+def _subset(x, idx):
+    return tuple(v[torch.as_tensor(idx)] for v in x)
+
+
+def recalibration_check(seed: int, dev: pd.DataFrame, test: pd.DataFrame, x: dict, t, e, args) -> dict:
+    """Item 6 on the synthetic cohort: 5-fold cross-validation of the ``ipcw`` arm on the development set
+    gives out-of-sample predictions (as ``fold_<f>/validation/head_predictions.csv``); the recalibration
+    (``nnunet_multitask.recalibration``: IPCW logistic + Cox slope and Breslow baseline of log(risk)) is
+    fitted on them and applied to the test predictions of the fold ensemble (mean of the folds'
+    probabilities and risk scores, as the predictor averages them), and to each fold's own test predictions
+    (``*_one_fold``: a single-fold prediction, scores averaged over the folds). Test scores, raw and
+    recalibrated, of the classification head and of the survival head's 1 - S(36)."""
+    from sklearn.model_selection import StratifiedKFold
+    from clinical.outcomes import ipcw_weights, recurrence_label
+    from nnunet_multitask import recalibration as R
+    oof_p, oof_r = np.zeros(len(t)), np.zeros(len(t))
+    test_p, test_r, test_s = [], [], []
+    for f, (tr, va) in enumerate(StratifiedKFold(5, shuffle=True, random_state=seed).split(t, e)):
+        net, edges = train("ipcw", _subset(x["dev"], tr), t[tr], e[tr], seed + 100 * f, args.steps)
+        oof_p[va], oof_r[va] = predict(net, _subset(x["dev"], va), edges)
+        p, r = predict(net, x["test"], edges)
+        test_p.append(p), test_r.append(r), test_s.append(np.exp(-r))
+    label = recurrence_label(t, e, HORIZON)
+    known = ~np.isnan(label)
+    cls = R.fit_logistic_recalibration(oof_p[known], label[known], ipcw_weights(t, e, HORIZON)[known])
+    surv = R.fit_cox_recalibration(R.survival_linear_predictor(oof_r, "discrete"), t, e)
+    recal = {"classification": {"column": "p_recurrence_36m", "weighting": "ipcw", **cls},
+             "survival": {"linear_predictor": "log(risk_score)", **surv}, "horizon_months": HORIZON,
+             "survival_head": "discrete", "folds": [str(f) for f in range(5)]}
+    table = pd.DataFrame({"risk_score": np.mean(test_r, 0), "p_recurrence_36m": np.mean(test_p, 0),
+                          "surv_prob_36m": np.mean(test_s, 0)})
+    out = R.apply_recalibration(table, recal)
+    latent = (test["latent_time"].to_numpy() <= HORIZON).astype(float)
+
+    def scores(p):
+        a, b = calibration_latent(p, latent)
+        return {"citl_truth": float(p.mean() - test["true_p"].mean()), "cal_intercept_latent": a,
+                "cal_slope_latent": b, "brier_latent": float(np.mean((p - latent) ** 2))}
+    # each fold's own test predictions, recalibrated alone (a single-fold prediction), scores averaged
+    single = {k: [] for k in ("classification_raw_one_fold", "classification_recalibrated_one_fold",
+                              "survival_raw_one_fold", "survival_recalibrated_one_fold")}
+    for p, r in zip(test_p, test_r):
+        one = R.apply_recalibration(pd.DataFrame({"risk_score": r, "p_recurrence_36m": p}), recal)
+        single["classification_raw_one_fold"].append(scores(p))
+        single["classification_recalibrated_one_fold"].append(scores(one["p_recurrence_36m"].to_numpy()))
+        single["survival_raw_one_fold"].append(scores(1 - np.exp(-r)))
+        single["survival_recalibrated_one_fold"].append(scores(1 - one["surv_prob_36m"].to_numpy()))
+    return {"fit": {"cls_intercept": cls["intercept"], "cls_slope": cls["slope"], "surv_slope": surv["slope"]},
+            "classification_raw": scores(table["p_recurrence_36m"].to_numpy()),
+            "classification_recalibrated": scores(out["p_recurrence_36m"].to_numpy()),
+            "survival_raw": scores(1 - table["surv_prob_36m"].to_numpy()),
+            "survival_recalibrated": scores(1 - out["surv_prob_36m"].to_numpy()),
+            **{k: {m: float(np.mean([d[m] for d in v])) for m in v[0]} for k, v in single.items()}}
 
 
 def summarise(results: dict) -> dict:
@@ -230,6 +292,12 @@ def summarise(results: dict) -> dict:
     for arm in ARMS:
         out[arm] = {m: [float(np.mean([s["arms"][arm][m] for s in seeds.values()])),
                         float(np.std([s["arms"][arm][m] for s in seeds.values()], ddof=1))] for m in METRICS}
+    if all("recalibration" in s for s in seeds.values()):
+        out["recalibration"] = {
+            part: {m: [float(np.mean(v)), float(np.std(v, ddof=1))]
+                   for m in seeds[next(iter(seeds))]["recalibration"][part]
+                   for v in [[s["recalibration"][part][m] for s in seeds.values()]]}
+            for part in seeds[next(iter(seeds))]["recalibration"] if part != "fit"}
     out["ipcw_minus_complete_case"] = {
         m: [float(np.mean(d)), float(np.std(d, ddof=1))]
         for m in PAIRED for d in [[s["paired_ipcw_minus_complete_case"][m]["delta"] for s in seeds.values()]]}
@@ -245,6 +313,9 @@ def main(argv=None) -> int:
                    help="study-end follow-up, uniform (months); the generator's --follow-up-months")
     p.add_argument("--steps", type=int, default=4000, help="head training steps at batch 2")
     p.add_argument("--boot", type=int, default=N_BOOT)
+    p.add_argument("--recalibration", action="store_true",
+                   help="also check the recalibration (issue 21 item 6) on the ipcw arm: 5-fold out-of-sample fit "
+                        "on the development set, scored on the test set raw and recalibrated")
     p.add_argument("-o", default=None, help="result JSON (default bench_run/ipcw.json)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)

@@ -104,13 +104,24 @@ def fit_logistic_recalibration(p, y, weights=None, max_iter: int = 100, tol: flo
         raise RecalibrationError(f"the logistic recalibration needs events and non-events among the weighted "
                                  f"patients, got {int(y[use].sum())} events of {int(use.sum())}")
     design = np.stack([np.ones_like(x), x], 1)
-    beta = np.array([np.log(np.average(y, weights=w) / (1 - np.average(y, weights=w))), 1.0])
+
+    def nll(beta: np.ndarray) -> float:
+        eta = design @ beta
+        return float(-np.sum(w * (y * eta - np.logaddexp(0.0, eta))))
+
+    # Newton-Raphson from the covariate-free fit (slope 0), each step halved until the likelihood does
+    # not fall: saturated predictions (logits near +-14) would otherwise overshoot into a flat region
+    rate = np.average(y, weights=w)
+    beta = np.array([np.log(rate / (1 - rate)), 0.0])
     converged = False
     for _ in range(max_iter):
         mu = _sigmoid(design @ beta)
         grad = design.T @ (w * (y - mu))
         hess = (design * (w * mu * (1 - mu))[:, None]).T @ design
-        step = np.linalg.solve(hess, grad)
+        step = np.linalg.lstsq(hess, grad, rcond=None)[0]
+        current = nll(beta)
+        while nll(beta + step) > current + 1e-12 and np.max(np.abs(step)) > tol:
+            step = step / 2
         beta = beta + step
         if np.max(np.abs(step)) < tol:
             converged = True
@@ -436,7 +447,12 @@ def apply_recalibration(table: pd.DataFrame, recal: dict) -> pd.DataFrame:
         _keep_raw(out, name)
         out[name] = np.exp(-baseline_cumulative_hazard_at(surv, t)[0] * relative)
     out["recalibrated"] = True
-    out.attrs["recalibration"] = recalibration_record(recal)
+    record = recalibration_record(recal)
+    if "n_folds" in out.columns and (pd.to_numeric(out["n_folds"], errors="coerce") > 1).any():
+        record["note"] = ("fitted on single-fold out-of-sample predictions and applied to a fold ensemble, whose "
+                          "probabilities are less spread: the recalibrated slope may be over-corrected (BENCHMARKS.md, "
+                          "bench_ipcw --recalibration)")
+    out.attrs["recalibration"] = record
     return out
 
 

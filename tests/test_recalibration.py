@@ -184,3 +184,15 @@ def test_cli_refuses_fold_all_and_missing_predictions_with_exit_2(tmp_path, caps
     table.to_csv(model / "fold_0" / "validation" / "head_predictions.csv", index=False)
     assert R.main(["--model-folder", str(model), "--dataset-folder", str(raw)]) == 2
     assert "test case" in capsys.readouterr().err
+
+
+def test_logistic_recalibration_of_saturated_predictions_converges_to_statsmodels():
+    # an overfitted head: many probabilities at the clip (logit +-13.8), several of them wrong
+    rng = np.random.default_rng(4)
+    p = np.concatenate([np.full(60, 1e-9), np.full(40, 1 - 1e-9), rng.uniform(0.05, 0.95, 100)])
+    y = np.concatenate([(rng.random(60) < 0.15), (rng.random(40) < 0.7), rng.random(100) < 0.3]).astype(float)
+    fit = R.fit_logistic_recalibration(p, y)
+    ref = sm.GLM(y, sm.add_constant(_logit(np.clip(p, 1e-6, 1 - 1e-6))), family=sm.families.Binomial()).fit()
+    assert fit["converged"]
+    np.testing.assert_allclose([fit["intercept"], fit["slope"]], ref.params, rtol=1e-6)
+    assert 0 < fit["slope"] < 0.3
