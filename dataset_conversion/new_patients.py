@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -35,6 +35,7 @@ from nnunet_multitask.contract import DatasetContract
 #: Case id of the i-th new patient (1-based, sorted patient ids).
 NEW_CASE_FORMAT = "NEW_{:04d}"
 CLINICAL_FILE = "clinical.csv"
+COHORT_ID_COLUMN = "patient_id"
 #: The only file of a prediction that names the patients (as the converter's).
 PATIENT_MAPPING_FILE = "patient_mapping.csv"
 
@@ -78,7 +79,8 @@ def _clinical_rows(clinical_path: Path, contract: DatasetContract, mapping: pd.D
     """The new patients' clinical rows, validated against the model's schema and keyed by case id;
     follow-up columns, when present, are not read (said on stderr)."""
     schema = contract.schema()
-    table = read_clinical_table(clinical_path, schema, require_outcomes=False)
+    # the dataset's table is keyed by case id; the cohort's, as the converter reads it, by patient id
+    table = read_clinical_table(clinical_path, replace(schema, id_column=COHORT_ID_COLUMN), require_outcomes=False)
     follow_up = [c for c in (schema.time_column, schema.event_column) if c in table.columns]
     if follow_up:
         print(f"nnUNetv2_predict_multitask: note: {clinical_path}: follow-up column(s) {follow_up} are not read for "

@@ -391,4 +391,14 @@ def test_dicom_in_to_dicom_seg_and_report_out(model, tmp_path):
     n_seg = int(np.count_nonzero(frames.array)) if frames is not None else int(np.count_nonzero(seg.pixel_array))
     assert n_seg == int(np.count_nonzero(predicted))
     sr = pydicom.dcmread(out / "dicom" / f"{case}_sr.dcm")
-    assert "RESEARCH USE ONLY" in str(sr.ContentSequence).upper()
+
+    def texts(items):
+        for item in items:
+            if "TextValue" in item:
+                yield str(item.TextValue)
+            if "ContentSequence" in item:
+                yield from texts(item.ContentSequence)
+    assert any("RESEARCH USE ONLY" in t.upper() for t in texts(sr.ContentSequence))
+    risk = pd.read_csv(out / "predictions.csv")["risk_score"].iloc[0]
+    assert any(float(v.MeasuredValueSequence[0].NumericValue) == pytest.approx(risk, rel=1e-6)
+               for v in sr.ContentSequence if "MeasuredValueSequence" in v)
