@@ -79,6 +79,7 @@ from nnunet_multitask.contract import (REQUIRED_SERIES, SERIES_COLUMN, SURVIVAL_
 from nnunet_multitask.dataset_tables import MultitaskDatasetError, dataset_table_path
 from nnunet_multitask.checkpoints import CheckpointError, file_sha256, load_checkpoint_safely
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network
+from nnunet_multitask.recalibration import UNCALIBRATED
 
 #: File endings SimpleITK reads, checked for stray files and headers.
 _ITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -198,6 +199,9 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.case_record_folder: Optional[str] = None
         #: the folder the user named when the images were prepared elsewhere (a cohort folder)
         self.input_label: Optional[str] = None
+        #: --recalibrated: the model folder's recalibration.json (nnunet_multitask.recalibration), applied
+        #: to the table when it is written
+        self.recalibration: Optional[dict] = None
 
     # ------------------------------------------------------------------ loading
     def initialize_from_trained_model_folder(self, model_training_output_dir: str,
@@ -543,7 +547,15 @@ class MultiTaskPredictor(nnUNetPredictor):
         (each atomically) into a folder; ``predictions.json`` holds the SHA-256 of the tables, so an
         edit made afterwards is found (``--merge`` checks it)."""
         table = self.predictions_table() if table is None else table
+        if self.recalibration is not None:  # --recalibrated: the raw values stay as *_uncalibrated
+            from nnunet_multitask.recalibration import apply_recalibration
+            table = apply_recalibration(table, self.recalibration)
         meta = self.provenance_record(table)
+        if self.recalibration is not None:
+            record = dict(table.attrs["recalibration"])
+            record.pop("file", None)  # a path of this machine; the digest says which file it was
+            record["sha256"] = file_sha256(self.recalibration["path"])
+            meta["recalibration"] = record
         text = table.to_csv(index=False)
         digests = {PREDICTIONS_CSV: hashlib.sha256(text.encode()).hexdigest()}
         if failures:
@@ -559,20 +571,37 @@ class MultiTaskPredictor(nnUNetPredictor):
         return table
 
 
+def _head_source(column: str) -> Optional[str]:
+    if column.startswith("p_recurrence_"):
+        return "classification head: sigmoid of its logit (P(recurrence by the horizon))"
+    if column == "risk_score":
+        return "survival head: log-risk (Cox) or -log S(horizon) (discrete-time); higher = higher risk"
+    if column.startswith("surv_prob_"):
+        return "survival head (discrete-time): predicted recurrence-free survival S(t)"
+    return None
+
+
 def column_sources(columns: Sequence[str]) -> dict:
     """Which head each head-output column of ``predictions.csv`` comes from (``predictions.json``
-    ``column_sources``); a ``<column>_sd`` is that column's spread over folds."""
+    ``column_sources``); a ``<column>_sd`` is that column's spread over folds; with
+    ``--recalibrated`` the probabilities are recalibrated and ``<column>_uncalibrated`` holds the
+    head's own value."""
+    recalibrated = "recalibrated" in columns
     sources = {}
     for column in columns:
         base = column[:-3] if column.endswith("_sd") else column
-        if base.startswith("p_recurrence_"):
-            source = "classification head: sigmoid of its logit (P(recurrence by the horizon))"
-        elif base == "risk_score":
-            source = "survival head: log-risk (Cox) or -log S(horizon) (discrete-time); higher = higher risk"
-        elif base.startswith("surv_prob_"):
-            source = "survival head (discrete-time): predicted recurrence-free survival S(t)"
-        else:
+        raw = base.endswith(UNCALIBRATED)
+        head = base[:-len(UNCALIBRATED)] if raw else base
+        source = _head_source(head)
+        if source is None:
             continue
+        if raw:
+            source = "before --recalibrated: " + source
+        elif recalibrated and head.startswith("surv_prob_"):
+            source = ("survival head, recalibrated: S0'(t) ** exp(slope * (lp - centre)) with the refitted baseline "
+                      "(predictions.json 'recalibration')")
+        elif recalibrated and head != "risk_score":
+            source += "; recalibrated (predictions.json 'recalibration')"
         sources[column] = source + ("; sample sd over folds" if base != column else "")
     return sources
 
@@ -1286,6 +1315,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "written to failures.csv with its reason and the other cases are published; exit "
                              f"status {EXIT_FINISHED_WITH_FAILURES} says the run finished with failures (each case "
                              "is predicted on its own, on nnU-Net's sequential path)")
+    parser.add_argument("--recalibrated", action="store_true",
+                        help="apply the model folder's recalibration.json (python -m nnunet_multitask.recalibration, "
+                             "fitted on the development patients' out-of-sample predictions): p_recurrence_<H>m and "
+                             "surv_prob_<t>m recalibrated, the raw values kept as *_uncalibrated, risk_score "
+                             "unchanged, column recalibrated = True; refused when the file is absent or fitted on "
+                             "other folds")
     parser.add_argument("--dicom-out", action="store_true",
                         help="with -i a cohort folder made by multirec_import_dicom: also write <output>/dicom/ with "
                              "each patient's predicted tumour as DICOM-SEG and the risk outputs as a structured report "
@@ -1423,12 +1458,29 @@ def _write_dicom_outputs(output_folder: str, table: pd.DataFrame, t2_files: Mapp
         raise
 
 
+def _recalibration_for(args, model_folder: str, folds) -> dict:
+    """``--recalibrated``: the model folder's ``recalibration.json``, read before anything is
+    predicted; it must have been fitted on the folds this run ensembles."""
+    from nnunet_multitask.recalibration import RecalibrationError, load_recalibration
+    try:
+        recal = load_recalibration(model_folder)
+    except RecalibrationError as e:
+        raise MultitaskPredictionError(f"--recalibrated: {e}") from None
+    if sorted(map(str, recal["folds"])) != sorted(map(str, folds)):
+        raise MultitaskPredictionError(
+            f"--recalibrated: {recal['path']} was fitted on the out-of-sample predictions of folds {recal['folds']}, "
+            f"this run ensembles folds {[str(f) for f in folds]}: fit it again for these folds "
+            f"(python -m nnunet_multitask.recalibration --model-folder {model_folder} -f ...)")
+    return recal
+
+
 def _run_prediction(args, folds, device, work: str) -> pd.DataFrame:
     """Check the inputs, load the model and predict (inside the CLI's error handling)."""
     model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
     if not isdir(model_folder):
         raise MultitaskPredictionError(f"no trained model at {model_folder}")
     early_json = _early_dataset_json(model_folder)
+    recalibration = _recalibration_for(args, model_folder, folds) if args.recalibrated else None
     images, clinical, source_label, prepared = args.i, args.clinical, None, None
     if is_cohort_folder(args.i):  # new patients in the cohort layout: checked and resampled as the converter does
         if early_json is None:
@@ -1446,6 +1498,7 @@ def _run_prediction(args, folds, device, work: str) -> pd.DataFrame:
             _check_report_against_cases(args, checked_cases, early_json["file_ending"])
     with output_folder_lock(args.o, resume=args.continue_prediction):
         predictor = _load_predictor(args, device, model_folder, folds)
+        predictor.recalibration = recalibration
         if predictor.dataset_json.get("channel_names") != (early_json or {}).get("channel_names") or \
                 predictor.dataset_json.get("file_ending") != (early_json or {}).get("file_ending"):
             checked_cases = None  # predict_folder checks against the loaded model's own dataset.json

@@ -402,3 +402,43 @@ def test_dicom_in_to_dicom_seg_and_report_out(model, tmp_path):
     risk = pd.read_csv(out / "predictions.csv")["risk_score"].iloc[0]
     assert any(float(v.MeasuredValueSequence[0].NumericValue) == pytest.approx(risk, rel=1e-6)
                for v in sr.ContentSequence if "MeasuredValueSequence" in v)
+
+
+# ---------------------------------------------------------------------------- --recalibrated (issue 21 item 6)
+def test_recalibrated_prediction_applies_the_model_folders_fit(model, smoke_model, api_env, batch_run, tmp_path):
+    import shutil
+    from nnunet_multitask.recalibration import load_recalibration
+    folder = Path(api_env["folder"])
+    validation = folder / "fold_0" / "validation"
+    validation.mkdir(exist_ok=True)
+    shutil.copy(Path(smoke_model["model_folder"]) / "fold_0" / "validation" / "head_predictions.csv", validation)
+    fit = subprocess.run([sys.executable, "-m", "nnunet_multitask.recalibration", "--model-folder", str(folder),
+                          "--dataset-folder", str(model["raw"]), "-f", "0"], env=model["env"], capture_output=True,
+                         text=True, timeout=300)
+    assert fit.returncode == 0, fit.stderr
+    recal = load_recalibration(str(folder))
+    case = _test_cases(api_env["images_ts"])[0]
+    inp = _case_folder(api_env["images_ts"], [case], tmp_path / "in")
+    predictor = _predictor(folder)
+    predictor.recalibration = recal
+    table = predict_folder(predictor, str(inp), str(tmp_path / "out"))
+    raw = batch_run["table"].set_index("case_id").loc[case]
+    assert bool(table["recalibrated"].iloc[0])
+    assert table["p_recurrence_36m_uncalibrated"].iloc[0] == pytest.approx(raw["p_recurrence_36m"], rel=1e-5)
+    cls = recal["classification"]
+    logit = np.log(raw["p_recurrence_36m"] / (1 - raw["p_recurrence_36m"]))
+    expected = 1 / (1 + np.exp(-(cls["intercept"] + cls["slope"] * logit)))
+    assert table["p_recurrence_36m"].iloc[0] == pytest.approx(expected, rel=1e-4)
+    assert table["risk_score"].iloc[0] == pytest.approx(raw["risk_score"], rel=1e-5)
+    meta = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert meta["recalibration"]["sha256"] == hashlib.sha256((folder / "recalibration.json").read_bytes()).hexdigest()
+    assert "recalibrated" in meta["column_sources"]["p_recurrence_36m"]
+    assert meta["column_sources"]["p_recurrence_36m_uncalibrated"].startswith("before --recalibrated")
+    (folder / "recalibration.json").unlink()
+
+
+def test_recalibrated_without_a_fit_is_refused_before_predicting(fake_model, tmp_path):
+    inp, out = input_folder(tmp_path / "in"), tmp_path / "out"
+    proc = predict_cli(fake_model["env"], inp, out, "-f", "0", "--recalibrated")
+    _refused(proc, "--recalibrated", "recalibration.json not found", "python -m nnunet_multitask.recalibration")
+    assert not out.exists()
