@@ -33,18 +33,17 @@ def _stack(records: List[Mapping[str, np.ndarray]], key: str) -> np.ndarray:
                            for r in records], axis=0)
 
 
-def discrete_survival_from_logits(hazard_logits: np.ndarray) -> np.ndarray:
-    """Survival at the end of each interval from per-interval hazard logits, [..., K]."""
-    hazard = 1.0 / (1.0 + np.exp(-np.asarray(hazard_logits, dtype=np.float64)))
-    return np.cumprod(1.0 - hazard, axis=-1)
-
-
 def survival_at_times(hazard_logits: np.ndarray, bin_edges: np.ndarray, times: Iterable[float]) -> np.ndarray:
-    """S(t) by linear interpolation between interval ends (S(0) = 1); beyond the last edge, S is held."""
-    s_end = discrete_survival_from_logits(hazard_logits)
-    edges = np.asarray(bin_edges, dtype=np.float64)
-    grid = np.concatenate([[1.0], s_end])
-    return np.array([np.interp(t, edges, grid) for t in times])
+    """S(t) of one patient's hazard logits ``[K]`` at ``times``, as numpy (float64): the training
+    loss's own :func:`nnunet_multitask.losses.survival_at` (one implementation of S(t): linear
+    between interval ends, S(0) = 1, held beyond the last edge)."""
+    import torch
+
+    from nnunet_multitask.losses import survival_at
+    logits = torch.as_tensor(np.asarray(hazard_logits, dtype=np.float64)).reshape(1, -1)
+    edges = torch.as_tensor(np.asarray(bin_edges, dtype=np.float64))
+    t = torch.as_tensor(np.asarray(list(times), dtype=np.float64))
+    return survival_at(logits, edges, t)[0].numpy()
 
 
 def patient_prediction(records: List[Mapping[str, np.ndarray]], survival_head: str, horizon: float,

@@ -479,6 +479,23 @@ def test_discrete_time_survival_and_survival_at():
         survival_at(logits, edges, -1.0)
 
 
+def test_one_survival_function_for_training_and_prediction():
+    """The patient-level S(t) of the predictor (aggregation.survival_at_times) is the loss's survival_at,
+    and both match an independent numpy reference (np.interp over the interval ends)."""
+    from nnunet_multitask.aggregation import survival_at_times
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        k = int(rng.integers(1, 12))
+        edges = np.concatenate([[0.0], np.cumsum(rng.uniform(0.5, 20, k))])
+        logits = rng.normal(-2, 2, k)
+        times = list(rng.uniform(0, edges[-1] * 1.2, 6)) + [float(edges[1]), float(edges[-1])]
+        got = survival_at_times(logits, edges, times)
+        want = survival_at(torch.as_tensor(logits)[None], torch.as_tensor(edges), torch.tensor(times, dtype=DT))[0]
+        np.testing.assert_array_equal(got, want.numpy())
+        grid = np.concatenate([[1.0], np.cumprod(1.0 - 1.0 / (1.0 + np.exp(-logits)))])
+        np.testing.assert_allclose(got, np.interp(times, edges, grid), rtol=0, atol=1e-12)
+
+
 def test_make_bin_edges():
     times = np.array([2.0, 5, 7, 9, 12, 15, 20, 26, 31, 40])
     events = np.array([1, 1, 0, 1, 1, 0, 1, 1, 0, 0], dtype=bool)
