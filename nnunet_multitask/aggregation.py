@@ -9,10 +9,8 @@ and the heads run once on those features and the clinical vector. The predictor 
 trainer's final validation both call it. A patch that shows the whole image (as in training on
 small fields of view) gives exactly the same features.
 
-During training, each epoch's validation monitor averages the heads of nnU-Net's random
-validation patches per case, weighted by each patch's predicted tumour mass
-(:func:`patient_prediction` with several records); with a patch that covers the whole image this
-equals the definition above, otherwise it is an approximation used only for monitoring.
+The trainer's per-epoch validation monitor uses the same definition on every validation case
+(sliding window without mirroring), so monitoring, selection and prediction agree.
 
 ``tumour_found`` is False when the segmentation finds less than ``min_tumour_voxels`` of tumour
 probability in the whole image; the features are then those of an (almost) empty segmentation and
@@ -128,12 +126,3 @@ def patient_level_prediction(network, seg_logits, image, tile_records, clinical,
     record["tumour_mass"] = np.array([mass])
     edges = network.time_bin_edges.cpu().numpy()
     return patient_prediction([record], network.survival_head, horizon, edges, min_tumour_voxels)
-
-
-def group_patch_records(keys: Iterable[str], records: Iterable[Mapping[str, np.ndarray]]) -> Dict[str, List[dict]]:
-    """Split batched patch outputs (one record per batch, rows aligned with ``keys``) per case."""
-    per_case: Dict[str, List[dict]] = {}
-    for batch_keys, rec in zip(keys, records):
-        for i, k in enumerate(batch_keys):
-            per_case.setdefault(str(k), []).append({n: np.asarray(v)[i:i + 1] for n, v in rec.items()})
-    return per_case

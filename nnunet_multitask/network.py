@@ -29,23 +29,28 @@ What the heads see (``image_features``, chosen by measurement: BENCHMARKS.md row
 With ``channel_availability`` (models trained for missing series, issue 13) the heads also get a
 0/1 vector saying which of the model's input channels are real series; the standardised tumour
 mean of a missing channel is set to 0 (the training fold's mean), so the zero filler that stands
-in for the series never reaches the heads as a measurement. The vector is set per forward in
-``network.availability_input`` (``[B, C]`` over the dataset's channels) or passed to
-:meth:`MultiTaskUNet.patient_heads`.
+in for the series never reaches the heads as a measurement. The vector comes with the step's
+inputs (below) or is passed to :meth:`MultiTaskUNet.patient_heads`.
 
 Called as nnU-Net's predictor calls it (``network(x)``), the module returns the segmentation
 only. Head outputs leave the module in three ways:
 
 * ``network(x, clinical=c, return_heads=True)`` returns ``(segmentation, heads)``;
-* with ``network.head_sink`` a list and ``network.sink_kind == "heads"``, every plain call appends
-  the heads of that patch (training and nnU-Net's validation steps);
-* with ``network.sink_kind == "tiles"``, every plain call appends the per-tile partial sums the
-  patient-level definition needs (:func:`nnunet_multitask.aggregation.patient_head_outputs`,
+* inside ``with network.capture("heads", clinical=c, availability=a) as sink:`` every plain call
+  ``network(x)`` (nnU-Net's own training and validation steps) reads ``c`` and ``a`` and appends the
+  heads of that patch to ``sink``;
+* inside ``with network.capture("tiles") as sink:`` every plain call appends the per-tile partial
+  sums the patient-level definition needs (:func:`nnunet_multitask.aggregation.patient_head_outputs`,
   used by the predictor after nnU-Net's sliding window has stitched the whole image).
+
+``capture`` sets, for the block only, the attributes ``head_sink``, ``sink_kind``, ``clinical_input``
+and ``availability_input`` and restores them afterwards; setting those attributes directly (the
+predictor's earlier way) still works.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -218,11 +223,30 @@ class MultiTaskUNet(nn.Module):
         self.register_buffer("fold_state_fitted", torch.zeros((), dtype=torch.bool))
         self.risk_memory = RiskSetMemory(int(risk_memory_size))
 
-        # not part of the state: set by the trainer / predictor around each forward
+        # not part of the state: the per-step inputs of plain calls, set for a block by capture()
         self.clinical_input: Optional[torch.Tensor] = None
         self.availability_input: Optional[torch.Tensor] = None
         self.head_sink: Optional[List[Dict[str, torch.Tensor]]] = None
         self.sink_kind: str = "heads"
+
+    @contextmanager
+    def capture(self, kind: str = "heads", clinical: Optional[torch.Tensor] = None,
+                availability: Optional[torch.Tensor] = None) -> Iterator[list]:
+        """Per-step inputs of the plain calls ``network(x)`` made inside the block (nnU-Net's steps
+        and sliding window call the network with the image alone); yields the list those calls
+        append to: each patch's heads (``kind="heads"``; ``clinical [B, F]`` and ``availability
+        [B, C]`` over the dataset's channels are read by them) or each tile's record
+        (``kind="tiles"``). The previous inputs are restored on leaving."""
+        if kind not in SINK_KINDS:
+            raise ValueError(f"kind must be one of {SINK_KINDS}, got {kind!r}")
+        saved = (self.head_sink, self.sink_kind, self.clinical_input, self.availability_input)
+        sink: list = []
+        self.head_sink, self.sink_kind, self.clinical_input, self.availability_input = \
+            sink, kind, clinical, availability
+        try:
+            yield sink
+        finally:
+            self.head_sink, self.sink_kind, self.clinical_input, self.availability_input = saved
 
     # ------------------------------------------------------------------ parameter groups
     def segmentation_parameters(self):
@@ -302,7 +326,8 @@ class MultiTaskUNet(nn.Module):
         feats = self.image_embedding(image_features)
         if self.clinical_embedding is not None:
             if clinical is None:
-                raise RuntimeError("this model fuses clinical data: pass clinical=... or set network.clinical_input")
+                raise RuntimeError("this model fuses clinical data: pass clinical=... or use "
+                                   "network.capture(clinical=...)")
             clinical = clinical.to(device=feats.device, dtype=feats.dtype)
             if clinical.ndim == 1:
                 clinical = clinical[None]

@@ -37,9 +37,10 @@ from __future__ import annotations
 import json
 import os
 import random
+from contextlib import contextmanager
 from os.path import join
 from time import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,7 +55,6 @@ from nnunetv2.utilities.helpers import dummy_context
 from clinical.outcomes import MIN_CENSORING_SURVIVAL, ipcw_event_rate, ipcw_weights, recurrence_label
 from clinical.preprocessing import ClinicalPreprocessor
 from nnunet_multitask import losses as L
-from nnunet_multitask.aggregation import group_patch_records, patient_prediction
 from nnunet_multitask.contract import REQUIRED_SERIES, DatasetContract, HeadConfig, horizon_tag, recurrence_column
 from nnunet_multitask.dataset_tables import (MultitaskDatasetError, dataset_table_path, lookup_rows, read_features,
                                       read_outcomes, read_series_availability)
@@ -68,6 +68,14 @@ SEED_ENV = "MULTIREC_SEED"
 
 #: values of ``MultiRecTrainerBase.classification_censoring``
 CLASSIFICATION_CENSORING = ("complete_case", "ipcw")
+
+#: SHA-256 of ``inspect.getsource`` of the nnU-Net 2.8.1 methods this module mirrors (``_optimisation_step``
+#: copies ``nnUNetTrainer.train_step``, ``on_epoch_end`` its namesake): tests/test_nnunet_copies.py fails when
+#: the installed nnU-Net's source differs, so the copy is compared with the new original before the pin moves
+NNUNET_COPIES = {
+    "train_step": "c8993de84c8c419f6471f619f82839931c8e7d1bae0b0eddca42951fcab90819",
+    "on_epoch_end": "988deef2bd79d339a745eec8828c6a7b66330a029ceaef601af23c2a5270cfe7",
+}
 
 EXTRA_LOG_KEYS = ("train_seg_losses", "train_cls_losses", "train_surv_losses", "val_c_index", "val_auc",
                   "val_head_cases", "ema_selection_score")
@@ -131,29 +139,45 @@ class MultiTaskLocalLogger(LocalLogger):
 class MultiTaskLoss(torch.nn.Module):
     """nnU-Net's segmentation loss plus the head losses of the same forward pass.
 
-    nnU-Net's ``train_step`` calls ``loss(output, target)`` with the segmentation output only;
-    the heads of that forward pass are read from the network's head sink, so nnU-Net's own
-    step (AMP, GradScaler, clipping) is reused unchanged.
+    nnU-Net's steps call ``loss(output, target)`` with the segmentation output only; the step's
+    context (the batch's clinical vectors, outcomes and the heads the network captured) is passed
+    as ``loss(output, target, context)`` or bound for nnU-Net's own calls with ``with
+    loss.bind(context):``, so nnU-Net's own step (AMP, GradScaler, clipping) is reused unchanged.
+
+    ``head_losses(target, context) -> (classification, survival)`` and ``consistency(context)``
+    compute the head terms (the trainer's methods); the weights are fixed at construction.
     """
 
-    def __init__(self, seg_loss: torch.nn.Module, trainer: "MultiRecTrainerBase"):
+    def __init__(self, seg_loss: torch.nn.Module, head_losses: Callable, consistency: Callable,
+                 lambda_cls: float, lambda_surv: float, lambda_consistency: float = 0.0):
         super().__init__()
         self.seg_loss = seg_loss
-        self._trainer = [trainer]  # a list, so the trainer is not registered as a submodule
+        self._head_losses, self._consistency = head_losses, consistency
+        self.lambda_cls, self.lambda_surv, self.lambda_consistency = lambda_cls, lambda_surv, lambda_consistency
+        self._bound: Optional[dict] = None
         self.last = {}
 
-    def forward(self, output, target) -> torch.Tensor:
+    @contextmanager
+    def bind(self, context: dict) -> Iterator[None]:
+        """``context`` is the one of every ``loss(output, target)`` call inside the block."""
+        previous, self._bound = self._bound, context
+        try:
+            yield
+        finally:
+            self._bound = previous
+
+    def forward(self, output, target, context: Optional[dict] = None) -> torch.Tensor:
         seg = self.seg_loss(output, target)
-        trainer = self._trainer[0]
-        if trainer._step_context is None:
+        ctx = context if context is not None else self._bound
+        if ctx is None:
             return seg
-        cls_loss, surv_loss = trainer.head_losses(target)
+        cls_loss, surv_loss = self._head_losses(target, ctx)
         self.last = {"seg": seg.detach(), "cls": cls_loss.detach(), "surv": surv_loss.detach()}
-        total = seg + trainer.lambda_cls * cls_loss + trainer.lambda_surv * surv_loss
-        if trainer.lambda_consistency > 0:
-            cons = trainer.consistency_loss()
+        total = seg + self.lambda_cls * cls_loss + self.lambda_surv * surv_loss
+        if self.lambda_consistency > 0:
+            cons = self._consistency(ctx)
             self.last["cons"] = cons.detach()
-            total = total + trainer.lambda_consistency * cons
+            total = total + self.lambda_consistency * cons
         return total
 
 
@@ -237,14 +261,12 @@ class MultiRecTrainerBase(nnUNetTrainer):
     roi_cache_bytes : int
         ``"tumour_roi"``: the fold's un-augmented preprocessed images kept in memory up to this size
         (the rest is read from the preprocessed folder at every step).
-    whole_fold_validation : bool
-        Per-epoch head metrics (val C-index and AUC, part of the best-checkpoint score) from one
-        patient-level prediction of every validation case, by the predictor's definition (sliding
-        window without mirroring, then ``patient_level_prediction``). ``False``: from nnU-Net's
-        random validation patches (cheaper, noisier, covers part of the fold).
     whole_fold_validation_budget : float
-        The whole-fold validation costs at most this fraction of an epoch's training time on
-        average: when one run costs more, the next runs are spaced out (values carried forward).
+        The per-epoch head metrics (val C-index and AUC, part of the best-checkpoint score) come from
+        one patient-level prediction of every validation case, by the predictor's definition (sliding
+        window without mirroring, then ``patient_level_prediction``). This whole-fold validation costs
+        at most this fraction of an epoch's training time on average: when one run costs more, the
+        next runs are spaced out (values carried forward).
     epochs, iterations_per_epoch, val_iterations_per_epoch, save_every_epochs : int or None
         Training length (``None`` keeps nnU-Net's default).
     channel_availability : bool
@@ -284,7 +306,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
     roi_cache_bytes: int = 2 ** 31
     init_output_biases: bool = True
     skip_final_validation: bool = False
-    whole_fold_validation: bool = True
     whole_fold_validation_budget: float = 0.25
     channel_availability: bool = False
     modality_dropout_rate: float = 0.0
@@ -318,9 +339,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
             raise ValueError(f"{type(self).__name__}: image_features='tumour_roi' needs a 3-D configuration without "
                              f"a previous stage (3d_fullres or 3d_lowres), got {configuration!r}: its tumour box is "
                              f"cut from the 3-D image alone")
-        if self.image_features == "tumour_roi" and not self.whole_fold_validation:
-            raise ValueError(f"{type(self).__name__}: image_features='tumour_roi' needs whole_fold_validation (its "
-                             f"heads read the tumour box of the whole image, not nnU-Net's validation patches)")
         if self.classification_censoring not in CLASSIFICATION_CENSORING:
             raise ValueError(f"{type(self).__name__}: classification_censoring must be one of "
                              f"{CLASSIFICATION_CENSORING}, got {self.classification_censoring!r}")
@@ -359,7 +377,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
             modality_dropout_rate=float(self.modality_dropout_rate),
         ).to_dict()
         self.logger.local_logger = MultiTaskLocalLogger()
-        self._step_context: Optional[dict] = None
         self._case_data: Optional[Dict[str, dict]] = None
         self._case_index: Dict[str, int] = {}
         self._val_image_cache: Dict[str, torch.Tensor] = {}
@@ -367,12 +384,14 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self._last_whole_fold = (float("nan"), float("nan"), 0, -1)
         self._val_patch_seconds = 0.0
         self._val_head_note = ""
-        self._val_records: List[tuple] = []
         self._case_tumour_voxels: Dict[str, float] = {}
         self._roi_centres: Dict[str, Optional[np.ndarray]] = {}
         self._roi_images: Dict[str, torch.Tensor] = {}
         self._roi_dataset = None
         self.head_optimizer_instance: Optional[torch.optim.Optimizer] = None
+        #: the best ``ema_selection_score`` so far (the best checkpoint's); nnU-Net's ``_best_ema`` (best EMA
+        #: pseudo-Dice) is not used by this trainer and stays None
+        self.best_selection_score: Optional[float] = None
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
@@ -408,7 +427,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def _build_loss(self):
-        return MultiTaskLoss(super()._build_loss(), self)
+        return MultiTaskLoss(super()._build_loss(), self.head_losses, self.consistency_loss,
+                             self.lambda_cls, self.lambda_surv, self.lambda_consistency)
 
     # ------------------------------------------------------------------ per-fold data
     def _read_tables(self):
@@ -647,9 +667,10 @@ class MultiRecTrainerBase(nnUNetTrainer):
         need = torch.clamp(self.min_tumour_fraction * tumour_voxels.to(voxels.device, torch.float32), min=1.0)
         return (voxels >= need).float()
 
-    def head_losses(self, target) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(classification loss, survival loss) of the heads in the network's sink for this step."""
-        ctx = self._step_context
+    def head_losses(self, target, ctx: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(classification loss, survival loss) of this step's heads (``ctx``: :meth:`step_inputs`; the
+        heads the network captured are in ``ctx["sink"]``); leaves the heads and their weights in
+        ``ctx`` for :meth:`consistency_loss`."""
         net = self.mt_network()
         if net.image_features == "tumour_roi":
             boxes, prob = self.roi_batch(ctx["keys"], ctx["availability"], augment=self.network.training)
@@ -657,7 +678,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                   ctx["availability"] if net.channel_availability else None)
             has_tumour = torch.ones(len(ctx["keys"]), device=prob.device)  # every box holds its tumour
         else:
-            heads = net.head_sink[-1]
+            heads = ctx["sink"][-1]
             t0 = target[0] if isinstance(target, (list, tuple)) else target
             has_tumour = self.head_supervision_weights(t0, ctx["keys"], ctx.get("tumour_voxels"))
         ctx["heads"] = heads
@@ -685,19 +706,23 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                             net.time_bin_edges.to(time_.device, torch.float32), weights=has_tumour)
         return cls_loss, surv_loss
 
-    def consistency_loss(self) -> torch.Tensor:
+    def consistency_loss(self, ctx: dict) -> torch.Tensor:
         """Disagreement of the two horizon risks (``losses.head_consistency``) on the supervised
         patches; discrete-time head only (a Cox head has no absolute risk during training)."""
         net = self.mt_network()
         if net.survival_head != "discrete":
             raise ValueError("lambda_consistency needs the discrete-time survival head")
-        heads = self._step_context["heads"]
-        w = self._step_context["head_weights"]  # set by head_losses, called first by MultiTaskLoss
+        heads = ctx["heads"]
+        w = ctx["head_weights"]  # set by head_losses, called first by MultiTaskLoss
         return L.head_consistency(heads["cls_logit"].float(), heads["hazard_logits"].float(),
                                   net.time_bin_edges.to(w.device, torch.float32), self.horizon, weights=w)
 
     # ------------------------------------------------------------------ steps
-    def _enter_step(self, batch, training: bool):
+    @contextmanager
+    def step_inputs(self, batch, training: bool) -> Iterator[dict]:
+        """The step's context (:meth:`_batch_context` plus ``"sink"``, the heads the network captures)
+        for the block: the network reads the batch's clinical vectors and availability
+        (``MultiTaskUNet.capture``) and the loss gets the context (``MultiTaskLoss.bind``)."""
         availability = self.batch_availability(batch["keys"], drop=training)
         if (availability == 0).any():
             # a missing or dropped series looks as the converter's filler does after preprocessing:
@@ -706,17 +731,13 @@ class MultiRecTrainerBase(nnUNetTrainer):
             data = batch["data"]
             b_idx, c_idx = np.nonzero(availability == 0)
             data[torch.as_tensor(b_idx), torch.as_tensor(c_idx)] = 0
-        self._step_context = self._batch_context(batch["keys"], availability)
+        ctx = self._batch_context(batch["keys"], availability)
         net = self.mt_network()
-        net.clinical_input = self._step_context["clinical"]
-        net.availability_input = self._step_context["availability"] if net.channel_availability else None
-        net.head_sink = []
-
-    def _leave_step(self):
-        net = self.mt_network()
-        sink = net.head_sink
-        net.head_sink, net.clinical_input, net.availability_input, self._step_context = None, None, None, None
-        return sink
+        with net.capture("heads", clinical=ctx["clinical"],
+                         availability=ctx["availability"] if net.channel_availability else None) as sink, \
+                self.loss.bind(ctx):
+            ctx["sink"] = sink
+            yield ctx
 
     def on_train_start(self) -> None:
         seed = os.environ.get(SEED_ENV)
@@ -727,17 +748,14 @@ class MultiRecTrainerBase(nnUNetTrainer):
         self.prepare_fold_data()
 
     def train_step(self, batch: dict) -> dict:
-        self._enter_step(batch, training=True)
-        try:
-            out = self._optimisation_step(batch)
-        finally:
-            self._leave_step()
-        return out
+        with self.step_inputs(batch, training=True):
+            return self._optimisation_step(batch)
 
     def _optimisation_step(self, batch: dict) -> dict:
-        """nnU-Net's ``train_step`` (autocast on CUDA, GradScaler, clipping at 12), with the heads'
-        own optimiser stepped beside nnU-Net's SGD. Copied because nnU-Net's step knows one
-        optimiser: under AMP both must be unscaled before clipping (PyTorch's multi-optimiser recipe)."""
+        """nnU-Net 2.8.1's ``nnUNetTrainer.train_step`` (autocast on CUDA, GradScaler, clipping at 12;
+        NNUNET_COPIES records its source hash) with the heads' own optimiser stepped beside nnU-Net's
+        SGD. Copied because nnU-Net's step knows one optimiser: under AMP both must be unscaled before
+        clipping (PyTorch's multi-optimiser recipe). With ``head_optimizer = "sgd"`` nnU-Net's own step runs."""
         heads = self.head_optimizer_instance
         if heads is None:
             out = nnUNetTrainer.train_step(self, batch)
@@ -781,13 +799,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
                 vals = np.concatenate(gathered)
             self.logger.log(key, float(np.mean(vals)), self.current_epoch)
 
-    def patient_level_validation(self, records) -> Dict[str, dict]:
-        """Patient-level predictions of the validation cases from patch records (see aggregation)."""
-        net = self.mt_network()
-        per_case = group_patch_records([r[0] for r in records], [r[1] for r in records])
-        edges = net.time_bin_edges.cpu().numpy()
-        return {k: patient_prediction(recs, net.survival_head, self.horizon, edges) for k, recs in per_case.items()}
-
     def _head_predictions(self, table) -> Dict[str, dict]:
         """``{case: {risk_score, p_recurrence}}`` from a predictor table, as ``validation_metrics`` reads it."""
         col = recurrence_column(self.horizon)
@@ -807,17 +818,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
 
     def on_validation_epoch_end(self, val_outputs: List[dict]) -> None:
         super().on_validation_epoch_end(val_outputs)
-        if self.whole_fold_validation:
-            c, auc, n_cases, note = self._whole_fold_head_metrics()
-        else:
-            records = self._val_records
-            if self.is_ddp:
-                gathered = [None] * dist.get_world_size()
-                dist.all_gather_object(gathered, records)
-                records = [r for g in gathered for r in g]
-            preds = self.patient_level_validation(records)
-            c, auc = self.validation_metrics(preds)
-            n_cases, note = len(preds), "averaged over nnU-Net's random validation patches"
+        c, auc, n_cases, note = self._whole_fold_head_metrics()
         self.logger.log("val_c_index", c, self.current_epoch)
         self.logger.log("val_auc", auc, self.current_epoch)
         self.logger.log("val_head_cases", n_cases, self.current_epoch)
@@ -875,23 +876,18 @@ class MultiRecTrainerBase(nnUNetTrainer):
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
-        self._val_records = []
         self._val_patch_t0 = time()
 
     def validation_step(self, batch: dict) -> dict:
-        self._enter_step(batch, training=False)
-        try:
+        with self.step_inputs(batch, training=False):
             out = super().validation_step(batch)
-        finally:
-            sink = self._leave_step()
-        if sink:  # the "tumour_roi" pathway's heads do not read nnU-Net's validation patches
-            self._val_records.append(([str(k) for k in batch["keys"]],
-                                      {k: v.float().cpu().numpy() for k, v in sink[-1].items()}))
         self._val_patch_seconds = time() - self._val_patch_t0
         return out
 
     def on_epoch_end(self) -> None:
-        # nnU-Net's on_epoch_end with the best checkpoint chosen on the selection score (module docstring)
+        """nnU-Net 2.8.1's ``nnUNetTrainer.on_epoch_end`` (NNUNET_COPIES records its source hash; a test fails
+        when nnU-Net's changes) with the head losses and metrics in the log and the best checkpoint chosen
+        on the selection score (module docstring) instead of the EMA pseudo-Dice."""
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
         lg = self.logger.get_value
         self.print_to_log_file("train_loss", np.round(lg("train_losses", step=-1), 4),
@@ -909,13 +905,22 @@ class MultiRecTrainerBase(nnUNetTrainer):
         if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
         score = lg("ema_selection_score", step=-1)
-        if self._best_ema is None or score > self._best_ema:
-            self._best_ema = score
+        if is_new_best(score, self.best_selection_score):
+            self.best_selection_score = score
             self.print_to_log_file(f"New best selection score (EMA of (Dice + C-index + AUC)/3): {np.round(score, 4)}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's load, then the best selection score so far from the restored log (a checkpoint
+        written before the score had its own attribute also stored it as ``_best_ema``: used when its
+        log has no finite score)."""
+        super().load_checkpoint(filename_or_checkpoint)
+        scores = self.logger.get_value("ema_selection_score", step=None)[:self.current_epoch]
+        self.best_selection_score = best_score_from_log(scores, legacy=self._best_ema)
+        self._best_ema = None
 
     # ------------------------------------------------------------------ final validation
     def perform_actual_validation(self, save_probabilities: bool = False) -> None:
@@ -951,6 +956,23 @@ class MultiRecTrainerBase(nnUNetTrainer):
             json.dump(summary, f, indent=2)
         self.print_to_log_file(f"Head validation: C-index {summary['c_index']}, "
                                f"AUC {summary[f'auc_{horizon_tag(self.horizon)}m']}")
+
+
+def is_new_best(score: float, best: Optional[float]) -> bool:
+    """The best-checkpoint rule: the first score, then any score above the best so far."""
+    return best is None or score > best
+
+
+def best_score_from_log(scores: Sequence[float], legacy: Optional[float] = None) -> Optional[float]:
+    """The best checkpoint's score after the logged epochs' ``scores`` (by :func:`is_new_best`, as the
+    epochs chose it); ``legacy`` (a checkpoint's ``_best_ema`` from before the score had its own
+    attribute) when no logged score is finite."""
+    best = None
+    for score in scores:
+        best = score if is_new_best(score, best) else best
+    if (best is None or not np.isfinite(best)) and legacy is not None:
+        best = float(legacy)
+    return best
 
 
 def quantity_statistics(quantities: np.ndarray, availability: np.ndarray) -> tuple:

@@ -147,10 +147,10 @@ def test_head_losses_use_the_censoring_weights_only_for_ipcw():
                                   _case_index={k: i for i, k in enumerate(keys)}, classification_censoring=mode,
                                   is_ddp=False, network=SimpleNamespace(training=True), mt_network=lambda: net,
                                   head_supervision_weights=lambda target, k, v: torch.ones(len(k)))
-        trainer._step_context = MultiRecTrainerBase._batch_context(trainer, keys, np.ones((5, 1), np.float32))
+        ctx = MultiRecTrainerBase._batch_context(trainer, keys, np.ones((5, 1), np.float32))
         heads = net.heads(torch.linspace(-1, 1, 10).reshape(5, 2), None)
-        net.head_sink = [heads]
-        cls, _ = MultiRecTrainerBase.head_losses(trainer, torch.zeros(5, 1, 2, 2, 2))
+        ctx["sink"] = [heads]
+        cls, _ = MultiRecTrainerBase.head_losses(trainer, torch.zeros(5, 1, 2, 2, 2), ctx)
         logit = heads["cls_logit"].detach()
         lab = torch.as_tensor(labels, dtype=torch.float32)
         expect = masked_bce_with_logits(logit, lab, censoring_weights=torch.as_tensor(w, dtype=torch.float32)) \

@@ -51,6 +51,16 @@ def test_forward_modes(make, head):
     assert rec["tumour_mass"].shape == (1,) and rec["tumour_mass"][0] > 0
     pred = patient_prediction([rec], head, 36.0, bin_edges=torch.linspace(0, 60, 7).numpy())
     assert 0 < pred["p_recurrence"] < 1
+    # the trainer's way: capture() gives the step's inputs to plain calls and restores the attributes
+    net.head_sink, net.clinical_input = None, None
+    with torch.no_grad(), net.capture("heads", clinical=c[:1]) as sink:
+        assert isinstance(net(x[:1]), torch.Tensor)
+    assert len(sink) == 1 and net.head_sink is None and net.clinical_input is None
+    for k, v in sink[0].items():
+        torch.testing.assert_close(v.numpy(), rec[k])
+    with pytest.raises(ValueError, match="kind"):
+        with net.capture("patches"):
+            pass
 
 
 def test_channel_subset_and_state_dict_round_trip():
@@ -111,9 +121,9 @@ def test_patient_level_definition_equals_the_whole_image_patch(features):
     x, c = torch.randn(1, 2, 8, 32, 32), torch.randn(1, 3)
     with torch.no_grad():
         seg, patch_heads = net(x, clinical=c, return_heads=True)
-        net.head_sink, net.sink_kind = [], "tiles"
-        seg2 = net(x)
-        tiles, net.head_sink, net.sink_kind = net.head_sink, None, "heads"
+        with net.capture("tiles") as tiles:
+            seg2 = net(x)
+        assert net.head_sink is None and net.sink_kind == "heads"
         heads, mass = net.patient_heads(seg2[0], x[0], tiles, c[0])
     torch.testing.assert_close(seg, seg2)
     for k in ("cls_logit", "hazard_logits"):

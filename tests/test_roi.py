@@ -120,8 +120,8 @@ def test_head_losses_update_the_roi_encoder_and_heads_never_the_unet():
     assert all(id(p) not in seg_ids for p in enc)
     assert {id(p) for p in enc} <= {id(p) for p in net.head_parameters()}   # the heads' own AdamW
     # the plain forward (nnU-Net's step and predictor) returns the segmentation and records no heads
-    net.head_sink = []
-    assert isinstance(net(torch.randn(1, 4, *BOX)), torch.Tensor) and net.head_sink == []
+    with net.capture("heads") as sink:
+        assert isinstance(net(torch.randn(1, 4, *BOX)), torch.Tensor) and sink == []
     with pytest.raises(RuntimeError, match="roi_heads"):
         net(torch.randn(1, 4, *BOX), return_heads=True)
 

@@ -45,3 +45,34 @@ def test_seed_everything_repeats_torch_and_numpy():
     b = torch.rand(3), np.random.rand(3)
     torch.testing.assert_close(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_loss_gets_the_step_context_explicitly_or_bound_for_nnunets_calls():
+    from nnunet_multitask.trainer import MultiTaskLoss
+    seen = []
+
+    def head_losses(target, ctx):
+        seen.append(ctx["name"])
+        return torch.tensor(2.0), torch.tensor(3.0)
+
+    def consistency(ctx):
+        return torch.tensor(10.0)
+
+    seg = torch.nn.L1Loss()
+    out, target = torch.ones(2), torch.zeros(2)
+    loss = MultiTaskLoss(seg, head_losses, consistency, lambda_cls=0.5, lambda_surv=0.25)
+    assert float(loss(out, target)) == 1.0 and seen == []          # no context: segmentation only
+    assert float(loss(out, target, {"name": "explicit"})) == 1.0 + 1.0 + 0.75
+    with loss.bind({"name": "bound"}):
+        assert float(loss(out, target)) == 2.75                    # nnU-Net's loss(output, target)
+    assert float(loss(out, target)) == 1.0 and seen == ["explicit", "bound"]
+    loss.lambda_consistency = 0.1
+    assert float(loss(out, target, {"name": "x"})) == 2.75 + 1.0 and float(loss.last["cons"]) == 10.0
+
+
+def test_best_selection_score_rule_and_resume_from_the_log():
+    from nnunet_multitask.trainer import best_score_from_log, is_new_best
+    assert is_new_best(0.1, None) and is_new_best(0.6, 0.5) and not is_new_best(0.5, 0.5)
+    assert best_score_from_log([0.5, 0.7, 0.6, 0.65], legacy=0.42) == 0.7     # from the restored log
+    assert best_score_from_log([float("nan")] * 3, legacy=0.42) == 0.42       # a log from before the score
+    assert best_score_from_log([]) is None
