@@ -14,7 +14,7 @@ Choices stated once:
   start of training; its state is a buffer of the network, so every checkpoint carries its own
   fold's transform and ``--c`` / inference apply exactly it.
 * Head optimisation: the heads (embeddings, fusion, outputs) have their own AdamW optimiser
-  (``head_optimizer = "adamw"``, ``head_lr``); nnU-Net's SGD (lr 0.01, Nesterov momentum 0.99,
+  (``head_lr``); nnU-Net's SGD (lr 0.01, Nesterov momentum 0.99,
   poly decay) keeps the U-Net. Their output biases start at the training fold's baseline hazard
   and event rate. Measured in BENCHMARKS.md row c (ablations).
 * Whole tumour: heads are supervised on patches that show at least ``min_tumour_fraction`` of
@@ -28,6 +28,9 @@ Choices stated once:
   by the inverse probability of censoring (Kaplan-Meier of the training fold's censoring), so
   patients censored early are accounted for instead of silently dropped (``classification_censoring``;
   ``"complete_case"`` is the earlier behaviour).
+* Ablations and benchmark budgets (heads on nnU-Net's SGD, no bias start, the consistency term,
+  the earlier Cox memory, a capped batch size, no final validation) are overrides of single methods
+  in ``benchmarks/trainers/``, not switches of this class.
 * Best checkpoint: the EMA (0.9) of ``(pseudo-Dice + validation C-index + validation AUC) / 3``
   computed each epoch on patient-level predictions over the validation fold; an undefined
   C-index or AUC (too few cases or events) counts as chance (0.5).
@@ -144,12 +147,13 @@ class MultiTaskLoss(torch.nn.Module):
     as ``loss(output, target, context)`` or bound for nnU-Net's own calls with ``with
     loss.bind(context):``, so nnU-Net's own step (AMP, GradScaler, clipping) is reused unchanged.
 
-    ``head_losses(target, context) -> (classification, survival)`` and ``consistency(context)``
-    compute the head terms (the trainer's methods); the weights are fixed at construction.
+    ``head_losses(target, context) -> (classification, survival)`` computes the head terms (the
+    trainer's method); an optional ``consistency(context)`` term (an ablation in
+    ``benchmarks/trainers``) is added with weight ``lambda_consistency``.
     """
 
-    def __init__(self, seg_loss: torch.nn.Module, head_losses: Callable, consistency: Callable,
-                 lambda_cls: float, lambda_surv: float, lambda_consistency: float = 0.0):
+    def __init__(self, seg_loss: torch.nn.Module, head_losses: Callable, lambda_cls: float, lambda_surv: float,
+                 consistency: Optional[Callable] = None, lambda_consistency: float = 0.0):
         super().__init__()
         self.seg_loss = seg_loss
         self._head_losses, self._consistency = head_losses, consistency
@@ -174,7 +178,7 @@ class MultiTaskLoss(torch.nn.Module):
         cls_loss, surv_loss = self._head_losses(target, ctx)
         self.last = {"seg": seg.detach(), "cls": cls_loss.detach(), "surv": surv_loss.detach()}
         total = seg + self.lambda_cls * cls_loss + self.lambda_surv * surv_loss
-        if self.lambda_consistency > 0:
+        if self._consistency is not None and self.lambda_consistency > 0:
             cons = self._consistency(ctx)
             self.last["cons"] = cons.detach()
             total = total + self.lambda_consistency * cons
@@ -232,19 +236,9 @@ class MultiRecTrainerBase(nnUNetTrainer):
         horizon the two are the same loss.
     min_censoring_survival : float
         Floor on G for the IPCW weights (a weight never exceeds its inverse).
-    lambda_consistency : float
-        Weight of a term tying the classification head's horizon risk to the survival head's
-        (``losses.head_consistency``; 0 = off, the measured default: BENCHMARKS.md row c).
     cox_ties : {"efron", "breslow"}
     risk_memory_size : int
         Cox risk-set memory of recent detached predictions (0 disables it).
-    cox_normalise : {"batch", "all"}
-        Cox loss divided by the batch's events (``"batch"``: the memory enlarges risk sets without
-        diluting the batch's gradient) or by every event of batch + memory (``"all"``, the earlier
-        behaviour); see :func:`nnunet_multitask.losses.cox_partial_likelihood`.
-    cox_memory_one_entry_per_case : bool
-        The memory keeps each training case's newest prediction only, and a batch's cases are left
-        out of the memory while the batch's own loss is computed (``False``: plain FIFO).
     n_time_bins : int
         Intervals of the discrete-time head (edges: quantiles of the training fold's event times).
     head_hidden : int
@@ -252,9 +246,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
         What the heads see: ``"tumour_quantities"`` (soft tumour volume and tumour means of each
         channel from the network's own segmentation), ``"tumour_quantities+tumour_pool"``, or
         ``"global_pool"`` (the first design); see :mod:`nnunet_multitask.network`.
-    head_optimizer : {"adamw", "sgd"}
-        ``"adamw"``: the heads get their own AdamW (``head_lr``, ``head_weight_decay``);
-        ``"sgd"``: the heads share nnU-Net's SGD (the first design).
+    head_lr, head_weight_decay : float
+        The heads' own AdamW.
     min_tumour_fraction : float
         Heads are supervised on a patch only when it holds at least this fraction of the case's
         reference tumour voxels (0: any tumour voxel). Not used by ``"tumour_roi"`` (every case).
@@ -278,10 +271,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
         Fraction of training samples whose diffusion series are dropped at random (a non-empty
         subset of the model's channels other than T2, each subset equally likely): the channel is
         zeroed as the converter's filler and flagged missing. Needs ``channel_availability``.
-    max_batch_size : int or None
-        Cap on the planned batch size (``None``: nnU-Net's plan). Only the CPU demo and benchmark
-        variants set it: nnU-Net raises the batch size for small patches, which keeps the cost of an
-        iteration about constant, and on a 2-core CPU the iteration count is what the budget buys.
     """
 
     input_channels: Optional[Sequence[int]] = None
@@ -289,27 +278,20 @@ class MultiRecTrainerBase(nnUNetTrainer):
     survival_head: str = "discrete"
     lambda_cls: float = 0.5
     lambda_surv: float = 0.5
-    lambda_consistency: float = 0.0
     classification_censoring: str = "ipcw"
     min_censoring_survival: float = MIN_CENSORING_SURVIVAL
     cox_ties: str = "efron"
     risk_memory_size: int = 128
-    cox_normalise: str = "batch"
-    cox_memory_one_entry_per_case: bool = True
     n_time_bins: int = 10
     head_hidden: int = 64
     image_features: str = "tumour_quantities"
-    head_optimizer: str = "adamw"
     head_lr: float = 2e-3
     head_weight_decay: float = 1e-4
     min_tumour_fraction: float = 0.9
     roi_cache_bytes: int = 2 ** 31
-    init_output_biases: bool = True
-    skip_final_validation: bool = False
     whole_fold_validation_budget: float = 0.25
     channel_availability: bool = False
     modality_dropout_rate: float = 0.0
-    max_batch_size: Optional[int] = None
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
     val_iterations_per_epoch: Optional[int] = None
@@ -393,12 +375,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
         #: pseudo-Dice) is not used by this trainer and stays None
         self.best_selection_score: Optional[float] = None
 
-    def _set_batch_size_and_oversample(self):
-        super()._set_batch_size_and_oversample()
-        if self.max_batch_size is not None and not self.is_ddp and self.batch_size > self.max_batch_size:
-            self.print_to_log_file(f"Batch size capped at {self.max_batch_size} (plan: {self.batch_size})")
-            self.batch_size = int(self.max_batch_size)
-
     # ------------------------------------------------------------------ network
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -412,13 +388,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
     def configure_optimizers(self) -> tuple:
-        """nnU-Net's SGD and poly schedule for the U-Net; with ``head_optimizer = "adamw"`` the heads
-        get their own AdamW, carried inside the SGD's state dict (:class:`SGDWithHeadOptimizer`)."""
-        if self.head_optimizer == "sgd":
-            self.head_optimizer_instance = None
-            return super().configure_optimizers()
-        if self.head_optimizer != "adamw":
-            raise ValueError(f"head_optimizer must be 'adamw' or 'sgd', got {self.head_optimizer!r}")
+        """nnU-Net's SGD and poly schedule for the U-Net; the heads get their own AdamW, carried inside
+        the SGD's state dict (:class:`SGDWithHeadOptimizer`)."""
         net = self.mt_network()
         heads = torch.optim.AdamW(net.head_parameters(), lr=self.head_lr, weight_decay=self.head_weight_decay)
         optimizer = SGDWithHeadOptimizer(net.segmentation_parameters(), heads, lr=self.initial_lr,
@@ -427,8 +398,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
     def _build_loss(self):
-        return MultiTaskLoss(super()._build_loss(), self.head_losses, self.consistency_loss,
-                             self.lambda_cls, self.lambda_surv, self.lambda_consistency)
+        return MultiTaskLoss(super()._build_loss(), self.head_losses, self.lambda_cls, self.lambda_surv)
 
     # ------------------------------------------------------------------ per-fold data
     def _read_tables(self):
@@ -467,8 +437,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
                                                 np.stack([availability[k][self.used_channels] for k in tr_keys]))
                 net.quantity_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
                 net.quantity_std.copy_(torch.as_tensor(std, dtype=torch.float32))
-                if self.init_output_biases:
-                    self._initialise_output_biases(net, times, events)
+                self._initialise_output_biases(net, times, events)
                 net.fold_state_fitted.fill_(True)
             self.print_to_log_file(f"Fitted the clinical transform ({prep.n_features} features from groups "
                                    f"{list(groups)}), {self.n_time_bins} time bins, the tumour-quantity "
@@ -670,7 +639,7 @@ class MultiRecTrainerBase(nnUNetTrainer):
     def head_losses(self, target, ctx: dict) -> Tuple[torch.Tensor, torch.Tensor]:
         """(classification loss, survival loss) of this step's heads (``ctx``: :meth:`step_inputs`; the
         heads the network captured are in ``ctx["sink"]``); leaves the heads and their weights in
-        ``ctx`` for :meth:`consistency_loss`."""
+        ``ctx`` (for a consistency term, ``benchmarks/trainers``)."""
         net = self.mt_network()
         if net.image_features == "tumour_roi":
             boxes, prob = self.roi_batch(ctx["keys"], ctx["availability"], augment=self.network.training)
@@ -691,31 +660,27 @@ class MultiRecTrainerBase(nnUNetTrainer):
             log_risk, w, ids = heads["log_risk"].float(), has_tumour, ctx["case_index"]
             if self.is_ddp:
                 log_risk, time_, event, w, ids = L.gather_across_ranks(log_risk, time_, event, w, case_ids=ids)
-            use_memory = net.risk_memory.size > 0
-            one_per_case = self.cox_memory_one_entry_per_case
-            mem = net.risk_memory.get(exclude_case_ids=ids if one_per_case else None) if use_memory \
-                else (None, None, None)
-            surv_loss = L.cox_partial_likelihood(log_risk, time_, event, weights=w, ties=self.cox_ties,
-                                                 extra_log_risk=mem[0], extra_time=mem[1], extra_event=mem[2],
-                                                 normalise=self.cox_normalise)
-            if self.network.training and use_memory:
-                net.risk_memory.update(log_risk.detach(), time_, event, weights=w,
-                                       case_ids=ids if one_per_case else None)
+            surv_loss = self.cox_loss(net, log_risk, time_, event, w, ids)
         else:
             surv_loss = L.discrete_time_nll(heads["hazard_logits"].float(), time_, event,
                                             net.time_bin_edges.to(time_.device, torch.float32), weights=has_tumour)
         return cls_loss, surv_loss
 
-    def consistency_loss(self, ctx: dict) -> torch.Tensor:
-        """Disagreement of the two horizon risks (``losses.head_consistency``) on the supervised
-        patches; discrete-time head only (a Cox head has no absolute risk during training)."""
-        net = self.mt_network()
-        if net.survival_head != "discrete":
-            raise ValueError("lambda_consistency needs the discrete-time survival head")
-        heads = ctx["heads"]
-        w = ctx["head_weights"]  # set by head_losses, called first by MultiTaskLoss
-        return L.head_consistency(heads["cls_logit"].float(), heads["hazard_logits"].float(),
-                                  net.time_bin_edges.to(w.device, torch.float32), self.horizon, weights=w)
+    def cox_loss(self, net: MultiTaskUNet, log_risk, time_, event, weights, case_ids,
+                 normalise: str = "batch") -> torch.Tensor:
+        """Cox partial likelihood of the (gathered) batch with the risk-set memory: divided by the batch's
+        events (``normalise="batch"``: the memory enlarges risk sets without diluting the batch's
+        gradient; see :func:`nnunet_multitask.losses.cox_partial_likelihood`); with ``case_ids`` the memory
+        keeps each training case's newest prediction only and leaves the batch's own cases out while
+        the batch's loss is computed (``None``: plain FIFO). Updates the memory in training."""
+        use_memory = net.risk_memory.size > 0
+        mem = net.risk_memory.get(exclude_case_ids=case_ids) if use_memory else (None, None, None)
+        loss = L.cox_partial_likelihood(log_risk, time_, event, weights=weights, ties=self.cox_ties,
+                                        extra_log_risk=mem[0], extra_time=mem[1], extra_event=mem[2],
+                                        normalise=normalise)
+        if self.network.training and use_memory:
+            net.risk_memory.update(log_risk.detach(), time_, event, weights=weights, case_ids=case_ids)
+        return loss
 
     # ------------------------------------------------------------------ steps
     @contextmanager
@@ -755,13 +720,8 @@ class MultiRecTrainerBase(nnUNetTrainer):
         """nnU-Net 2.8.1's ``nnUNetTrainer.train_step`` (autocast on CUDA, GradScaler, clipping at 12;
         NNUNET_COPIES records its source hash) with the heads' own optimiser stepped beside nnU-Net's
         SGD. Copied because nnU-Net's step knows one optimiser: under AMP both must be unscaled before
-        clipping (PyTorch's multi-optimiser recipe). With ``head_optimizer = "sgd"`` nnU-Net's own step runs."""
+        clipping (PyTorch's multi-optimiser recipe)."""
         heads = self.head_optimizer_instance
-        if heads is None:
-            out = nnUNetTrainer.train_step(self, batch)
-            parts = self.loss.last
-            out.update({k: parts[k].cpu().numpy() for k in ("seg", "cls", "surv")})
-            return out
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
@@ -927,9 +887,6 @@ class MultiRecTrainerBase(nnUNetTrainer):
         """nnU-Net's validation (segmentations + summary.json), then the patient-level head predictions
         of the validation cases, written beside it as ``validation/head_predictions.csv`` and
         ``validation/head_summary.json``."""
-        if self.skip_final_validation:
-            self.print_to_log_file("final validation skipped (skip_final_validation: a benchmark variant)")
-            return
         super().perform_actual_validation(save_probabilities)
         if self.local_rank != 0:
             return
@@ -956,6 +913,16 @@ class MultiRecTrainerBase(nnUNetTrainer):
             json.dump(summary, f, indent=2)
         self.print_to_log_file(f"Head validation: C-index {summary['c_index']}, "
                                f"AUC {summary[f'auc_{horizon_tag(self.horizon)}m']}")
+
+
+def cap_batch_size(trainer: nnUNetTrainer, cap: int) -> None:
+    """Cap nnU-Net's planned batch size at ``cap`` (call after nnU-Net's ``_set_batch_size_and_oversample``;
+    not under DDP, where nnU-Net splits the global batch). For CPU budgets (the demo, benchmarks):
+    nnU-Net raises the batch size for small patches, which keeps the cost of an iteration about
+    constant, and on a 2-core CPU the iteration count is what the budget buys."""
+    if not trainer.is_ddp and trainer.batch_size > cap:
+        trainer.print_to_log_file(f"Batch size capped at {cap} (plan: {trainer.batch_size})")
+        trainer.batch_size = int(cap)
 
 
 def is_new_best(score: float, best: Optional[float]) -> bool:

@@ -4,7 +4,8 @@
 ``*_bench``). nnU-Net finds both through ``nnUNet_extTrainer=<repo>/trainers<os.pathsep><repo>/benchmarks/
 trainers``. The benchmark variants are product classes plus a length mixin, and the drift check below
 keeps it so: each one's configuration equals its product base's except the training length and the
-overrides an ablation declares here.
+overrides an ablation declares here (attributes, or methods replaced by the override classes of
+``benchmarks/trainers``: the product base class has no switch for them).
 """
 from __future__ import annotations
 
@@ -31,8 +32,11 @@ BENCH_MARKERS = ("_quality", "_bench")
 #: every configuration attribute of a MultiRec trainer (the annotated class attributes of the base)
 CONFIG_ATTRS = tuple(sorted(MultiRecTrainerBase.__annotations__))
 #: what a benchmark variant may change against its product base: the training length
-LENGTH_ATTRS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "max_batch_size",
-                "skip_final_validation", "save_every_epochs")
+LENGTH_ATTRS = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "save_every_epochs")
+#: methods a budget mixin replaces (batch-size cap, no final validation)
+BUDGET_METHODS = ("_set_batch_size_and_oversample", "perform_actual_validation")
+#: marks a method an ablation replaces in EXPECTED
+OVERRIDE = "method override"
 
 #: benchmark variant -> (its product base in trainers.multirec, what it overrides besides the length)
 EXPECTED = {
@@ -44,15 +48,17 @@ EXPECTED = {
     "MultiRecTrainer_ModalityDropout_quality": ("MultiRecTrainer_ModalityDropout", {}),
     "MultiRecTrainer_ROI_quality": ("MultiRecTrainer_ROI", {}),
     "MultiRecTrainer_MRI_ROI_quality": ("MultiRecTrainer_MRI_ROI", {}),
-    "MultiRecTrainer_quality_consistency": ("MultiRecTrainer", {"lambda_consistency": 0.5}),
-    "MultiRecTrainer_Cox_quality_oldmemory": ("MultiRecTrainer_Cox", {"cox_normalise": "all",
-                                                                      "cox_memory_one_entry_per_case": False}),
+    "MultiRecTrainer_quality_consistency": ("MultiRecTrainer", {"_build_loss": OVERRIDE,
+                                                                "consistency_loss": OVERRIDE}),
+    "MultiRecTrainer_Cox_quality_oldmemory": ("MultiRecTrainer_Cox", {"cox_loss": OVERRIDE}),
     "MultiRecTrainer_MRI_quality_firstdesign": ("MultiRecTrainer_MRI", {"image_features": "global_pool",
-                                                                        "head_optimizer": "sgd",
-                                                                        "init_output_biases": False,
+                                                                        "configure_optimizers": OVERRIDE,
+                                                                        "_optimisation_step": OVERRIDE,
+                                                                        "_initialise_output_biases": OVERRIDE,
                                                                         "min_tumour_fraction": 0.0}),
     "MultiRecTrainer_MRI_quality_globalpool": ("MultiRecTrainer_MRI", {"image_features": "global_pool"}),
-    "MultiRecTrainer_MRI_quality_quantities_sgd": ("MultiRecTrainer_MRI", {"head_optimizer": "sgd"}),
+    "MultiRecTrainer_MRI_quality_quantities_sgd": ("MultiRecTrainer_MRI", {"configure_optimizers": OVERRIDE,
+                                                                           "_optimisation_step": OVERRIDE}),
     "MultiRecTrainer_MRI_quality_quantities_pool": ("MultiRecTrainer_MRI",
                                                     {"image_features": "tumour_quantities+tumour_pool"}),
     "MultiRecTrainer_MRI_quality_x4": ("MultiRecTrainer_MRI", {}),
@@ -134,6 +140,17 @@ def _product_base(cls):
     return next(k for k in cls.__mro__[1:] if k.__module__.split(".")[0] == "trainers")
 
 
+def _replaced_methods(cls, base) -> dict:
+    """Methods defined between ``cls`` and its product base ``base`` in the MRO (the variant and its
+    override classes), besides the budget's."""
+    names = set()
+    for k in cls.__mro__:
+        if k is base:
+            break
+        names |= {n for n, v in vars(k).items() if callable(v) and not n.startswith("__")}
+    return {n: OVERRIDE for n in names - set(BUDGET_METHODS)}
+
+
 def test_benchmark_variants_do_not_drift_from_the_product(bench_classes):
     multirec = {name: cls for name, (_, cls) in bench_classes.items() if issubclass(cls, MultiRecTrainerBase)}
     assert set(multirec) == set(EXPECTED), ("update EXPECTED (product base and overrides) for new or removed "
@@ -144,6 +161,7 @@ def test_benchmark_variants_do_not_drift_from_the_product(bench_classes):
         assert base.__name__ == base_name, f"{name} derives from {base.__name__}, expected {base_name}"
         differs = {a: getattr(cls, a) for a in CONFIG_ATTRS
                    if a not in LENGTH_ATTRS and getattr(cls, a) != getattr(base, a)}
+        differs.update(_replaced_methods(cls, base))
         assert differs == overrides, f"{name}: configuration differs from {base_name} in {differs}"
 
 
@@ -155,6 +173,38 @@ def test_quality_variants_share_one_budget(bench_classes):
         for a in LENGTH_ATTRS:
             want = 4 * mixin.epochs if (a == "epochs" and name.endswith("_x4")) else getattr(mixin, a, None)
             assert getattr(cls, a) == want, f"{name}.{a} = {getattr(cls, a)}, the quality budget says {want}"
+        for m in BUDGET_METHODS:  # batch size capped, no final validation: the budget's own methods
+            assert getattr(cls, m) is getattr(mixin, m), f"{name}.{m} is not the quality budget's"
+
+
+def test_product_trainer_has_no_benchmark_switches():
+    """The ablations and budgets are overrides in benchmarks/trainers, not attributes of the product base."""
+    for gone in ("skip_final_validation", "max_batch_size", "head_optimizer", "init_output_biases",
+                 "lambda_consistency", "cox_normalise", "cox_memory_one_entry_per_case", "whole_fold_validation"):
+        assert not hasattr(MultiRecTrainerBase, gone), gone
+
+
+def test_demo_trainers_cap_the_batch_size():
+    from nnunet_multitask import trainer as T
+    from trainers import multirec
+    calls = []
+
+    class Stub:
+        def _set_batch_size_and_oversample(self):
+            calls.append("nnU-Net")
+
+    class Demo(multirec._DemoLength, Stub):
+        pass
+
+    capped = []
+    original = T.cap_batch_size
+    try:
+        multirec.cap_batch_size = lambda trainer, n: capped.append(n)
+        Demo()._set_batch_size_and_oversample()
+    finally:
+        multirec.cap_batch_size = original
+    assert calls == ["nnU-Net"] and capped == [multirec.DEMO_BATCH_SIZE] == [2]
+    assert issubclass(multirec.MultiRecTrainer_demo, multirec._DemoLength)
 
 
 def test_plain_nnunet_variants_stay_nnunet_trainers(bench_classes):

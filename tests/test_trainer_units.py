@@ -60,7 +60,7 @@ def test_loss_gets_the_step_context_explicitly_or_bound_for_nnunets_calls():
 
     seg = torch.nn.L1Loss()
     out, target = torch.ones(2), torch.zeros(2)
-    loss = MultiTaskLoss(seg, head_losses, consistency, lambda_cls=0.5, lambda_surv=0.25)
+    loss = MultiTaskLoss(seg, head_losses, lambda_cls=0.5, lambda_surv=0.25, consistency=consistency)
     assert float(loss(out, target)) == 1.0 and seen == []          # no context: segmentation only
     assert float(loss(out, target, {"name": "explicit"})) == 1.0 + 1.0 + 0.75
     with loss.bind({"name": "bound"}):
@@ -76,3 +76,16 @@ def test_best_selection_score_rule_and_resume_from_the_log():
     assert best_score_from_log([0.5, 0.7, 0.6, 0.65], legacy=0.42) == 0.7     # from the restored log
     assert best_score_from_log([float("nan")] * 3, legacy=0.42) == 0.42       # a log from before the score
     assert best_score_from_log([]) is None
+
+
+def test_cap_batch_size_logs_and_leaves_ddp_alone():
+    from nnunet_multitask.trainer import cap_batch_size
+    logged = []
+    t = SimpleNamespace(is_ddp=False, batch_size=8, print_to_log_file=logged.append)
+    cap_batch_size(t, 2)
+    assert t.batch_size == 2 and logged == ["Batch size capped at 2 (plan: 8)"]
+    cap_batch_size(t, 4)
+    assert t.batch_size == 2 and len(logged) == 1
+    ddp = SimpleNamespace(is_ddp=True, batch_size=8, print_to_log_file=logged.append)
+    cap_batch_size(ddp, 2)
+    assert ddp.batch_size == 8

@@ -2,7 +2,7 @@
 
 Each class states what differs; the logic lives in ``nnunet_multitask.trainer``.
 """
-from nnunet_multitask.trainer import MultiRecTrainerBase
+from nnunet_multitask.trainer import MultiRecTrainerBase, cap_batch_size
 
 
 class MultiRecTrainer(MultiRecTrainerBase):
@@ -78,12 +78,18 @@ class MultiRecTrainer_CompleteCase(MultiRecTrainer):
     classification_censoring = "complete_case"
 
 
+DEMO_BATCH_SIZE = 2
+
+
 class _DemoLength:
     """What `make demo` trains on the CPU: 30 epochs of 12 iterations at batch size 2."""
     epochs = 30
     iterations_per_epoch = 12
     val_iterations_per_epoch = 4
-    max_batch_size = 2
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        cap_batch_size(self, DEMO_BATCH_SIZE)
 
 
 class MultiRecTrainer_demo(_DemoLength, MultiRecTrainer):
