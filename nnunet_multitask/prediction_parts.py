@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from datetime import datetime, timezone
 from os.path import isdir, isfile, join
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -40,8 +41,10 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import pandas as pd
 
 from nnunet_multitask.checkpoints import file_sha256
-from nnunet_multitask.predictor import (EXIT_FINISHED_WITH_FAILURES, FAILURES_CSV, PREDICTIONS_CSV, PREDICTIONS_JSON,
-                                        MultitaskPredictionError, _atomic_write, _STAGING_PREFIX, output_folder_lock)
+from nnunet_multitask.prediction_artifact import (FAILURES_CSV, PREDICTIONS_CSV, PREDICTIONS_JSON,
+                                                  MultitaskPredictionError, PartRecord, PredictionFormatError,
+                                                  PredictionRecord, case_list_sha256)
+from nnunet_multitask.publish import atomic_write, output_folder_lock, publish_files, staging_folder
 
 PART_KEY = "part"
 #: provenance entries that differ between runs of one model on the same settings (time, paths,
@@ -75,20 +78,16 @@ def check_part_arguments(part_id: int, num_parts: int, n_cases: Optional[int] = 
                                        f"folder: some parts would predict nothing; use at most {n_cases} parts")
 
 
-def case_list_sha256(cases: Sequence[str]) -> str:
-    """SHA-256 of the sorted case ids, one per line."""
-    return hashlib.sha256("\n".join(sorted(cases)).encode()).hexdigest()
-
-
 def part_record(all_cases: Sequence[str], part_id: int, num_parts: int, input_folder: str,
-                clinical_table_source: Optional[str]) -> dict:
+                clinical_table_source: Optional[str]) -> PartRecord:
     """The ``"part"`` record of a part's ``predictions.json`` (module docstring)."""
     all_sorted = sorted(all_cases)
     clinical_sha = (file_sha256(clinical_table_source)
                     if clinical_table_source and isfile(clinical_table_source) else None)
-    return {"part_id": int(part_id), "num_parts": int(num_parts), "cases": part_share(all_sorted, part_id, num_parts),
-            "all_cases": all_sorted, "all_cases_sha256": case_list_sha256(all_sorted),
-            "input_folder": os.path.abspath(input_folder), "clinical_table_sha256": clinical_sha}
+    return PartRecord(part_id=int(part_id), num_parts=int(num_parts),
+                      cases=tuple(part_share(all_sorted, part_id, num_parts)), all_cases=tuple(all_sorted),
+                      all_cases_sha256=case_list_sha256(all_sorted), input_folder=os.path.abspath(input_folder),
+                      clinical_table_sha256=clinical_sha)
 
 
 @contextlib.contextmanager
@@ -130,33 +129,6 @@ def refuse_other_part_in_folder(output_folder: str, part_id: int, num_parts: int
             f"--merge PART_DIR [PART_DIR ...] -o OUT")
 
 
-def predict_part(predictor, input_folder: str, output_folder: str, cases: Sequence[str], part_id: int,
-                 num_parts: int, num_processes_preprocessing: int = 0,
-                 num_processes_segmentation_export: int = 0, resume: bool = False,
-                 keep_going: bool = False) -> pd.DataFrame:
-    """Predict part ``part_id`` of ``num_parts`` into ``output_folder`` (the caller,
-    :func:`~nnunet_multitask.predictor.predict_folder`, has checked every case and holds the
-    folder's lock): the share's segmentations and a partial ``predictions.csv`` /
-    ``predictions.json`` with the part record, all-or-nothing as a full run."""
-    from nnunet_multitask.predictor import _predict_into
-    share = part_share(cases, part_id, num_parts)
-    refuse_other_part_in_folder(output_folder, part_id, num_parts)
-    predictor.part_record = part_record(cases, part_id, num_parts, input_folder,
-                                        getattr(predictor, "clinical_table_source", None))
-    try:
-        with share_input_folder(input_folder, share, predictor.dataset_json["file_ending"]) as share_folder:
-            table = _predict_into(predictor, share_folder, output_folder, share, num_processes_preprocessing,
-                                  num_processes_segmentation_export, resume=resume, keep_going=keep_going)
-            args_json = join(output_folder, "predict_from_raw_data_args.json")
-            if isfile(args_json):  # nnU-Net's record names the real input folder, not the temporary share
-                with open(args_json) as f:
-                    text = f.read()
-                _atomic_write(args_json, text.replace(share_folder, os.path.abspath(input_folder)))
-    finally:
-        predictor.part_record = None
-    return table
-
-
 # ---------------------------------------------------------------------- merge
 def _read_part(folder: str) -> dict:
     if not isdir(folder):
@@ -170,14 +142,14 @@ def _read_part(folder: str) -> dict:
             meta = json.load(f)
     except (OSError, ValueError) as e:
         raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)} cannot be read: {e}") from None
-    part = meta.get(PART_KEY) if isinstance(meta, dict) else None
-    if not isinstance(part, dict):
+    if not isinstance(meta, dict) or not isinstance(meta.get(PART_KEY), dict):
         raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)} has no '{PART_KEY}' record: {folder} is a "
                              f"complete run (or a merge), not one part of a -num_parts run; it needs no merging")
-    missing = [k for k in ("part_id", "num_parts", "cases", "all_cases", "all_cases_sha256") if k not in part]
-    if missing:
-        raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)}: the part record lacks {missing}")
-    _check_table_digests(folder, meta)
+    try:
+        record = PredictionRecord.from_dict(meta, source=join(folder, PREDICTIONS_JSON))
+    except PredictionFormatError as e:
+        raise PartMergeError(f"--merge: {e}") from None
+    _check_table_digests(folder, record)
     try:
         # text as written: the merged file repeats the parts' values exactly
         table = pd.read_csv(join(folder, PREDICTIONS_CSV), dtype=str, keep_default_na=False)
@@ -185,16 +157,16 @@ def _read_part(folder: str) -> dict:
                     if isfile(join(folder, FAILURES_CSV)) else pd.DataFrame({"case_id": [], "reason": []}))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise PartMergeError(f"--merge: a table of {folder} cannot be read: {e}") from None
-    if sorted(failures["case_id"]) != sorted(meta.get("failed_cases") or []):
+    if sorted(failures["case_id"]) != sorted(record.failed):
         raise PartMergeError(f"--merge: {join(folder, FAILURES_CSV)} does not list the failed cases "
-                             f"{meta.get('failed_cases')} that {join(folder, PREDICTIONS_JSON)} records")
-    return {"folder": folder, "meta": meta, "part": part, "table": table, "failures": failures}
+                             f"{record.failed} that {join(folder, PREDICTIONS_JSON)} records")
+    return {"folder": folder, "record": record, "part": record.part, "table": table, "failures": failures}
 
 
-def _check_table_digests(folder: str, meta: dict) -> None:
+def _check_table_digests(folder: str, record: PredictionRecord) -> None:
     """Each table of a part must still have the SHA-256 its prediction recorded: a value edited
     afterwards would otherwise be carried into the merged table."""
-    digests = meta.get("tables_sha256")
+    digests = record.tables_sha256
     if not isinstance(digests, dict) or PREDICTIONS_CSV not in digests:
         raise PartMergeError(f"--merge: {join(folder, PREDICTIONS_JSON)} records no SHA-256 of its tables (a part "
                              f"predicted before the digests were recorded): predict the part again")
@@ -210,9 +182,9 @@ def _check_table_digests(folder: str, meta: dict) -> None:
                                  f"predict the part again")
 
 
-def _model_identity(meta: dict, part: dict) -> dict:
-    identity = {k: v for k, v in meta.items() if k not in PER_RUN_KEYS}
-    identity["clinical_table_sha256"] = part.get("clinical_table_sha256")
+def _model_identity(record: PredictionRecord, part: PartRecord) -> dict:
+    identity = record.identity(PER_RUN_KEYS)
+    identity["clinical_table_sha256"] = part.clinical_table_sha256
     return identity
 
 
@@ -225,18 +197,18 @@ def check_parts(parts: List[dict]) -> List[str]:
     in two parts, every case present.
     """
     first = parts[0]
-    n = first["part"]["num_parts"]
+    n = first["part"].num_parts
     for p in parts[1:]:
-        if p["part"]["num_parts"] != n:
+        if p["part"].num_parts != n:
             raise PartMergeError(f"--merge: {first['folder']} is a part of {n} but {p['folder']} a part of "
-                                 f"{p['part']['num_parts']}: parts of different splits")
-        if p["part"]["all_cases_sha256"] != first["part"]["all_cases_sha256"]:
+                                 f"{p['part'].num_parts}: parts of different splits")
+        if p["part"].all_cases_sha256 != first["part"].all_cases_sha256:
             raise PartMergeError(f"--merge: {p['folder']} and {first['folder']} split different case lists "
-                                 f"({len(p['part']['all_cases'])} and {len(first['part']['all_cases'])} cases): "
+                                 f"({len(p['part'].all_cases)} and {len(first['part'].all_cases)} cases): "
                                  f"parts of different input folders")
-    reference = _model_identity(first["meta"], first["part"])
+    reference = _model_identity(first["record"], first["part"])
     for p in parts[1:]:
-        identity = _model_identity(p["meta"], p["part"])
+        identity = _model_identity(p["record"], p["part"])
         differing = sorted(k for k in set(reference) | set(identity) if reference.get(k) != identity.get(k))
         if differing:
             detail = "; ".join(f"{k}: {reference.get(k)!r} vs {identity.get(k)!r}" for k in differing[:3])
@@ -245,7 +217,7 @@ def check_parts(parts: List[dict]) -> List[str]:
                                  f"model, its checkpoints, the clinical table and the prediction settings")
     by_id: Dict[int, str] = {}
     for p in parts:
-        k = p["part"]["part_id"]
+        k = p["part"].part_id
         if k in by_id:
             raise PartMergeError(f"--merge: part {k} of {n} given twice ({by_id[k]} and {p['folder']})")
         by_id[k] = p["folder"]
@@ -253,7 +225,7 @@ def check_parts(parts: List[dict]) -> List[str]:
     if absent:
         raise PartMergeError(f"--merge: part(s) {absent} of {n} missing (given: parts {sorted(by_id)}): merge every "
                              f"part of the run")
-    all_cases = list(first["part"]["all_cases"])
+    all_cases = list(first["part"].all_cases)
     owner: Dict[str, str] = {}
     for p in parts:
         cases = list(p["table"]["case_id"]) if "case_id" in p["table"].columns else []
@@ -263,12 +235,12 @@ def check_parts(parts: List[dict]) -> List[str]:
                                  f"parts overlap")
         if len(set(cases)) != len(cases):
             raise PartMergeError(f"--merge: {join(p['folder'], PREDICTIONS_CSV)} repeats a case id")
-        share = part_share(all_cases, p["part"]["part_id"], n)
+        share = part_share(all_cases, p["part"].part_id, n)
         failed = list(p["failures"]["case_id"])
         if sorted(cases + failed) != share:
             missing = sorted(set(share) - set(cases) - set(failed))
             extra = sorted(set(cases) - set(share))
-            raise PartMergeError(f"--merge: {join(p['folder'], PREDICTIONS_CSV)} (part {p['part']['part_id']} of {n}) "
+            raise PartMergeError(f"--merge: {join(p['folder'], PREDICTIONS_CSV)} (part {p['part'].part_id} of {n}) "
                                  f"does not hold its share of the cases (missing {missing[:5]}, not its own "
                                  f"{extra[:5]})")
         owner.update({c: p["folder"] for c in cases + failed})
@@ -342,92 +314,37 @@ def merge_parts(part_folders: Sequence[str], output_folder: str) -> pd.DataFrame
     if os.path.realpath(output_folder) in real:
         raise PartMergeError(f"--merge: the output folder {output_folder} is one of the part folders; merge into "
                              f"a new folder")
-    parts = sorted((_read_part(f) for f in part_folders), key=lambda p: p["part"]["part_id"])
+    parts = sorted((_read_part(f) for f in part_folders), key=lambda p: p["part"].part_id)
     all_cases = check_parts(parts)
     copies = _merged_copies(parts)
     table = pd.concat([p["table"] for p in parts], ignore_index=True)
     predicted = [c for c in all_cases if c in set(table["case_id"])]
     table = table.set_index("case_id", drop=False).loc[predicted].reset_index(drop=True)
-    meta = {k: v for k, v in parts[0]["meta"].items() if k != PART_KEY}
-    meta["n_cases"] = len(table)
-    meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    meta["merged_from"] = [{"folder": os.path.abspath(p["folder"]), "part_id": p["part"]["part_id"],
-                            "num_parts": p["part"]["num_parts"], "n_cases": len(p["table"]),
-                            "created": p["meta"].get("created"), "model_folder": p["meta"].get("model_folder"),
-                            "input_folder": p["part"].get("input_folder")} for p in parts]
-    meta["merged_cases_sha256"] = parts[0]["part"]["all_cases_sha256"]
+    first = parts[0]["record"]
+    merged = replace(first, part=None, n_cases=len(table),
+                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     merged_from=tuple({"folder": os.path.abspath(p["folder"]), "part_id": p["part"].part_id,
+                                        "num_parts": p["part"].num_parts, "n_cases": len(p["table"]),
+                                        "created": p["record"].created, "model_folder": p["record"].model_folder,
+                                        "input_folder": p["part"].input_folder} for p in parts),
+                     merged_cases_sha256=parts[0]["part"].all_cases_sha256)
     failures = pd.concat([p["failures"] for p in parts], ignore_index=True).sort_values("case_id")
     table_text, failures_text = table.to_csv(index=False), failures.to_csv(index=False)
-    meta["failed_cases"] = list(failures["case_id"])
-    meta["complete"] = failures.empty
-    meta["tables_sha256"] = {PREDICTIONS_CSV: hashlib.sha256(table_text.encode()).hexdigest()}
+    digests = {PREDICTIONS_CSV: hashlib.sha256(table_text.encode()).hexdigest()}
     if not failures.empty:
-        meta["tables_sha256"][FAILURES_CSV] = hashlib.sha256(failures_text.encode()).hexdigest()
+        digests[FAILURES_CSV] = hashlib.sha256(failures_text.encode()).hexdigest()
+    merged = replace(merged, failed_cases=tuple(failures["case_id"]), complete=failures.empty,
+                     tables_sha256=digests)
 
-    with output_folder_lock(output_folder):
-        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=output_folder)
-        try:
-            for src, name in copies:
-                os.makedirs(os.path.dirname(join(staging, name)), exist_ok=True)
-                shutil.copy2(src, join(staging, name))
-            if not failures.empty:
-                _atomic_write(join(staging, FAILURES_CSV), failures_text)
-            elif isfile(join(output_folder, FAILURES_CSV)):
-                os.remove(join(output_folder, FAILURES_CSV))
-            _atomic_write(join(staging, PREDICTIONS_JSON), json.dumps(meta, indent=2))
-            _atomic_write(join(staging, PREDICTIONS_CSV), table_text)
-            last = (PREDICTIONS_JSON, PREDICTIONS_CSV)
-            names = [n for n in sorted(os.listdir(staging)) if n not in last] + list(last)
-            for name in names:
-                target = join(output_folder, name)
-                if isdir(join(staging, name)) and isdir(target):
-                    shutil.rmtree(target)
-                os.replace(join(staging, name), target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+    with output_folder_lock(output_folder), staging_folder(output_folder) as staging:
+        for src, name in copies:
+            os.makedirs(os.path.dirname(join(staging, name)), exist_ok=True)
+            shutil.copy2(src, join(staging, name))
+        if not failures.empty:
+            atomic_write(join(staging, FAILURES_CSV), failures_text)
+        elif isfile(join(output_folder, FAILURES_CSV)):
+            os.remove(join(output_folder, FAILURES_CSV))
+        atomic_write(join(staging, PREDICTIONS_JSON), merged.to_json())
+        atomic_write(join(staging, PREDICTIONS_CSV), table_text)
+        publish_files(staging, output_folder, last=(PREDICTIONS_JSON, PREDICTIONS_CSV))
     return table
-
-
-def merge_main(argv: Sequence[str]) -> None:
-    """``nnUNetv2_predict_multitask --merge PART_DIR [PART_DIR ...] -o OUT [--report [-i IMAGES]
-    [--seg-gt MASKS]]``: refusals exit with status 2 and ``nnUNetv2_predict_multitask: error: ...``."""
-    import argparse
-    import sys
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_predict_multitask",
-        description="Merge the output folders of a -num_parts N run (parts 0..N-1) into one predictions.csv, "
-                    "predictions.json and the segmentations, refusing parts of different models or settings and "
-                    "overlapping or missing cases.")
-    parser.add_argument("--merge", nargs="+", required=True, metavar="PART_DIR", help="every part's output folder")
-    parser.add_argument("-o", required=True, help="output folder of the merged run")
-    parser.add_argument("--report", action="store_true", help="also write the per-patient report of all cases")
-    parser.add_argument("-i", default=None, help="with --report: the input image folder (default: the one the "
-                                                 "parts recorded)")
-    parser.add_argument("--seg-gt", default=None, help="with --report: reference masks <case><ending>")
-    args = parser.parse_args(list(argv))
-    try:
-        table = merge_parts(args.merge, args.o)
-    except MultitaskPredictionError as e:
-        parser.error(str(e))
-    print(f"Merged {len(args.merge)} parts: {len(table)} patient-level predictions in {join(args.o, PREDICTIONS_CSV)} "
-          f"(segmentations copied beside it)")
-    with open(join(args.o, PREDICTIONS_JSON)) as f:
-        failed = json.load(f).get("failed_cases") or []
-    if args.report:
-        from nnunet_multitask.report import ReportError, write_report
-        images = args.i
-        if images is None:
-            with open(join(args.o, PREDICTIONS_JSON)) as f:
-                images = (json.load(f).get("merged_from") or [{}])[0].get("input_folder")
-        try:
-            if not images:
-                raise ReportError("--report: give the input image folder with -i")
-            write_report(args.o, images, args.seg_gt)
-        except (ReportError, OSError) as e:
-            print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
-            sys.exit(2)
-    if failed:
-        print(f"nnUNetv2_predict_multitask: merged with failures: {len(failed)} case(s) were not predicted "
-              f"({', '.join(failed[:5])}{' ...' if len(failed) > 5 else ''}); the merged table is not complete "
-              f"(predictions.json 'complete': false) and {join(args.o, FAILURES_CSV)} lists them", file=sys.stderr)
-        sys.exit(EXIT_FINISHED_WITH_FAILURES)

@@ -40,9 +40,7 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 import textwrap
 from dataclasses import dataclass
 from os.path import isdir, isfile, join
@@ -50,9 +48,14 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import SimpleITK as sitk
 
 from nnunet_multitask.contract import DatasetContract, horizon_tag, recurrence_column, survival_column
-from nnunet_multitask.predictor import PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError, _STAGING_PREFIX
+from nnunet_multitask.prediction_artifact import (PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError,
+                                                  PredictionFormatError, PredictionRecord)
+from nnunet_multitask.prediction_artifact import read_predictions as read_prediction_files
+from nnunet_multitask.publish import publish_folder, staging_folder
+from nnunet_multitask.saliency import DEFAULT_MAX_BLOCKS, read_saliency, saliency_for_cases
 
 REPORT_FOLDER = "report"
 SUMMARY_HTML = "index.html"
@@ -164,15 +167,15 @@ def reference_distribution(model_folder: Optional[str], folds: Sequence, checkpo
 
 # ---------------------------------------------------------------------- inputs
 def read_predictions(prediction_folder: str) -> tuple:
-    """(``predictions.csv`` as a frame, ``predictions.json`` as a dict) of a prediction folder."""
-    csv_path, json_path = join(prediction_folder, PREDICTIONS_CSV), join(prediction_folder, PREDICTIONS_JSON)
-    for p in (csv_path, json_path):
+    """(``predictions.csv`` as a frame, its :class:`~nnunet_multitask.prediction_artifact.PredictionRecord`)
+    of a prediction folder."""
+    for p in (join(prediction_folder, PREDICTIONS_CSV), join(prediction_folder, PREDICTIONS_JSON)):
         if not isfile(p):
             raise ReportError(f"{p} not found: the report reads a finished prediction folder")
-    table = pd.read_csv(csv_path, dtype={"case_id": str})
-    with open(json_path) as f:
-        meta = json.load(f)
-    return table, meta
+    try:
+        return read_prediction_files(prediction_folder)
+    except PredictionFormatError as e:
+        raise ReportError(str(e)) from None
 
 
 def read_clinical_text(path: str) -> pd.DataFrame:
@@ -205,7 +208,6 @@ def clinical_values(case_id: str, columns: Sequence[str], table: Optional[pd.Dat
 
 
 def _load_image(path: str):
-    import SimpleITK as sitk
     img = sitk.ReadImage(path)
     return sitk.GetArrayFromImage(img), tuple(reversed(img.GetSpacing()))
 
@@ -219,9 +221,9 @@ def t2_channel(dataset_json: dict) -> tuple:
     return 0, names.get(0, "channel 0")
 
 
-def prediction_horizon(meta: dict) -> float:
+def prediction_horizon(record: PredictionRecord) -> float:
     """The horizon (months) a prediction was made for, from its ``predictions.json``."""
-    return float(meta.get("horizon_months", DatasetContract.horizon_months))
+    return record.horizon
 
 
 def case_set(case_id: str, dataset_json: dict) -> str:
@@ -269,7 +271,7 @@ def survival_times_in(columns: Sequence[str]) -> List[float]:
     return sorted(times)
 
 
-def case_numbers(row: pd.Series, meta: dict, reference: ReferenceDistribution, clinical: List[dict],
+def case_numbers(row: pd.Series, meta: PredictionRecord, reference: ReferenceDistribution, clinical: List[dict],
                  dataset_json: dict) -> dict:
     """Every number the report shows for one case, from its ``predictions.csv`` row."""
     horizon = prediction_horizon(meta)
@@ -360,7 +362,7 @@ def _crop_box(masks: Sequence[Optional[np.ndarray]], axis: int, shape: tuple) ->
 
 def plot_case(path: str, numbers: dict, t2: np.ndarray, spacing: tuple, t2_name: str, prediction: Optional[np.ndarray],
               reference_mask: Optional[np.ndarray], saliency: Optional[dict], reference: ReferenceDistribution,
-              meta: dict, notes: Sequence[str] = ()) -> None:
+              meta: PredictionRecord, notes: Sequence[str] = ()) -> None:
     """Draw one case's page (module docstring) into ``path`` (PNG, numbers in its Description chunk)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -423,9 +425,9 @@ def plot_case(path: str, numbers: dict, t2: np.ndarray, spacing: tuple, t2_name:
     ax.axis("off")
     ax.text(0, 1, _clinical_text(numbers, meta), family="monospace", fontsize=8, va="top", transform=ax.transAxes)
 
-    folds = ", ".join(map(str, meta.get("folds", [])))
+    folds = ", ".join(meta.fold_list)
     title = (f"Case {numbers['case_id']}" + (f" ({numbers['set']})" if numbers["set"] else "")
-             + f" - {meta.get('trainer', '?')}, fold(s) {folds}, {meta.get('checkpoint', '?')}")
+             + f" - {meta.trainer or '?'}, fold(s) {folds}, {meta.checkpoint or '?'}")
     fig.suptitle(title, fontsize=13, x=0.01, ha="left")
     fig.text(0.01, 0.005, DISCLAIMER, fontsize=7, color="0.4")
     fig.savefig(path, dpi=80, metadata={"Title": title, "Description": json.dumps(numbers), "Disclaimer": DISCLAIMER,
@@ -512,9 +514,9 @@ def _numbers_text(numbers: dict, saliency: Optional[dict], notes: Sequence[str])
     return "\n".join(lines)
 
 
-def _clinical_text(numbers: dict, meta: dict) -> str:
+def _clinical_text(numbers: dict, meta: PredictionRecord) -> str:
     entries = numbers["clinical"]
-    if not meta.get("clinical_columns"):
+    if not meta.model_columns:
         return "Clinical values: none\n(this model uses no clinical data)"
     lines = ["Clinical values used" + (" (whole row imputed)" if numbers["clinical_imputed"] else "")]
     for e in entries:
@@ -535,15 +537,16 @@ td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}td.l,th.l{text-alig
 tr.high td{background:#fde8e8}.note{color:#555;font-size:90%}.warn{color:#a00}img{max-width:100%}"""
 
 
-def summary_html(rows: List[dict], meta: dict, reference: ReferenceDistribution, prediction_folder: str) -> str:
+def summary_html(rows: List[dict], meta: PredictionRecord, reference: ReferenceDistribution,
+                 prediction_folder: str) -> str:
     """The cohort summary page: cases sorted by risk (``rows`` already sorted), each linking to its
     section (the PNG, on the same page) and to the PNG file itself."""
     e = html.escape
     h = horizon_tag(prediction_horizon(meta))
-    sha = meta.get("checkpoint_sha256", {})
-    model = (f"{e(str(meta.get('trainer')))}, plans {e(str(meta.get('plans')))}, configuration "
-             f"{e(str(meta.get('configuration')))}, fold(s) {e(', '.join(map(str, meta.get('folds', []))))}, "
-             f"{e(str(meta.get('checkpoint')))} (SHA-256 "
+    sha = meta.checkpoint_sha256 or {}
+    model = (f"{e(str(meta.trainer))}, plans {e(str(meta.plans))}, configuration "
+             f"{e(str(meta.configuration))}, fold(s) {e(', '.join(meta.fold_list))}, "
+             f"{e(str(meta.checkpoint))} (SHA-256 "
              + e(", ".join(f"fold {k}: {str(v)[:12]}" for k, v in sha.items())) + ")")
     if reference.available:
         ref = (f"Risk percentiles are ranked among {len(reference.risks)} reference risks: {e(reference.description)}. "
@@ -585,7 +588,7 @@ def summary_html(rows: List[dict], meta: dict, reference: ReferenceDistribution,
     return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>Per-patient report ({len(rows)} "
             f"cases)</title><style>{_CSS}</style></head><body>\n<h1 id='top'>Per-patient report: {len(rows)} cases, "
             f"sorted by risk</h1>\n<p>Model: {model}.<br>Predictions: {e(os.path.abspath(prediction_folder))} "
-            f"(created {e(str(meta.get('created')))}).</p>\n<p class='note'>{ref}</p>\n"
+            f"(created {e(str(meta.created))}).</p>\n<p class='note'>{ref}</p>\n"
             f"<p class='note'>Risk score: survival head (higher = higher risk; rank patients with it). "
             f"P(recurrence by {h} months): the classification head, trained on exactly that question; 1 - S({h}): "
             f"the survival head's answer to it (the two heads are not forced to agree). ± is the sample sd over "
@@ -594,17 +597,6 @@ def summary_html(rows: List[dict], meta: dict, reference: ReferenceDistribution,
 
 
 # ---------------------------------------------------------------------- whole report
-def publish_folder(staging: str, target: str) -> None:
-    """Move a complete staging folder into place (replacing ``target``), readable as any new folder:
-    ``mkdtemp`` creates it for its owner only."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
-    if isdir(target):
-        shutil.rmtree(target)
-    os.replace(staging, target)
-
-
 def _mask_on_grid(path: str, shape: tuple, what: str, notes: List[str]) -> Optional[np.ndarray]:
     """A mask to outline, or None with a note (absent, or not on the T2 grid)."""
     if not isfile(path):
@@ -621,7 +613,6 @@ def _saliency_of_this_prediction(folder: Optional[str], case: str, risk: Optiona
                                  notes: List[str]) -> Optional[dict]:
     """The case's saliency map when it belongs to this prediction (its unoccluded risk is the
     risk of ``predictions.csv``: a map left by an earlier prediction into the folder is not drawn)."""
-    from nnunet_multitask.saliency import read_saliency
     sal = read_saliency(folder, case)
     if sal is None or sal.get("values") is None:
         return sal
@@ -663,8 +654,8 @@ def write_report(prediction_folder: str, image_folder: str, seg_gt_folder: Optio
     """
     table, meta = read_predictions(prediction_folder)
     ds_path = join(prediction_folder, "dataset.json")
-    if not isfile(ds_path) and meta.get("model_folder"):
-        ds_path = join(meta["model_folder"], "dataset.json")
+    if not isfile(ds_path) and meta.model_folder:
+        ds_path = join(meta.model_folder, "dataset.json")
     if not isfile(ds_path):
         raise ReportError(f"{prediction_folder}: no dataset.json (nnU-Net writes it beside the segmentations)")
     with open(ds_path) as f:
@@ -673,12 +664,12 @@ def write_report(prediction_folder: str, image_folder: str, seg_gt_folder: Optio
     channel, channel_name = t2_channel(dataset_json)
     check_report_inputs(image_folder, seg_gt_folder)
     if reference is None:
-        reference = reference_distribution(meta.get("model_folder"), meta.get("folds", []),
-                                           meta.get("checkpoint", REFERENCE_CHECKPOINT))
-    if clinical is None and meta.get("clinical_table") and isfile(str(meta["clinical_table"])):
-        clinical = str(meta["clinical_table"])
+        reference = reference_distribution(meta.model_folder, meta.fold_list,
+                                           meta.checkpoint or REFERENCE_CHECKPOINT)
+    if clinical is None and meta.clinical_table and isfile(str(meta.clinical_table)):
+        clinical = str(meta.clinical_table)
     clinical_table = read_clinical_text(clinical) if isinstance(clinical, str) else clinical
-    clinical_columns = list(meta.get("clinical_columns") or [])
+    clinical_columns = meta.model_columns
     if saliency_folder is None and isdir(join(prediction_folder, SALIENCY_FOLDER)):
         saliency_folder = join(prediction_folder, SALIENCY_FOLDER)
     if seg_gt_folder is not None and not any(isfile(join(seg_gt_folder, c + ending)) for c in table["case_id"]):
@@ -696,8 +687,7 @@ def write_report(prediction_folder: str, image_folder: str, seg_gt_folder: Optio
     for rank, r in enumerate(rows, 1):
         r["rank"] = rank
 
-    staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX + "report_", dir=prediction_folder)
-    try:
+    with staging_folder(prediction_folder, "report_") as staging:
         for r in rows:
             case = r["numbers"]["case_id"]
             t2_path = join(image_folder, f"{case}_{channel:04d}{ending}")
@@ -720,8 +710,6 @@ def write_report(prediction_folder: str, image_folder: str, seg_gt_folder: Optio
         with open(join(staging, SUMMARY_HTML), "w") as f:
             f.write(summary_html(rows, meta, reference, prediction_folder))
         publish_folder(staging, join(prediction_folder, REPORT_FOLDER))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     path = join(prediction_folder, REPORT_FOLDER, SUMMARY_HTML)
     log(f"Per-patient report of {len(rows)} cases: open {os.path.abspath(path)}")
     return path
@@ -738,18 +726,14 @@ def report_for_prediction(predictor, input_folder: str, output_folder: str, tabl
     """
     saliency_folder = None
     if saliency:
-        from nnunet_multitask.saliency import DEFAULT_MAX_BLOCKS, saliency_for_cases
         risks = dict(zip(table["case_id"].astype(str), table["risk_score"].astype(float)))
-        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX + "saliency_", dir=output_folder)
-        try:
+        with staging_folder(output_folder, "saliency_") as staging:
             saliency_for_cases(predictor, input_folder, list(risks), risks, staging,
                                saliency_blocks or DEFAULT_MAX_BLOCKS, log=log)
             saliency_folder = join(output_folder, SALIENCY_FOLDER)
             publish_folder(staging, saliency_folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    source = getattr(predictor, "clinical_table_source", None)
-    clinical = source if source and isfile(str(source)) else getattr(predictor, "clinical_table", None)
+    source = predictor.clinical_table_source
+    clinical = source if source and isfile(str(source)) else predictor.clinical_table
     return write_report(output_folder, input_folder, seg_gt_folder, clinical=clinical,
                         saliency_folder=saliency_folder, log=log)
 

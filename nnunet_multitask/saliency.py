@@ -34,12 +34,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from os.path import isfile, join
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import SimpleITK as sitk
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+from nnunet_multitask.prediction_engine import MultiTaskPredictor
+from nnunet_multitask.prediction_inputs import prepare_input_folder
+from nnunet_multitask.prediction_model import unwrap_network
 
 DEFAULT_MAX_BLOCKS = 12
 #: the box around the predicted tumour is widened by this fraction of its extent on each side (at
@@ -113,7 +122,6 @@ def _region_around(mask: np.ndarray) -> List[Tuple[int, int]]:
 def _to_original_grid(values: np.ndarray, properties: dict, plans_manager, configuration_manager) -> np.ndarray:
     """A map in preprocessed space back onto the input grid, by nnU-Net's export steps
     (``convert_predicted_logits_to_segmentation_with_correct_shape``): resample, undo the crop, transpose."""
-    from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
     spacing_transposed = [properties["spacing"][i] for i in plans_manager.transpose_forward]
     shape_after_crop = properties["shape_after_cropping_and_before_resampling"]
     current_spacing = configuration_manager.spacing if len(configuration_manager.spacing) == len(shape_after_crop) \
@@ -126,14 +134,14 @@ def _to_original_grid(values: np.ndarray, properties: dict, plans_manager, confi
     return np.asarray(full).transpose(plans_manager.transpose_backward)
 
 
-def occlusion_saliency(predictor, image_files: Sequence[str], case_id: str,
+def occlusion_saliency(predictor: MultiTaskPredictor, image_files: Sequence[str], case_id: str,
                        max_blocks: int = DEFAULT_MAX_BLOCKS, availability: Optional[np.ndarray] = None
                        ) -> SaliencyMap:
     """Occlusion saliency of one case's risk score with the predictor's model and settings.
 
     Parameters
     ----------
-    predictor : nnunet_multitask.predictor.MultiTaskPredictor
+    predictor : nnunet_multitask.prediction_engine.MultiTaskPredictor
         Initialised (folds, tile step, mirroring as for the prediction) with its clinical table set.
     image_files : sequence of str
         The case's channel files, in channel order (as nnU-Net reads them).
@@ -148,14 +156,12 @@ def occlusion_saliency(predictor, image_files: Sequence[str], case_id: str,
     -------
     SaliencyMap
     """
-    import torch
-    from nnunet_multitask.predictor import _unwrap
     t0 = time.time()
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     data, _, properties = preprocessor.run_case(list(image_files), None, predictor.plans_manager,
                                                 predictor.configuration_manager, predictor.dataset_json)
     data = torch.from_numpy(np.asarray(data, dtype=np.float32))
-    net = _unwrap(predictor.network)
+    net = unwrap_network(predictor.network)
     n_threads = torch.get_num_threads()
     folds = []  # (parameters, clinical vector) per fold
     baseline, logits_sum = [], None
@@ -224,7 +230,6 @@ def baseline_matches(saliency: SaliencyMap, risk_score: float) -> bool:
 def write_saliency(folder: str, saliency: SaliencyMap, reference_image: str) -> str:
     """``<folder>/<case>.nii.gz`` (on the reference image's grid, 0 outside the measured region) and
     ``<folder>/<case>.json`` (:meth:`SaliencyMap.record`); returns the NIfTI path."""
-    import SimpleITK as sitk
     os.makedirs(folder, exist_ok=True)
     ref = sitk.ReadImage(reference_image)
     img = sitk.GetImageFromArray(np.nan_to_num(saliency.values, nan=0.0).astype(np.float32))
@@ -249,39 +254,36 @@ def read_saliency(folder: Optional[str], case_id: str) -> Optional[Dict[str, obj
         record = json.load(f)
     values = None
     if isfile(nii) and not record.get("unavailable"):
-        import SimpleITK as sitk
         values = sitk.GetArrayFromImage(sitk.ReadImage(nii)).astype(np.float32)
     return {"values": values, "record": record}
 
 
-def saliency_for_cases(predictor, input_folder: str, cases: Sequence[str], risk_scores: Dict[str, float],
-                       folder: str, max_blocks: int = DEFAULT_MAX_BLOCKS, log=print) -> Dict[str, dict]:
+def saliency_for_cases(predictor: MultiTaskPredictor, input_folder: str, cases: Sequence[str],
+                       risk_scores: Dict[str, float], folder: str, max_blocks: int = DEFAULT_MAX_BLOCKS,
+                       log=print) -> Dict[str, dict]:
     """Occlusion saliency of several cases, written to ``folder``.
 
     A case whose unoccluded risk does not reproduce ``risk_scores[case]`` (``predictions.csv``) gets
     no map; its ``<case>.json`` says why. Returns ``{case: record}``.
     """
-    import shutil
-    import tempfile
     ending = predictor.dataset_json["file_ending"]
     n_ch = len(predictor.dataset_json["channel_names"])
     # which series were real in the prediction (predict_folder keeps it on the predictor)
-    run_availability = getattr(predictor, "case_availability", None) or {}
+    run_availability = predictor.case_availability or {}
     records = {}
     for case in cases:
         availability = run_availability.get(case)
-        misaligned = (getattr(predictor, "misaligned_channels", None) or {}).get(case)
+        misaligned = (predictor.misaligned_channels or {}).get(case)
         filled = None
         try:
             if (availability is not None and (np.asarray(availability) == 0).any()) or misaligned:
                 # the prediction's input: the filler stands in for a missing series, a channel on
                 # another grid resampled onto the first channel's
-                from nnunet_multitask.predictor import _prepare_input_folder
                 filled = tempfile.mkdtemp(prefix="nnunet_multitask_saliency_input_")
                 if availability is None:
                     availability = np.ones(n_ch, dtype=np.float32)
-                _prepare_input_folder(input_folder, filled, predictor.dataset_json, {case: availability},
-                                      {case: misaligned} if misaligned else None)
+                prepare_input_folder(input_folder, filled, predictor.dataset_json, {case: availability},
+                                     {case: misaligned} if misaligned else None)
             files = case_image_files(filled or input_folder, case, n_ch, ending)
             sal = occlusion_saliency(predictor, files, case, max_blocks, availability)
         finally:

@@ -231,7 +231,8 @@ def test_predict_refuses_a_fold_given_twice(fake_model, tmp_path):
 
 
 def test_predictor_api_refuses_duplicate_folds(fake_model):
-    from nnunet_multitask.predictor import MultiTaskPredictor, MultitaskPredictionError
+    from nnunet_multitask.prediction_artifact import MultitaskPredictionError
+    from nnunet_multitask.prediction_engine import MultiTaskPredictor
     predictor = MultiTaskPredictor(device=__import__("torch").device("cpu"), allow_tqdm=False)
     with pytest.raises(MultitaskPredictionError, match=r"fold\(s\) 1 given more than once"):
         predictor.initialize_from_trained_model_folder(str(fake_model["folder"]), ["1", 0, 1])

@@ -11,7 +11,7 @@ import pandas as pd
 from types import SimpleNamespace
 
 from nnunet_multitask.contract import recurrence_column, survival_column, survival_times
-from nnunet_multitask.predictor import MultiTaskPredictor
+from nnunet_multitask.prediction_engine import MultiTaskPredictor
 
 
 def _table_at(horizon: float, n: int = 12) -> pd.DataFrame:

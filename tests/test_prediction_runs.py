@@ -30,8 +30,10 @@ from test_bad_inputs import input_folder, predict_cli, tree
 from test_predictor import CLI_COMMON, VALUE_COLUMNS, _case_folder, _predictor, _test_cases
 from dataset_conversion.convert_larc import resample_onto
 from nnunet_multitask.prediction_parts import PartMergeError, merge_parts
-from nnunet_multitask.predictor import (EXIT_FINISHED_WITH_FAILURES, FAILURES_CSV, MultiTaskPredictor,
-                                        MultitaskPredictionError, predict_entry_point, predict_folder)
+from nnunet_multitask.prediction_artifact import EXIT_FINISHED_WITH_FAILURES, FAILURES_CSV, MultitaskPredictionError
+from nnunet_multitask.prediction_engine import MultiTaskPredictor
+from nnunet_multitask.prediction_run import predict_folder
+from nnunet_multitask.predictor import predict_entry_point
 
 fake_model = test_bad_inputs.fake_model
 model, api_env, batch_run = test_predictor.model, test_predictor.api_env, test_predictor.batch_run
@@ -147,13 +149,9 @@ class _FailsOnOneCase(MultiTaskPredictor):
     failing = None
 
     def predict_case_with_current_weights(self, data, clinical, availability=None):
-        if self._current_case == type(self).failing:
+        if self.current_case == type(self).failing:
             raise RuntimeError("injected failure")
         return super().predict_case_with_current_weights(data, clinical, availability)
-
-    def predict_logits_from_preprocessed_data(self, data):
-        self._current_case = self._pending_cases[0]
-        return super().predict_logits_from_preprocessed_data(data)
 
 
 def test_keep_going_records_the_failed_case_and_publishes_the_others(api_env, batch_run, tmp_path, monkeypatch,

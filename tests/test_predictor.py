@@ -24,9 +24,12 @@ import torch
 from conftest import DATASET_ID, bin_of, run
 from clinical.tables import ClinicalTableError
 from nnunet_multitask.checkpoints import CheckpointError, UnsafeCheckpointError, load_checkpoint_safely
-from nnunet_multitask.predictor import (SURVIVAL_TIMES, MultiTaskPredictor, MultitaskPredictionError,
-                                        _check_inputs, _check_output_folder,
-                                        predict_folder)
+from nnunet_multitask.contract import SURVIVAL_TIMES
+from nnunet_multitask.prediction_artifact import MultitaskPredictionError
+from nnunet_multitask.prediction_engine import MultiTaskPredictor
+from nnunet_multitask.prediction_inputs import check_inputs
+from nnunet_multitask.prediction_run import predict_folder
+from nnunet_multitask.publish import check_output_folder
 
 TRAINER = "MultiRecTrainer_smoke"
 MODEL_DIR = f"{TRAINER}__nnUNetPlans__3d_fullres"
@@ -258,37 +261,37 @@ def test_fold_ensemble_means_and_spread(api_env, batch_run, tmp_path):
 def test_input_folder_checks(api_env, predictor, tmp_path):
     images, dj = api_env["images_ts"], predictor.dataset_json
     cases = _test_cases(images)
-    assert _check_inputs(str(_case_folder(images, cases[:2], tmp_path / "ok")), dj) == cases[:2]
+    assert check_inputs(str(_case_folder(images, cases[:2], tmp_path / "ok")), dj) == cases[:2]
 
     three = _case_folder(images, cases[:1], tmp_path / "three", channels=(0, 1, 2))
     with pytest.raises(MultitaskPredictionError, match=rf"case {cases[0]}: missing channel file\(s\) "
                                                        rf"\['{cases[0]}_0003.nii.gz'\]"):
-        _check_inputs(str(three), dj)
+        check_inputs(str(three), dj)
 
     five = _case_folder(images, cases[:1], tmp_path / "five")
     shutil.copy(images / f"{cases[0]}_0000.nii.gz", five / f"{cases[0]}_0004.nii.gz")
     with pytest.raises(MultitaskPredictionError, match=rf"{cases[0]}_0004.nii.gz.*channel index"):
-        _check_inputs(str(five), dj)
+        check_inputs(str(five), dj)
 
     misnamed = _case_folder(images, cases[:1], tmp_path / "misnamed")
     shutil.copy(images / f"{cases[0]}_0000.nii.gz", misnamed / "T2.nii.gz")
     with pytest.raises(MultitaskPredictionError, match=r"T2.nii.gz.*not named"):
-        _check_inputs(str(misnamed), dj)
+        check_inputs(str(misnamed), dj)
 
     other_grid = _case_folder(images, cases[:1], tmp_path / "grid", channels=(0, 1, 2))
     sitk.WriteImage(sitk.Image([7, 7, 3], sitk.sitkFloat32), str(other_grid / f"{cases[0]}_0003.nii.gz"))
     with pytest.raises(MultitaskPredictionError,
                        match=rf"case {cases[0]}: {cases[0]}_0003.nii.gz is not on the grid of "
                              rf"{cases[0]}_0000.nii.gz \(size"):
-        _check_inputs(str(other_grid), dj)
+        check_inputs(str(other_grid), dj)
 
     broken = _case_folder(images, cases[:1], tmp_path / "broken", channels=(0, 1, 2))
     (broken / f"{cases[0]}_0003.nii.gz").write_bytes(b"not an image")
     with pytest.raises(MultitaskPredictionError, match=rf"case {cases[0]}: .*_0003.nii.gz cannot be read"):
-        _check_inputs(str(broken), dj)
+        check_inputs(str(broken), dj)
 
     with pytest.raises(MultitaskPredictionError, match="input folder not found"):
-        _check_inputs(str(tmp_path / "absent"), dj)
+        check_inputs(str(tmp_path / "absent"), dj)
 
 
 def test_clinical_table_checks(api_env, predictor, tmp_path):
@@ -388,7 +391,7 @@ def test_output_folder_that_cannot_be_written(api_env, predictor, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(MultitaskPredictionError, match=r"output folder .*a_file/out cannot be written"):
-        _check_output_folder(str(blocker / "out"))
+        check_output_folder(str(blocker / "out"))
     case = _test_cases(api_env["images_ts"])[0]
     inp = _case_folder(api_env["images_ts"], [case], tmp_path / "in")
     with pytest.raises(MultitaskPredictionError, match="cannot be written"):

@@ -21,7 +21,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from conftest import bin_of, run
-from nnunet_multitask.predictor import predict_entry_point, predict_folder
+from nnunet_multitask.prediction_run import predict_folder
+from nnunet_multitask.predictor import predict_entry_point
 from nnunet_multitask.report import (ReferenceDistribution, ReportError, check_report_inputs, clinical_values,
                                      reference_distribution, write_report)
 from nnunet_multitask.saliency import occlusion_blocks, occlusion_saliency, case_image_files

@@ -19,9 +19,10 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import bin_of, run
-from nnunet_multitask.prediction_parts import (PER_RUN_KEYS, PartMergeError, case_list_sha256, check_part_arguments,
-                                               merge_parts, part_share, refuse_other_part_in_folder)
-from nnunet_multitask.predictor import MultitaskPredictionError, predict_entry_point
+from nnunet_multitask.prediction_artifact import MultitaskPredictionError, case_list_sha256
+from nnunet_multitask.prediction_parts import (PER_RUN_KEYS, PartMergeError, check_part_arguments, merge_parts,
+                                               part_share, refuse_other_part_in_folder)
+from nnunet_multitask.predictor import predict_entry_point
 import test_predictor
 from test_predictor import CLI_COMMON, _test_cases
 
