@@ -105,7 +105,7 @@ def patient_level_prediction(network, seg_logits, image, tile_records, clinical,
     image : Tensor [C, *sp]
         The whole preprocessed image (every channel; the network selects its own).
     tile_records : list of dict
-        What the network appended to its head sink (``sink_kind = "tiles"``) during the sliding window.
+        What the network captured during the sliding window (``with network.capture("tiles") as tiles``).
     clinical : Tensor [F] or None
         The preprocessed clinical vector (None or empty for an image-only model).
     horizon : float
