@@ -87,6 +87,9 @@ def _cox_terms(beta: np.ndarray, x: np.ndarray, xx: np.ndarray, wd: np.ndarray, 
         grad = np.where(wd[:, :, None] > 0, wd[:, :, None] * (x[None] - mean), 0.0).sum(axis=1)
         inner = s2 / s0[:, :, None, None] - mean[:, :, :, None] * mean[:, :, None, :]
         hess = -np.where(wd[:, :, None, None] > 0, wd[:, :, None, None] * inner, 0.0).sum(axis=1)
+    # a row whose risk sets underflowed (extreme coefficients) is unusable: worst likelihood, no step
+    bad = ~(np.isfinite(loglik) & np.isfinite(grad).all(axis=1) & np.isfinite(hess).all(axis=(1, 2)))
+    loglik[bad], grad[bad], hess[bad] = -np.inf, 0.0, -np.eye(x.shape[1])
     return loglik, grad, hess
 
 
@@ -120,6 +123,7 @@ def cox_fit(time: np.ndarray, event: np.ndarray, x: np.ndarray, weights: np.ndar
     beta = np.zeros((len(weights), x.shape[1]))
     loglik, grad, hess = _cox_terms(beta, x, xx, wd, weights, first)
     converged = np.zeros(len(weights), dtype=bool)
+    failed = ~np.isfinite(loglik)
     for _ in range(max_iter):
         step = np.einsum("bij,bj->bi", np.linalg.pinv(-hess), grad)
         step[converged] = 0.0
@@ -132,15 +136,16 @@ def cox_fit(time: np.ndarray, event: np.ndarray, x: np.ndarray, weights: np.ndar
             step[worse] /= 2.0
             candidate[worse] = beta[worse] + step[worse]
             new_loglik, new_grad, new_hess = _cox_terms(candidate, x, xx, wd, weights, first)
+        failed |= ~np.isfinite(new_loglik)
         beta, loglik, grad, hess = candidate, new_loglik, new_grad, new_hess
-        converged |= np.abs(step).max(axis=1) < 1e-9
+        converged |= (np.abs(step).max(axis=1) < 1e-9) | failed
         if converged.all():
             break
     eta = beta @ x.T
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
         s0 = _reverse_cumsum(weights * np.exp(eta), first)
         cumulative_hazard = np.where(wd > 0, wd / s0, 0.0).sum(axis=1)
-    bad = ~converged | (np.abs(beta).max(axis=1) > MAX_COEFFICIENT) | (wd.sum(axis=1) == 0)
+    bad = ~converged | failed | (np.abs(beta).max(axis=1) > MAX_COEFFICIENT) | (wd.sum(axis=1) == 0)
     bad |= ~np.isfinite(cumulative_hazard)
     beta[bad], cumulative_hazard[bad] = np.nan, np.nan
     return beta, cumulative_hazard

@@ -107,6 +107,82 @@ def plot_calibration(path: Path, calibration: dict, title: str, observed_label: 
     plt.close(fig)
 
 
+HEAD_TITLES = {"classification_head": "classification head, p_recurrence_{tag}m",
+               "survival_head": "survival head, 1 - surv_prob_{tag}m"}
+
+
+def plot_smoothed_calibration(path: Path, curves: dict, results: dict, title: str, tag: str) -> None:
+    """Per head: the smoothed calibration curve (Cox on a spline of cloglog) with its bootstrap band, and
+    the Kaplan-Meier risk at the horizon of quantile groups of the prediction (95% CI bars)."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.0 * len(curves), 5.0), squeeze=False)
+    for ax, (head, plot) in zip(axes[0], curves.items(), strict=True):
+        result = results[head]
+        if plot["band"] is not None:
+            ax.fill_between(plot["grid"], plot["band"][0], plot["band"][1], color="tab:red", alpha=0.2,
+                            label="95% bootstrap band")
+        ax.plot(plot["grid"], plot["curve"], color="tab:red", label="smoothed (Cox, spline of cloglog)")
+        groups = [g for g in plot["groups"] if g["observed"] is not None]
+        if groups:
+            x = np.array([g["mean_predicted"] for g in groups])
+            y = np.array([g["observed"] for g in groups])
+            err = np.array([[g["observed"] - g["observed_ci"][0], g["observed_ci"][1] - g["observed"]]
+                            for g in groups]).T
+            ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt="o", color="tab:blue", capsize=3,
+                        label=f"Kaplan-Meier, {len(plot['groups'])} groups")
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(f"Predicted risk of recurrence by {tag} months")
+        ax.set_ylabel(f"Observed risk (1 - KM at {tag} months)")
+        slope, ici = result.get("slope"), result.get("ici")
+        ax.set_title(f"{HEAD_TITLES[head].format(tag=tag)}\nslope {'n/a' if slope is None else f'{slope:.2f}'}, "
+                     f"ICI {'n/a' if ici is None else f'{ici:.3f}'}", fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_decision_curve(path: Path, curve: dict, title: str) -> None:
+    """Net benefit against the threshold probability: each head, treat-all, treat-none."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    thresholds = np.array(curve["thresholds"])
+    styles = {"treat_all": {"color": "grey"}, "treat_none": {"color": "black", "linestyle": "--"}}
+    for strategy, values in curve["net_benefit"].items():
+        y = np.array([np.nan if v is None else v for v in values], dtype=float)
+        label = curve.get("columns", {}).get(strategy, strategy.replace("_", " "))
+        ax.plot(thresholds, y, label=label, **styles.get(strategy, {}))
+    finite = [v for values in curve["net_benefit"].values() for v in values if v is not None]
+    top = max(finite) if finite else 0.1
+    ax.set_ylim(-0.05 * max(top, 0.1), max(top, 0.01) * 1.1)
+    ax.set_xlabel("Threshold probability")
+    ax.set_ylabel("Net benefit")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _horizon_figures(output_dir: Path, report: dict, plot_data: dict, tag: str) -> list[str]:
+    """Smoothed calibration and decision curve per model and set."""
+    written = []
+    for (name, set_name), plots in plot_data.items():
+        result = report["models"][name][set_name]
+        stem = f"{tag}m_{file_part(name)}_{file_part(set_name)}.png"
+        if plots.get("calibration_smoothed"):
+            path = output_dir / f"calibration_smoothed_{stem}"
+            plot_smoothed_calibration(path, plots["calibration_smoothed"], result[f"calibration_{tag}m"],
+                                      f"{name}, {set_name}: calibration at {tag} months", tag)
+            written.append(path.name)
+        if plots.get("decision_curve"):
+            path = output_dir / f"decision_curve_{stem}"
+            plot_decision_curve(path, plots["decision_curve"], f"{name}, {set_name}: decision curve at {tag} months")
+            written.append(path.name)
+    return written
+
+
 def write_figures(output_dir: Path, report: dict, plot_data: dict, names: Sequence[str], set_order: Sequence[str],
                   tag: str) -> list[str]:
     """Every figure of the report into ``output_dir``: Kaplan-Meier by risk group per model and set,
@@ -157,4 +233,4 @@ def write_figures(output_dir: Path, report: dict, plot_data: dict, names: Sequen
             plot_calibration(path, calibrations, f"Calibration at {tag} months, {set_name}",
                              f"Observed risk (1 - KM at {tag} months)")
             written.append(path.name)
-    return written
+    return written + _horizon_figures(output_dir, report, plot_data, tag)

@@ -127,7 +127,48 @@ def load_predictions(path: PathLike, horizon: float) -> pd.DataFrame:
             out[column] = _numeric_column(frame, column, path, 0.0, 1.0)
     out.attrs["surv_prob_horizon_column"] = horizon_column if horizon_column in frame.columns else None
     out.attrs["path"] = str(path)
+    check_survival_monotone(out, path)
     return out.sort_values("case_id", kind="stable").reset_index(drop=True)
+
+
+#: Survival probabilities may rise with time by at most this much (float rounding) before a row is refused.
+MONOTONE_TOLERANCE = 1e-6
+
+
+def check_survival_monotone(frame: pd.DataFrame, path: Path) -> None:
+    """Refuse a row whose ``surv_prob_<t>m`` increase with t by more than :data:`MONOTONE_TOLERANCE`
+    (a survival curve cannot rise; the IBS and the calibration would score a backwards curve)."""
+    columns = sorted((c for c in frame.columns if c.startswith("surv_prob_") and c.endswith("m")),
+                     key=lambda c: float(c[len("surv_prob_"):-1]))
+    if len(columns) < 2:
+        return
+    values = frame[columns].to_numpy(dtype=float)
+    rises = np.diff(values, axis=1) > MONOTONE_TOLERANCE
+    bad = np.flatnonzero(rises.any(axis=1))
+    if bad.size:
+        row = bad[0]
+        k = int(np.flatnonzero(rises[row])[0])
+        raise EvaluationInputError(
+            f"{path}: case {frame['case_id'].iloc[row]}: survival probability increases with time: "
+            f"{columns[k]} = {values[row, k]:.6g} < {columns[k + 1]} = {values[row, k + 1]:.6g} (a survival curve "
+            f"cannot rise; {bad.size} case(s) in total: {frame['case_id'].iloc[bad].tolist()[:10]})")
+
+
+def load_group_table(path: PathLike, columns: list[str], what: str) -> pd.DataFrame:
+    """``case_id`` and the named columns of a CSV as text (empty cells -> ``"missing"``), for the results
+    per centre and subgroup; a requested column that is not there is an error naming file and column."""
+    path = Path(path)
+    frame = _read_csv(path)
+    absent = [c for c in columns if c not in frame.columns]
+    if absent:
+        raise EvaluationInputError(f"{path}: no column {absent} for {what} (columns: {list(frame.columns)})")
+    text_frame = pd.read_csv(path, dtype=str, keep_default_na=False)  # as written: "1" stays "1", not 1.0
+    out = frame[["case_id"]].copy()
+    for column in columns:
+        text = text_frame[column].str.strip()
+        text = text.mask(text.isin(["NA", "NaN", "nan", "N/A", "null", "None"]), "")
+        out[column] = text.mask(text == "", "missing").to_numpy()
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,5 +267,7 @@ def load_outcomes_from_dataset(dataset_id: int, raw_dir: PathLike | None = None)
         raise EvaluationInputError(f"{json_path}: case(s) {in_two[:10]} appear in more than one outcomes "
                                    "table / set")
     info = {"dataset_json": str(json_path), "horizon_months": block.get("horizon_months"),  # checked by the caller
-            "time_column": time_column, "event_column": event_column}
+            "time_column": time_column, "event_column": event_column,
+            "clinical_table": str(json_path.parent / dataset.clinical_table), "centre_column": dataset.centre_column,
+            "clinical_columns": dict(dataset.clinical_columns)}
     return outcomes, info

@@ -39,6 +39,12 @@ def column_sources(tag: str) -> dict:
                                        "pearson, spearman (scipy), mean_abs_diff, mean_diff "
                                        "(classification - survival), n",
             "calibration": f"p_recurrence_{tag}m (classification head)",
+            f"calibration_{tag}m": f"both heads: classification_head = p_recurrence_{tag}m, survival_head = "
+                                   f"1 - surv_prob_{tag}m",
+            f"decision_curve_{tag}m": f"both heads' risks by {tag} months, treat-all, treat-none",
+            f"auc_{tag}m_ipcw, auc_{tag}m_survival_head_ipcw": f"p_recurrence_{tag}m and 1 - surv_prob_{tag}m, "
+                                                               "every case (IPCW)",
+            "by_centre, by_subgroup": "risk_score (C-index), p_recurrence (AUC), both heads (calibration)",
             "comparisons delong_p": f"p_recurrence_{tag}m of both models (risk_score when either lacks it)",
         },
     }
@@ -191,12 +197,134 @@ def _comparisons_table(report: dict, tag: str) -> list[str]:
     return lines + [""]
 
 
+#: ``<key>_reason`` entries rendered in their own section, not under "Metrics not computed".
+SHOWN_ELSEWHERE = ("dice_median_reason", "risk_threshold_fallback_reason")
+
+
+def _ci_cell(entry: dict | None, key: str, digits: int = 2) -> str:
+    return "n/a" if not entry else _fmt_ci(entry.get(key), entry.get(f"{key}_ci"), digits)
+
+
+def _not_test_banner(report: dict) -> list[str]:
+    if not report.get("not_test_results"):
+        return []
+    return [f"> **Not a test result**: {', '.join(report['not_test_results'])}: development (training) cases, which "
+            "the model may have trained on, evaluated with --allow-development-cases.", ""]
+
+
+def _threshold_lines(report: dict) -> list[str]:
+    """How each model's risk groups were split (fixed before the test set or not)."""
+    lines = ["## Risk groups", ""]
+    for name, sets in report["models"].items():
+        if not sets:
+            continue
+        r = next(iter(sets.values()))
+        if r.get("risk_threshold_fallback_reason"):
+            lines.append(f"- {name}: **split at each set's own median (fallback)**: "
+                         f"{r['risk_threshold_fallback_reason']}")
+        elif r.get("risk_threshold_rule", "").startswith("test-set median"):
+            lines.append(f"- {name}: split at each set's own median (--threshold-from test-median): the groups are "
+                         "not fixed before the test set")
+        else:
+            lines.append(f"- {name}: high risk = risk_score > {r['risk_threshold']:.4g}, fixed before the test set: "
+                         f"{r['risk_threshold_source']}")
+    return lines + [""]
+
+
+def _ipcw_table(report: dict, tag: str) -> list[str]:
+    lines = [f"## AUC at {tag} months: known status and cumulative/dynamic (IPCW)", "",
+             "Known status: cases censored before the horizon dropped (DeLong CI). Cumulative/dynamic: every case, "
+             "inverse probability of censoring weights (sksurv cumulative_dynamic_auc).", "",
+             "| Model | Set | Classification head, known status | Classification head, IPCW | Survival head, known "
+             "status | Survival head, IPCW |", "|---|---|---|---|---|---|"]
+    for name, set_name, r in _rows(report):
+        from_classification = r.get(f"auc_{tag}m_head") == "classification head"
+        known = _fmt_ci(r[f"auc_{tag}m"], r[f"auc_{tag}m_ci"]) if from_classification else "n/a"
+        lines.append(f"| {name} | {set_name} | {known} | {_fmt(r.get(f'auc_{tag}m_ipcw'), 2)} | "
+                     f"{_fmt_ci(r.get(f'auc_{tag}m_survival_head'), r.get(f'auc_{tag}m_survival_head_ci'))} | "
+                     f"{_fmt(r.get(f'auc_{tag}m_survival_head_ipcw'), 2)} |")
+    return lines + [""]
+
+
+def _calibration_table(report: dict, tag: str) -> list[str]:
+    lines = [f"## Calibration at {tag} months", "",
+             f"Observed risk: 1 - Kaplan-Meier at {tag} months. O/E: observed / mean predicted. Slope: Cox model of "
+             "the outcome (truncated at the horizon) on cloglog(predicted risk), 1 = ideal, < 1 = too extreme. "
+             "Intercept: slope fixed at 1, 0 = ideal, > 0 = more recurrences than predicted. ICI / E50 / E90: mean, "
+             "median, 90th percentile of |predicted - smoothed observed| (Cox on a restricted cubic spline of "
+             "cloglog, Austin et al. 2020). Percentile bootstrap 95% CIs. Known-status logistic slope: complete "
+             "case, for comparison.", "",
+             "| Model | Set | Head | Observed risk | Mean predicted | O/E (95% CI) | Slope (95% CI) | "
+             "Intercept (95% CI) | ICI (95% CI) | E50 | E90 | Logistic slope, known status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, set_name, r in _rows(report):
+        for head, c in (r.get(f"calibration_{tag}m") or {}).items():
+            if head.endswith("_reason") or c is None:
+                continue
+            logistic = c.get("logistic_known_status") or {}
+            lines.append(f"| {name} | {set_name} | {c['column']} | {_fmt(c['observed_risk'])} | "
+                         f"{_fmt(c['mean_predicted_risk'])} | {_ci_cell(c, 'observed_expected_ratio')} | "
+                         f"{_ci_cell(c, 'slope')} | {_ci_cell(c, 'intercept')} | {_ci_cell(c, 'ici', 3)} | "
+                         f"{_fmt(c['e50'])} | {_fmt(c['e90'])} | {_ci_cell(logistic, 'slope')} |")
+    return lines + [""]
+
+
+def _dca_table(report: dict, tag: str) -> list[str]:
+    from evaluation.decision_curve import REPORT_THRESHOLDS
+
+    lines = [f"## Decision curve at {tag} months", "",
+             "Net benefit (dcurves, survival endpoint: Kaplan-Meier risk among the cases at or above the threshold); "
+             "every threshold in metrics.json and the figure.", "",
+             "| Model | Set | Strategy | " + " | ".join(f"pt {t:.2f}" for t in REPORT_THRESHOLDS)
+             + " | Above treat-all and treat-none |", "|---|---|---|" + "---|" * (len(REPORT_THRESHOLDS) + 1)]
+    for name, set_name, r in _rows(report):
+        curve = r.get(f"decision_curve_{tag}m")
+        if not curve:
+            continue
+        index = {round(t, 6): i for i, t in enumerate(curve["thresholds"])}
+        for strategy, values in curve["net_benefit"].items():
+            cells = [_fmt(values[index[t]]) if t in index else "" for t in REPORT_THRESHOLDS]
+            runs = curve["above_treat_all_and_none"].get(strategy)
+            above = "" if runs is None else (", ".join(f"{a:.2f}-{b:.2f}" for a, b in runs) or "none")
+            label = curve.get("columns", {}).get(strategy, strategy.replace("_", " "))
+            lines.append(f"| {name} | {set_name} | {label} | " + " | ".join(cells) + f" | {above} |")
+    return lines + [""]
+
+
+def _group_rows(name: str, set_name: str, by: dict, tag: str) -> list[str]:
+    rows = []
+    for value, g in by["groups"].items():
+        calibration = g.get(f"calibration_{tag}m") or {}
+        cells = [_ci_cell(calibration.get(h), k) for h in ("classification_head", "survival_head")
+                 for k in ("observed_expected_ratio", "slope")]
+        rows.append(f"| {name} | {set_name} | {by['column']} = {value} | {g['n']} | {g['events']} | "
+                    f"{_ci_cell(g, 'c_index')} | {_ci_cell(g, f'auc_{tag}m')} | " + " | ".join(cells)
+                    + f" | {g.get('reason', '')} |")
+    return rows
+
+
+def _groups_table(report: dict, tag: str) -> list[str]:
+    header = ["| Model | Set | Group | n | Events | C-index (95% CI) | AUC at {tag} mo (95% CI) | O/E classification "
+              "head | Slope classification head | O/E survival head | Slope survival head | Note |".format(tag=tag),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for name, set_name, r in _rows(report):
+        for by in [r.get("by_centre")] + list((r.get("by_subgroup") or {}).values()):
+            if by:
+                rows += _group_rows(name, set_name, by, tag)
+    if not rows:
+        return []
+    return (["## Per centre and subgroup", "", "C-index of risk_score; AUC of the classification head on known "
+             "status (DeLong CI); calibration in the large (O/E) and slope per head (bootstrap CIs); small groups "
+             "n/a with the reason.", ""] + header + rows + [""])
+
+
 def _reasons_and_exclusions(report: dict) -> list[str]:
     """Why each missing metric is missing, and every excluded case count."""
     reasons = []
     for name, set_name, r in _rows(report):
         for key, value in r.items():
-            if key.endswith("_reason") and isinstance(value, str) and key != "dice_median_reason":
+            if key.endswith("_reason") and isinstance(value, str) and key not in SHOWN_ELSEWHERE:
                 reasons.append(f"- {name} / {set_name}: `{key[:-7]}` n/a: {value}")
         reasons += [f"- {name} / {set_name}: `td_auc` at {t} months n/a: {why}"
                     for t, why in r["td_auc_reason"].items()]
@@ -214,8 +342,11 @@ def render_report(report: dict, tag: str) -> str:
     """Markdown report: a results table shaped like the paper's (rows model x set), the two heads'
     risks at the horizon, time-dependent AUC, comparisons, reasons for missing values, counts of
     excluded cases and figures."""
-    lines = (_results_table(report, tag) + _heads_table(report, tag) + _td_auc_table(report)
-             + _comparisons_table(report, tag) + _reasons_and_exclusions(report))
+    results = _results_table(report, tag)
+    lines = (results[:4] + _not_test_banner(report) + results[4:] + _threshold_lines(report) + _heads_table(report, tag)
+             + _ipcw_table(report, tag) + _calibration_table(report, tag) + _dca_table(report, tag)
+             + _groups_table(report, tag) + _td_auc_table(report) + _comparisons_table(report, tag)
+             + _reasons_and_exclusions(report))
     if report["figures"]:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in report["figures"]] + [""]
     return "\n".join(lines)

@@ -14,6 +14,8 @@ import pandas as pd
 
 from clinical.outcomes import recurrence_label, survival_array
 from evaluation import metrics as M
+from evaluation.calibration import calibration_at_horizon
+from evaluation.decision_curve import THRESHOLDS, decision_curve
 from evaluation.inputs import SURV_PROB_TIMES, horizon_tag
 
 #: Times (months) of the cumulative/dynamic AUC.
@@ -323,11 +325,92 @@ def add_calibration(result: dict, plots: dict, frame: pd.DataFrame, horizon: flo
 
 
 # --------------------------------------------------------------------------------------------
+# Both heads' probabilities at the horizon: IPCW AUC, calibration, decision curve
+# --------------------------------------------------------------------------------------------
+#: The two heads' risks of recurrence by the horizon (``{tag}`` = the horizon tag).
+HEAD_COLUMNS = {"classification_head": "p_recurrence_{tag}m", "survival_head": "1 - surv_prob_{tag}m"}
+
+
+def head_risks(frame: pd.DataFrame, horizon: float) -> tuple[dict, dict]:
+    """({head: risk by the horizon} for the heads the file has, {head: reason} for the others)."""
+    tag = horizon_tag(horizon)
+    risks, missing = {}, {}
+    if frame["p_recurrence"].notna().all():
+        risks["classification_head"] = frame["p_recurrence"].to_numpy(dtype=float)
+    else:
+        missing["classification_head"] = f"no p_recurrence_{tag}m column in the predictions"
+    if f"surv_prob_{tag}m" in frame.columns:
+        risks["survival_head"] = 1.0 - frame[f"surv_prob_{tag}m"].to_numpy(dtype=float)
+    else:
+        missing["survival_head"] = f"no surv_prob_{tag}m column in the predictions"
+    return risks, missing
+
+
+def add_ipcw_horizon_auc(result: dict, frame: pd.DataFrame, horizon: float) -> None:
+    """``auc_<H>m_ipcw`` (classification head) and ``auc_<H>m_survival_head_ipcw``: sksurv
+    cumulative_dynamic_auc at the horizon, every case used (IPCW, censoring from the evaluated set)."""
+    from sksurv.metrics import cumulative_dynamic_auc
+
+    tag = horizon_tag(horizon)
+    time, event = frame["time"].to_numpy(dtype=float), frame["event"].to_numpy().astype(bool)
+    risks, missing = head_risks(frame, horizon)
+    for head, key in (("classification_head", f"auc_{tag}m_ipcw"), ("survival_head", f"auc_{tag}m_survival_head_ipcw")):
+        result[key] = None
+        if head in missing:
+            result[f"{key}_reason"] = missing[head]
+        elif not (time.min() <= horizon < time.max()):
+            result[f"{key}_reason"] = f"horizon outside follow-up range [{time.min():g}, {time.max():g}) months"
+        elif not (event & (time <= horizon)).any():
+            result[f"{key}_reason"] = f"no event at or before {tag} months"
+        else:
+            try:
+                y = survival_array(time, event)
+                result[key] = finite_or_none(cumulative_dynamic_auc(y, y, risks[head], [horizon])[0][0])
+            except ValueError as error:
+                result[f"{key}_reason"] = f"sksurv cumulative_dynamic_auc failed: {error}"
+
+
+def add_horizon_calibration(result: dict, plots: dict, frame: pd.DataFrame, horizon: float, n_bootstrap: int,
+                            seed: int) -> None:
+    """``calibration_<H>m``: {head: :func:`evaluation.calibration.calibration_at_horizon`} for both heads
+    (None with ``<head>_reason`` for a head the file lacks); the curves go to ``plots["calibration_smoothed"]``."""
+    tag = horizon_tag(horizon)
+    risks, missing = head_risks(frame, horizon)
+    time, event = frame["time"].to_numpy(dtype=float), frame["event"].to_numpy().astype(bool)
+    out, curves = {}, {}
+    for head in HEAD_COLUMNS:
+        if head in missing:
+            out[head], out[f"{head}_reason"] = None, missing[head]
+            continue
+        out[head], curves[head] = calibration_at_horizon(time, event, risks[head], horizon, n_bootstrap, seed,
+                                                         CI_LEVEL)
+        out[head]["column"] = HEAD_COLUMNS[head].format(tag=tag)
+    result[f"calibration_{tag}m"] = out
+    if curves:
+        plots["calibration_smoothed"] = curves
+
+
+def add_decision_curve(result: dict, plots: dict, frame: pd.DataFrame, horizon: float,
+                       thresholds: tuple = THRESHOLDS) -> None:
+    """``decision_curve_<H>m``: net benefit of both heads' risks, treat-all and treat-none (dcurves)."""
+    tag = horizon_tag(horizon)
+    risks, _ = head_risks(frame, horizon)
+    curve, reason = decision_curve(frame["time"].to_numpy(dtype=float), frame["event"].to_numpy(), risks, horizon,
+                                   thresholds)
+    result[f"decision_curve_{tag}m"] = curve
+    if reason:
+        result[f"decision_curve_{tag}m_reason"] = reason
+    else:
+        curve["columns"] = {head: HEAD_COLUMNS[head].format(tag=tag) for head in risks}
+        plots["decision_curve"] = curve
+
+
+# --------------------------------------------------------------------------------------------
 # One model on one set
 # --------------------------------------------------------------------------------------------
 def evaluate_set(frame: pd.DataFrame, horizon: float, n_bootstrap: int, seed: int,
                  risk_threshold: float | None, threshold_source: str | None,
-                 uno_tau: float | None) -> tuple[dict, dict]:
+                 uno_tau: float | None, dca_thresholds: tuple = THRESHOLDS) -> tuple[dict, dict]:
     """All metrics of one model on one set.
 
     Parameters
@@ -343,6 +426,8 @@ def evaluate_set(frame: pd.DataFrame, horizon: float, n_bootstrap: int, seed: in
         Risk-group split (high = risk > threshold); None uses the set's median.
     uno_tau : float or None
         Truncation time for Uno's C; None = the horizon.
+    dca_thresholds : tuple of float
+        Threshold probabilities of the decision curve.
 
     Returns
     -------
@@ -368,4 +453,7 @@ def evaluate_set(frame: pd.DataFrame, horizon: float, n_bootstrap: int, seed: in
     add_brier(result, frame, time, event)
     add_risk_groups(result, plots, time, event, risk, risk_threshold, threshold_source)
     add_calibration(result, plots, frame, horizon)
+    add_ipcw_horizon_auc(result, frame, horizon)
+    add_horizon_calibration(result, plots, frame, horizon, n_bootstrap, seed)
+    add_decision_curve(result, plots, frame, horizon, dca_thresholds)
     return result, plots

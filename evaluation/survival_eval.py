@@ -54,10 +54,13 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
     sys.path.insert(0, os.path.dirname(_here))
 
+import pandas as pd  # noqa: E402
+
 from evaluation.compare import compare_pair  # noqa: E402
+from evaluation.decision_curve import thresholds_from  # noqa: E402
 from evaluation.inputs import (EvaluationInputError, SURV_PROB_TIMES, check_positive_months,  # noqa: E402
-                               find_dataset_json, horizon_tag, load_outcomes_csv, load_outcomes_from_dataset,
-                               load_predictions)
+                               find_dataset_json, horizon_tag, load_group_table, load_outcomes_csv,
+                               load_outcomes_from_dataset, load_predictions)
 from evaluation.pipeline import evaluate  # noqa: E402
 from evaluation.report import column_sources, render_report  # noqa: E402
 from evaluation.segmentation import dice_per_case  # noqa: E402
@@ -86,7 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     parser.add_argument("--train-predictions", nargs="+",
-                        help="training-fold prediction CSV per model; median risk = risk-group threshold")
+                        help="per model, a CSV of the development patients' OUT-OF-SAMPLE predictions (each patient "
+                             "predicted by a fold model that never trained on it, e.g. the pooled "
+                             "fold_<f>/validation/head_predictions.csv); their median risk_score is the risk-group "
+                             "threshold. Default: found through the predictions.json beside a predictions.csv")
+    parser.add_argument("--threshold-from", choices=("auto", "development", "test-median"), default="auto",
+                        help="risk-group threshold: 'development' = median of the development patients' "
+                             "out-of-sample risks (error when there are none); 'test-median' = each evaluated set's "
+                             "own median (not fixed before the test set); 'auto' (default) = development when "
+                             "found, else the set's median flagged as a fallback in the report")
+    parser.add_argument("--allow-development-cases", action="store_true",
+                        help="evaluate prediction cases of the development (training) set instead of refusing them; "
+                             "labelled 'not a test result' in report.md and metrics.json")
+    parser.add_argument("--dca-thresholds", nargs=3, type=float, metavar=("LOW", "HIGH", "STEP"),
+                        default=(0.01, 0.60, 0.01),
+                        help="threshold probabilities of the decision curves (default 0.01 0.60 0.01)")
+    parser.add_argument("--clinical", help="CSV with case_id and the centre / --subgroups columns (default: the "
+                                           "dataset's clinical table with --dataset, else the --outcomes CSV)")
+    parser.add_argument("--centre-column", help="centre column (default: the dataset's centre_column, else 'centre'; "
+                                                "no results per centre when the table has none)")
+    parser.add_argument("--subgroups", nargs="+", default=[],
+                        help="categorical clinical columns: C-index, AUC and calibration per value")
+    parser.add_argument("--model-card", action="store_true",
+                        help="also write MODEL_CARD.md (TRIPOD+AI-shaped, from predictions.json and metrics.json)")
     parser.add_argument("--seg-pred", nargs="+", help="predicted segmentation folder per model ('none' skips)")
     parser.add_argument("--seg-gt", help="reference segmentation folder (<case_id>.nii.gz)")
     parser.add_argument("--uno-tau", type=float, default=None, help="Uno's C truncation (default: horizon)")
@@ -98,11 +123,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: A subgroup column with more distinct values than this is refused (it looks continuous).
+MAX_SUBGROUP_VALUES = 12
+
+
+def _group_table(args: argparse.Namespace, info: dict) -> dict:
+    """The table, centre column and subgroups for the results per centre / subgroup (``evaluate``'s
+    ``groups``, ``centre_column``, ``centre_reason``, ``subgroups``)."""
+    path = args.clinical or info.get("clinical_table") or args.outcomes
+    centre = args.centre_column or info.get("centre_column") or "centre"
+    if not path or not Path(path).is_file():
+        if args.subgroups or args.centre_column or args.clinical:
+            raise EvaluationInputError(f"{path}: clinical table not found (for --subgroups / --centre-column)")
+        return {"groups": None, "centre_column": None, "centre_reason": f"no clinical table ({path})"}
+    load_group_table(path, [], "the centre and subgroups")  # a readable CSV with unique case ids
+    present = pd.read_csv(path, nrows=0).columns
+    if args.centre_column and centre not in present:
+        raise EvaluationInputError(f"{path}: no column '{centre}' (--centre-column); columns: {list(present)}")
+    declared = info.get("clinical_columns") or {}
+    for column in args.subgroups:
+        kind = (declared.get(column) or {}).get("type")
+        if kind not in (None, "categorical", "binary"):
+            raise EvaluationInputError(f"--subgroups {column}: declared '{kind}' in {info.get('dataset_json')}; "
+                                       "subgroups need a categorical or binary column")
+    columns = ([centre] if centre in present else []) + [c for c in args.subgroups if c != centre]
+    reason = None if centre in present else f"{path} has no centre column '{centre}'"
+    if not columns:
+        return {"groups": None, "centre_column": None, "centre_reason": reason}
+    table = load_group_table(path, columns, "--subgroups")
+    for column in args.subgroups:
+        values = table[column].nunique()
+        if values > MAX_SUBGROUP_VALUES:
+            raise EvaluationInputError(f"{path}: --subgroups {column} has {values} distinct values (more than "
+                                       f"{MAX_SUBGROUP_VALUES}: not a categorical column)")
+    return {"groups": table, "centre_column": centre if centre in present else None, "centre_reason": reason}
+
+
 def _outcomes(args: argparse.Namespace):
-    """Outcomes, horizon and source named by the options (--dataset or --outcomes)."""
+    """Outcomes, horizon, source and the dataset's information named by the options (--dataset or --outcomes)."""
     if args.dataset is None:
         outcomes = load_outcomes_csv(args.outcomes, args.time_column, args.event_column)
-        return outcomes, (args.horizon if args.horizon is not None else 36.0), str(args.outcomes)
+        return outcomes, (args.horizon if args.horizon is not None else 36.0), str(args.outcomes), {}
     outcomes, info = load_outcomes_from_dataset(args.dataset)
     if args.horizon is not None:
         horizon = args.horizon
@@ -110,7 +171,7 @@ def _outcomes(args: argparse.Namespace):
         horizon = 36.0
     else:
         horizon = check_positive_months(info["horizon_months"], f"{info['dataset_json']}: multitask.horizon_months")
-    return outcomes, horizon, info["dataset_json"]
+    return outcomes, horizon, info["dataset_json"], info
 
 
 def _print_summary(report: dict, horizon: float, output: str) -> None:
@@ -139,11 +200,18 @@ def main(argv: list[str] | None = None) -> int:
             check_positive_months(args.uno_tau, "--uno-tau")
         if args.bootstrap < 1:
             raise EvaluationInputError("--bootstrap must be >= 1")
-        outcomes, horizon, source = _outcomes(args)
+        try:
+            dca_thresholds = thresholds_from(*args.dca_thresholds)
+        except ValueError as error:
+            raise EvaluationInputError(f"--dca-thresholds: {error}") from None
+        outcomes, horizon, source, info = _outcomes(args)
         report = evaluate(args.predictions, outcomes, args.output, names=args.names, horizon=horizon,
                           n_bootstrap=args.bootstrap, seed=args.seed, train_prediction_paths=args.train_predictions,
                           seg_pred_dirs=args.seg_pred, seg_gt_dir=args.seg_gt, allow_unmatched=args.allow_unmatched,
-                          uno_tau=args.uno_tau, make_figures=not args.no_figures, outcomes_source=source)
+                          uno_tau=args.uno_tau, make_figures=not args.no_figures, outcomes_source=source,
+                          threshold_from=args.threshold_from, allow_development_cases=args.allow_development_cases,
+                          dca_thresholds=dca_thresholds, subgroups=args.subgroups, model_card=args.model_card,
+                          **_group_table(args, info))
     except EvaluationInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

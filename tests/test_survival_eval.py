@@ -58,7 +58,8 @@ def gbsg2_report(gbsg2_tables, tmp_path_factory):
     folder, _, paths = gbsg2_tables
     out = tmp_path_factory.mktemp("report")
     assert SE.main(["--predictions", str(paths["cox"]), str(paths["small"]), "--outcomes",
-                    str(folder / "outcomes.csv"), "--bootstrap", "200", "--seed", "0", "-o", str(out)]) == 0
+                    str(folder / "outcomes.csv"), "--bootstrap", "200", "--seed", "0", "--dca-thresholds", "0.1", "0.5",
+                    "0.1", "-o", str(out)]) == 0
     return out, json.loads((out / "metrics.json").read_text())
 
 
@@ -142,7 +143,7 @@ def test_report_files_comparisons_and_counts(gbsg2_tables, gbsg2_report):
 def test_bootstrap_ci_is_seeded(gbsg2_tables):
     frame = _set_data(gbsg2_tables, "cox", "internal_test").rename(columns={"dfs_months": "time", "dfs_event": "event"})
     frame = frame.rename(columns={"p_recurrence_36m": "p_recurrence"})
-    runs = [SE.evaluate_set(frame, 36.0, 200, seed, None, None, None)[0] for seed in (5, 5, 6)]
+    runs = [SE.evaluate_set(frame, 36.0, 200, seed, None, None, None, (0.2,))[0] for seed in (5, 5, 6)]
     assert runs[0]["c_index_ci"] == runs[1]["c_index_ci"]
     assert runs[0]["c_index_ci"] != runs[2]["c_index_ci"]
     assert np.allclose(runs[0]["c_index_ci"], runs[2]["c_index_ci"], atol=0.03)
@@ -313,7 +314,7 @@ def test_comparison_reuses_per_model_resamples_exactly(gbsg2_tables):
     frames = [_set_data(gbsg2_tables, m, "internal_test").rename(
         columns={"dfs_months": "time", "dfs_event": "event", "p_recurrence_36m": "p_recurrence"}).reset_index(drop=True)
         for m in ("cox", "small")]
-    cached = [SE.evaluate_set(f, 36.0, 100, 4, None, None, None)[1]["bootstrap_c"] for f in frames]
+    cached = [SE.evaluate_set(f, 36.0, 100, 4, None, None, None, (0.2,))[1]["bootstrap_c"] for f in frames]
     recomputed = SE.compare_pair(frames[0], frames[1], 36.0, 100, 4)
     reused = SE.compare_pair(frames[0], frames[1], 36.0, 100, 4, *cached)
     assert reused["c_index_difference_ci"] == pytest.approx(recomputed["c_index_difference_ci"], abs=1e-12)
