@@ -135,7 +135,10 @@ def out_of_sample_reference(prediction_path: PathLike) -> tuple[object | None, s
         return None, f"{meta_path} cannot be read ({error})"
     if not isinstance(meta, dict):
         return None, f"{meta_path} is not a JSON object"
-    from nnunet_multitask.report import REFERENCE_CHECKPOINT, reference_distribution  # torch: only when needed
+    try:  # the light module when the tree has it; nnunet_multitask.report (imports torch) re-exports the names
+        from nnunet_multitask.report_reference import REFERENCE_CHECKPOINT, reference_distribution
+    except ImportError:
+        from nnunet_multitask.report import REFERENCE_CHECKPOINT, reference_distribution
 
     reference = reference_distribution(meta.get("model_folder"), meta.get("folds", []),
                                        meta.get("checkpoint", REFERENCE_CHECKPOINT))
