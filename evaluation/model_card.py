@@ -117,6 +117,8 @@ def _performance_section(report: dict, tag: str) -> list[str]:
             for value, g in ((r.get("by_centre") or {}).get("groups") or {}).items():
                 text = g.get("reason") or (f"C-index {_ci_cell(g, 'c_index')}, AUC {_ci_cell(g, f'auc_{tag}m')}")
                 lines.append(f"- {name} / {set_name} / centre {value}: n={g['n']}, events={g['events']}: {text}")
+            if not r.get("by_centre"):
+                lines.append(f"- {name} / {set_name}: no results per centre ({r.get('by_centre_reason')})")
     return lines + [""]
 
 
