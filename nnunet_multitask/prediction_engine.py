@@ -281,12 +281,8 @@ class MultiTaskPredictor(nnUNetPredictor):
         nnU-Net's sliding window, then :func:`~nnunet_multitask.aggregation.patient_level_prediction`.
         ``availability``: 0/1 per channel, which series are real (None: all)."""
         net = unwrap_network(self.network)
-        net.head_sink, net.sink_kind = [], "tiles"
-        try:
+        with net.capture("tiles") as tiles:  # each tile's record, for the whole-tumour features
             logits = self.predict_sliding_window_return_logits(data)
-            tiles = net.head_sink
-        finally:
-            net.head_sink, net.clinical_input, net.sink_kind = None, None, "heads"
         clinical_t = torch.as_tensor(clinical, dtype=torch.float32) if len(clinical) else None
         cfg = self.head_config
         avail_t = None if availability is None else torch.as_tensor(np.asarray(availability), dtype=torch.float32)
