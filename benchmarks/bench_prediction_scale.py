@@ -147,7 +147,7 @@ def main(argv=None) -> int:
               "rss_mib_case_last": _at_or_before(global_rss, args.cases),
               "merge_s": round(merge_s, 1), "per_part": parts, "machine": machine_info(),
               "load_average_end": os.getloadavg()}
-    path = write_result(args.out, result, "prediction_scale.json")
+    path = write_result(args.out, result, "prediction_scale")
     print(f"{args.cases} cases in {args.parts} parts: {result['seconds_per_case']} s per case (start-up included), "
           f"RSS {result['rss_mib_case_100']:.0f} MiB at case 100, {result['rss_mib_case_last']:.0f} MiB at case "
           f"{args.cases}; merge {merge_s:.1f} s -> {path}")
