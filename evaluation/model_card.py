@@ -9,26 +9,29 @@ and the metrics of this run (metrics.json). What it cannot know it says it does 
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from evaluation.report import _ci_cell, _fmt, _fmt_ci
+from nnunet_multitask.prediction_artifact import PREDICTIONS_JSON, PredictionFormatError, PredictionRecord
 
 HEADS = {"classification_head": "classification head", "survival_head": "survival head"}
 #: Below this many events in a set, the card warns that the intervals are wide.
 FEW_EVENTS = 100
 
 
-def _meta(prediction_path: Path) -> dict | None:
-    path = Path(prediction_path).parent / "predictions.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
+def _meta(prediction_path: Path) -> PredictionRecord | None:
+    """The typed record of the ``predictions.json`` beside a predictions CSV; None when there is none
+    (a baseline's or the oracle's CSV) or it cannot be read as one (the card says provenance unknown)."""
+    path = Path(prediction_path).parent / PREDICTIONS_JSON
+    if not path.is_file():
         return None
-    return meta if isinstance(meta, dict) else None
+    try:
+        return PredictionRecord.read(str(path))
+    except PredictionFormatError:
+        return None
 
 
 def _model_section(names: list[str], paths: list[Path], metas: dict) -> list[str]:
@@ -39,16 +42,29 @@ def _model_section(names: list[str], paths: list[Path], metas: dict) -> list[str
             lines += [f"- **{name}** (`{path}`): no predictions.json beside the file: provenance unknown (a model "
                       "from another tool, or a baseline).", ""]
             continue
-        lines += [f"- **{name}** (`{path}`): trainer `{meta.get('trainer')}`, plans `{meta.get('plans')}`, "
-                  f"configuration `{meta.get('configuration')}`, folds {meta.get('folds')} (fold ensemble: "
-                  f"{meta.get('fold_ensemble', 'n/a')}), checkpoint `{meta.get('checkpoint')}`, survival head "
-                  f"`{meta.get('survival_head')}`, horizon {meta.get('horizon_months')} months; model folder "
-                  f"`{meta.get('model_folder')}`; nnU-Net {meta.get('nnunetv2_version')}, nnunet-multitask "
-                  f"{meta.get('nnunet_multitask_version')}; predicted {meta.get('created')}.",
+        lines += [f"- **{name}** (`{path}`): trainer `{meta.trainer}`, plans `{meta.plans}`, "
+                  f"configuration `{meta.configuration}`, folds {meta.fold_list} (fold ensemble: "
+                  f"{meta.fold_ensemble or 'n/a'}), checkpoint `{meta.checkpoint}`, survival head "
+                  f"`{meta.survival_head}`, horizon {meta.horizon:g} months; model folder "
+                  f"`{meta.model_folder}`; nnU-Net {meta.nnunetv2_version}, nnunet-multitask "
+                  f"{meta.nnunet_multitask_version}; predicted {meta.created}.",
                   f"  - Inputs: image channels with the tumour segmentation; clinical columns "
-                  f"{meta.get('clinical_columns') or 'none'}; patient-level heads: {meta.get('patient_level', 'n/a')}.",
-                  ""]
+                  f"{meta.model_columns or 'none'}; patient-level heads: {meta.patient_level or 'n/a'}.",
+                  f"  - {_recalibration_text(meta)}", ""]
     return lines
+
+
+def _recalibration_text(meta: PredictionRecord) -> str:
+    """Whether the probabilities were recalibrated (``--recalibrated``), and with which fit."""
+    recal = meta.recalibration
+    if not recal:
+        return "Probabilities: the heads' own (not recalibrated)."
+    cls, surv = recal.get("classification") or {}, recal.get("survival") or {}
+    return (f"Probabilities: **recalibrated** (`--recalibrated`, recalibration.json SHA-256 {recal.get('sha256')}, "
+            f"fitted on folds {recal.get('folds')}' out-of-sample predictions of {recal.get('n_patients')} development "
+            f"patients): classification logit' = {cls.get('intercept', float('nan')):.3f} + "
+            f"{cls.get('slope', float('nan')):.3f} x logit, survival linear-predictor slope "
+            f"{surv.get('slope', float('nan')):.3f}; the heads' own values are the *_uncalibrated columns.")
 
 
 def _intended_use(tag: str) -> list[str]:
@@ -77,23 +93,23 @@ def _data_section(report: dict, tag: str) -> list[str]:
 def _missing_section(names: list[str], paths: list[Path], metas: dict) -> list[str]:
     lines = ["## 4. Missing clinical values and series (items 9, 13)", ""]
     for name, path in zip(names, paths, strict=True):
-        meta = metas[name] or {}
+        meta = metas[name]
         table = pd.read_csv(path, dtype={"case_id": str})
         facts = [f"{len(table)} predicted cases"]
         if "clinical_imputed" in table:
             facts.append(f"{int(table['clinical_imputed'].astype(str).str.lower().eq('true').sum())} with an imputed "
                          "clinical value (the fold's fitted imputation)")
-        if "series_available" in table and meta.get("channel_availability") is not None:
+        if "series_available" in table and meta is not None and meta.channel_availability is not None:
             full = table["series_available"].astype(str).str.count(";").max()
             facts.append(f"{int((table['series_available'].astype(str).str.count(';') < full).sum())} without every "
                          "MRI series")
         if "tumour_found" in table:
             facts.append(f"{int(table['tumour_found'].astype(str).str.lower().eq('false').sum())} without a segmented "
                          "tumour")
-        policy = ("policy unknown (no predictions.json)" if not meta else
-                  f"missing clinical values {'imputed' if meta.get('impute_missing_clinical') else 'refused'}; "
-                  f"missing series {'allowed' if meta.get('allow_missing_series') else 'refused'} (channel "
-                  f"availability input: {meta.get('channel_availability')})")
+        policy = ("policy unknown (no predictions.json)" if meta is None else
+                  f"missing clinical values {'imputed' if meta.impute_missing_clinical else 'refused'}; "
+                  f"missing series {'allowed' if meta.allow_missing_series else 'refused'} (channel "
+                  f"availability input: {meta.channel_availability})")
         lines.append(f"- {name}: {policy}; " + ", ".join(facts) + ".")
     return lines + [""]
 
@@ -154,9 +170,11 @@ def _decision_section(report: dict, tag: str) -> list[str]:
 def _limitations(report: dict, metas: dict, tag: str) -> list[str]:
     notes = []
     for name, sets in report["models"].items():
-        meta = metas.get(name) or {}
-        if meta and len(meta.get("folds", [])) == 1:
+        meta = metas.get(name)
+        if meta is not None and len(meta.fold_list) == 1:
             notes.append(f"{name}: one fold's model (no fold ensemble).")
+        if meta is not None and meta.recalibration and (meta.recalibration.get("note")):
+            notes.append(f"{name}: {meta.recalibration['note']}.")
         for set_name, r in sets.items():
             where = f"{name} / {set_name}"
             if r.get("not_a_test_result"):

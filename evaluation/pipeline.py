@@ -27,6 +27,8 @@ from evaluation.decision_curve import THRESHOLDS
 from evaluation.groups import results_by_group
 from evaluation.segmentation import add_dice, dice_per_case, dropped_record
 from evaluation.set_metrics import evaluate_set
+from nnunet_multitask.prediction_artifact import PredictionFormatError, PredictionRecord
+from nnunet_multitask.report_reference import REFERENCE_CHECKPOINT, reference_distribution
 
 #: Sets in report order; any other set name follows, sorted.
 KNOWN_SETS = ("internal_test", "external_test", "development", "all")
@@ -130,22 +132,32 @@ def out_of_sample_reference(prediction_path: PathLike) -> tuple[object | None, s
         return None, (f"no predictions.json beside {prediction_path} to name the model folder, and no "
                       "--train-predictions")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as error:
-        return None, f"{meta_path} cannot be read ({error})"
-    if not isinstance(meta, dict):
-        return None, f"{meta_path} is not a JSON object"
-    try:  # the light module when the tree has it; nnunet_multitask.report (imports torch) re-exports the names
-        from nnunet_multitask.report_reference import REFERENCE_CHECKPOINT, reference_distribution
-    except ImportError:
-        from nnunet_multitask.report import REFERENCE_CHECKPOINT, reference_distribution
-
-    reference = reference_distribution(meta.get("model_folder"), meta.get("folds", []),
-                                       meta.get("checkpoint", REFERENCE_CHECKPOINT))
+        record = PredictionRecord.read(str(meta_path))
+    except PredictionFormatError as error:
+        return None, str(error)
+    reference = reference_distribution(record.model_folder, record.fold_list, record.checkpoint or REFERENCE_CHECKPOINT)
     if not reference.available:
         return None, f"{meta_path}: the development patients' out-of-sample risks are unavailable: " \
                      f"{reference.reason_unavailable}"
     return reference, ""
+
+
+def _recalibration_of(prediction_path: PathLike, predictions: pd.DataFrame) -> str:
+    """Whether a model's probabilities were recalibrated (``--recalibrated``), for report.md."""
+    meta_path = Path(prediction_path).parent / "predictions.json"
+    record = None
+    if Path(prediction_path).name == "predictions.csv" and meta_path.is_file():
+        try:
+            record = PredictionRecord.read(str(meta_path))
+        except PredictionFormatError:
+            record = None
+    if record is not None and record.recalibration:
+        recal = record.recalibration
+        return (f"recalibrated (--recalibrated; recalibration.json SHA-256 {recal.get('sha256')}, folds "
+                f"{recal.get('folds')}, {recal.get('n_patients')} development patients)")
+    if "recalibrated" in predictions.columns:
+        return "recalibrated (column recalibrated; no predictions.json record)"
+    return "not recalibrated (the heads' own probabilities)"
 
 
 def _threshold(train_path: PathLike | None, prediction_path: Path, options: _Options, test_cases: set) -> dict:
@@ -367,6 +379,7 @@ def evaluate(prediction_paths: Sequence[PathLike], outcomes: pd.DataFrame, outpu
                         "unmatched_excluded": len(unmatched), "per_set": {},
                         "outcome_cases_without_prediction": {}}
         counts["models"][name] = model_counts
+        model_counts["recalibrated"] = _recalibration_of(path, predictions)
         threshold = _threshold(train_prediction_paths[index] if train_prediction_paths else None, path, options,
                                test_cases)
         model_counts["risk_threshold"] = threshold

@@ -213,8 +213,12 @@ def _not_test_banner(report: dict) -> list[str]:
 
 
 def _threshold_lines(report: dict) -> list[str]:
-    """How each model's risk groups were split (fixed before the test set or not)."""
-    lines = ["## Risk groups", ""]
+    """How each model's risk groups were split (fixed before the test set or not), and whether its
+    probabilities were recalibrated."""
+    lines = ["## Probabilities", ""]
+    for name, info in report["counts"].get("models", {}).items():
+        lines.append(f"- {name}: {info.get('recalibrated', 'not known')}")
+    lines += ["", "## Risk groups", ""]
     for name, sets in report["models"].items():
         if not sets:
             continue

@@ -84,8 +84,6 @@ from nnunet_multitask.publish import output_folder_lock, publish_folder, staging
 from nnunet_multitask.recalibration import RecalibrationError, load_recalibration
 from nnunet_multitask.report import ReportError, check_report_inputs, report_for_prediction, write_report
 from nnunet_multitask.saliency import DEFAULT_MAX_BLOCKS
-# the trainer's whole-fold validation imports it from here (until it imports nnunet_multitask.validation_heads)
-from nnunet_multitask.validation_heads import predict_heads_for_preprocessed_cases  # noqa: F401
 
 
 # ---------------------------------------------------------------------- CLI

@@ -63,6 +63,7 @@ from nnunet_multitask.contract import REQUIRED_SERIES, DatasetContract, HeadConf
 from nnunet_multitask.fold_data import FoldData
 from nnunet_multitask.metrics import harrell_c, roc_auc_or_nan
 from nnunet_multitask.network import MultiTaskUNet, build_multitask_network
+from nnunet_multitask.validation_heads import predict_heads_for_preprocessed_cases
 # the trainer's parts, also importable from here (trainers/, benchmarks/ and tests import them so)
 from nnunet_multitask.trainer_parts import (EXTRA_LOG_KEYS, MultiTaskLocalLogger, MultiTaskLoss,  # noqa: F401
                                             SGDWithHeadOptimizer, best_score_from_log, cap_batch_size, is_new_best,
@@ -452,7 +453,6 @@ class MultiRecTrainerBase(FoldData, nnUNetTrainer):
         if not due:
             c, auc, n, epoch = self._last_whole_fold
             return c, auc, n, f"whole fold, from epoch {epoch}"
-        from nnunet_multitask.predictor import predict_heads_for_preprocessed_cases
         keys = list(self._val_keys)
         if self.is_ddp:
             keys = keys[dist.get_rank()::dist.get_world_size()]
@@ -539,7 +539,6 @@ class MultiRecTrainerBase(FoldData, nnUNetTrainer):
         super().perform_actual_validation(save_probabilities)
         if self.local_rank != 0:
             return
-        from nnunet_multitask.predictor import predict_heads_for_preprocessed_cases
         self.prepare_fold_data()
         _, val_keys = self.do_split()
         # nnU-Net's validation switches deep supervision back on when it is done
