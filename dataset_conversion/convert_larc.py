@@ -41,7 +41,7 @@ or the same flags after the console script ``nnUNetv2_convert_larc``. Bad input 
 
 Every image is read completely, and compared with the size its header promises before ITK reads it (a
 ``.nii.gz`` cut short, or a header declaring far more voxels than the file holds, is refused, see
-:mod:`dataset_conversion.nifti_integrity`), and a constant series (e.g. an all-zero T2 or ADC from
+:mod:`nnunet_multitask.nifti_integrity`), and a constant series (e.g. an all-zero T2 or ADC from
 a failed export) is refused unless ``--allow-constant-series`` is given. A patient folder holds one
 file per series: a second file for a series under another ending or capitalisation (``T2.nii`` or
 ``t2.nii.gz`` beside ``T2.nii.gz``) is refused before any image is read (:func:`series_file`, the one
@@ -80,9 +80,9 @@ from clinical.schema import GROUPS, ClinicalSchema
 from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
 # IMAGE_ENDINGS: a patient folder holds one file per series; a second one under another of these endings or
 # another capitalisation (T2.nii or t2.nii.gz beside T2.nii.gz) is refused (ITK reads T2.nii when asked for T2.nii.gz)
-from dataset_conversion.nifti_integrity import (IMAGE_ENDINGS, IncompleteImageError, check_nifti_geometry,
+from nnunet_multitask.nifti_integrity import (IMAGE_ENDINGS, IncompleteImageError, check_nifti_geometry,
                                                 find_series_files, is_nifti, itk_error_reason, read_nifti_completely)
-from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract, missing_series_filler
+from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract, missing_series_filler, resample_onto
 
 __all__ = [
     "CHANNELS", "OPTIONAL_CHANNELS", "MASK_FILE", "LABELS", "MIN_FOV_COVERAGE", "SERIES_AVAILABILITY_FILE",
@@ -126,7 +126,7 @@ def series_file(patient_dir: Path, file_name: str, patient_id: str) -> Tuple[Pat
     Every check and the conversion read the path returned here, so the file checked is the file
     converted. A folder may hold one file per series: two or more files whose names differ from
     ``file_name`` only in their ending (``T2.nii``, ``T2.mha``, ... beside ``T2.nii.gz``: any of
-    :data:`~dataset_conversion.nifti_integrity.IMAGE_ENDINGS`) or capitalisation (``t2.nii.gz`` beside
+    :data:`~nnunet_multitask.nifti_integrity.IMAGE_ENDINGS`) or capitalisation (``t2.nii.gz`` beside
     ``T2.nii.gz``) are refused, naming the patient and every file; ITK's NIfTI reader asked for
     ``T2.nii.gz`` reads ``T2.nii`` when both exist. Other files (``T2.json``, a report) are ignored.
 
@@ -179,7 +179,7 @@ def series_file(patient_dir: Path, file_name: str, patient_id: str) -> Tuple[Pat
 def _read_image(path: Path, patient_id: str) -> sitk.Image:
     """Read a 3D scalar image completely, with errors that name the patient, the file and the problem.
 
-    A NIfTI file is first decompressed completely (:func:`dataset_conversion.nifti_integrity.read_nifti_completely`)
+    A NIfTI file is first decompressed completely (:func:`nnunet_multitask.nifti_integrity.read_nifti_completely`)
     and compared with the size its header promises, before ITK reads it: ITK zero-fills a ``.nii.gz`` cut
     short, and allocates whatever the header declares (10000^3 voxels in a file of a few hundred bytes: terabytes).
     ITK's own reason is kept in the message (its text starts with a C++ source line). NaN and infinite
@@ -262,11 +262,6 @@ def physical_coverage(moving: sitk.Image, reference: sitk.Image) -> float:
     ones.CopyInformation(moving)
     covered = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return float(sitk.GetArrayViewFromImage(covered).mean())
-
-
-def resample_onto(moving: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """Linear resampling of ``moving`` onto the grid of ``reference`` (float32, 0 outside its FOV)."""
-    return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
 
 def _required_file(patient_dir: Path, file_name: str, patient_id: str, allow_missing_series: bool) -> Path:

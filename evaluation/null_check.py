@@ -323,7 +323,7 @@ def _patient_quantities(folder: Path, patient: str, intensity: str) -> dict:
     """The quantities of one patient on the reference mask, diffusion maps resampled onto T2."""
     import SimpleITK as sitk
 
-    from dataset_conversion.convert_larc import resample_onto
+    from nnunet_multitask.contract import resample_onto
 
     t2 = _read(folder / "T2.nii.gz", patient)
     mask_image = _read(folder / MASK_FILE, patient)

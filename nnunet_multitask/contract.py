@@ -44,6 +44,14 @@ def missing_series_filler(reference):
     return zeros
 
 
+def resample_onto(moving, reference):
+    """Linear resampling of ``moving`` onto the grid of ``reference`` (SimpleITK images; float32, 0
+    outside its FOV): how the converter puts a diffusion map on T2 and how the predictor
+    (``--resample-to-first``, new patients) does the same."""
+    import SimpleITK as sitk
+    return sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
 # ---------------------------------------------------------------------- column names
 def horizon_tag(months: float) -> str:
     """``"36"`` for 36.0, ``"18.5"`` for 18.5: the ``<H>`` in ``p_recurrence_<H>m`` and ``auc_<H>m``

@@ -20,10 +20,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from dataset_conversion.convert_larc import resample_onto
-from dataset_conversion.nifti_integrity import (IncompleteImageError, check_nifti_size, is_nifti, itk_error_reason,
+from nnunet_multitask.nifti_integrity import (IncompleteImageError, check_nifti_size, is_nifti, itk_error_reason,
                                                read_nifti_completely, split_image_name)
-from nnunet_multitask.contract import REQUIRED_SERIES, HeadConfig, missing_series_filler
+from nnunet_multitask.contract import REQUIRED_SERIES, HeadConfig, missing_series_filler, resample_onto
 from nnunet_multitask.prediction_artifact import MultitaskPredictionError
 
 #: File endings SimpleITK reads, checked for stray files and headers.

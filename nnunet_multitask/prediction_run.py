@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from dataset_conversion.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
+from nnunet_multitask.nifti_integrity import IncompleteImageError, is_nifti, read_nifti_completely
 from nnunet_multitask.checkpoints import file_sha256
 from nnunet_multitask.prediction_artifact import (FAILURES_CSV, PREDICTIONS_CSV, PREDICTIONS_JSON,
                                                   MultitaskPredictionError, PartRecord, case_list_sha256)

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 from clinical.schema import DEFAULT_SCHEMA_PATH, ClinicalSchema, SchemaError
 from clinical.tables import ClinicalTableError, read_case_table
 from dataset_conversion import convert_larc
-from dataset_conversion.nifti_integrity import (IncompleteImageError, check_nifti_geometry, check_nifti_size,
+from nnunet_multitask.nifti_integrity import (IncompleteImageError, check_nifti_geometry, check_nifti_size,
                                                 find_series_files, itk_error_reason, read_nifti_completely,
                                                 split_image_name)
 

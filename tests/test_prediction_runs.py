@@ -28,7 +28,7 @@ import test_predictor
 from conftest import bin_of
 from test_bad_inputs import input_folder, predict_cli, tree
 from test_predictor import CLI_COMMON, VALUE_COLUMNS, _case_folder, _predictor, _test_cases
-from dataset_conversion.convert_larc import resample_onto
+from nnunet_multitask.contract import resample_onto
 from nnunet_multitask.prediction_parts import PartMergeError, merge_parts
 from nnunet_multitask.prediction_artifact import EXIT_FINISHED_WITH_FAILURES, FAILURES_CSV, MultitaskPredictionError
 from nnunet_multitask.prediction_engine import MultiTaskPredictor

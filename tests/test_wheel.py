@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -32,7 +33,12 @@ PACKAGES = ("nnunet_multitask", "clinical", "dataset_conversion", "evaluation", 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     root = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-w",
+    # a copy of the sources: setuptools builds in the source tree (build/, *.egg-info), which must stay clean
+    source = root / "source"
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "bench_run", "demo_run", "nnUNet_*", "__pycache__",
+        ".pytest_cache", ".ci_work", "cohort"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-w",
                     str(root / "dist"), "-q"], check=True, capture_output=True, cwd=root)
     wheel = next((root / "dist").glob("nnunet_multitask-*.whl"))
     env_dir = root / "venv"
