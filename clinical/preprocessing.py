@@ -83,6 +83,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from clinical.errors import MultitaskError
 from clinical.schema import (NUMERIC_TRANSFORMS, TRANSFORM_DOMAINS, ClinicalSchema, ColumnSpec,
                             outside_transform_domain)
 from clinical.tables import parse_feature_column
@@ -100,7 +101,7 @@ _TRANSFORMS = {"log": np.log, "log1p": np.log1p}
 assert set(_TRANSFORMS) == set(NUMERIC_TRANSFORMS) == set(TRANSFORM_DOMAINS)
 
 
-class ClinicalPreprocessingError(ValueError):
+class ClinicalPreprocessingError(MultitaskError, ValueError):
     """The clinical table (or a saved state) does not fit the preprocessor."""
 
 

@@ -24,6 +24,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from clinical.errors import MultitaskError
+
 DEFAULT_SCHEMA_PATH = Path(__file__).with_name("larc_schema.json")
 COLUMN_TYPES = ("numeric", "categorical", "binary")
 #: Transforms a ``numeric`` column may declare (``"transform"``): ``log`` = ln(x), ``log1p`` = ln(1 + x).
@@ -34,7 +36,7 @@ assert set(TRANSFORM_DOMAINS) == set(NUMERIC_TRANSFORMS)
 GROUPS = ("pretreatment", "postoperative")
 
 
-class SchemaError(ValueError):
+class SchemaError(MultitaskError, ValueError):
     """The schema itself is malformed, or a table does not match it."""
 
 

@@ -76,6 +76,7 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
 from tqdm import tqdm
 
+from clinical.errors import MultitaskError
 from clinical.schema import GROUPS, ClinicalSchema
 from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_table
 # IMAGE_ENDINGS: a patient folder holds one file per series; a second one under another of these endings or
@@ -115,7 +116,7 @@ DATASET_LICENCE = "the data-use terms of the source cohort"
 CONVERTED_BY = "dataset_conversion.convert_larc (nnunet-multitask)"
 
 
-class ConversionError(ValueError):
+class ConversionError(MultitaskError, ValueError):
     """The cohort cannot be converted; the message names the patient, the file and the problem."""
 
 
@@ -901,7 +902,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 seed=args.seed, horizon_months=args.horizon, overwrite=args.overwrite,
                                 progress=True, allow_constant_series=args.allow_constant_series,
                                 allow_missing_series=args.allow_missing_series)
-    except ValueError as e:  # ConversionError, ClinicalTableError, SchemaError
+    except MultitaskError as e:  # ConversionError, ClinicalTableError, SchemaError, ...
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     block = json.loads((target / "dataset.json").read_text())

@@ -33,6 +33,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.sr.coding import Code
 
+from clinical.errors import MultitaskError
+
 __all__ = ["DicomExportError", "RESEARCH_USE_STATEMENT", "RESEARCH_USE_SHORT", "TUMOUR_CATEGORY", "TUMOUR_TYPE",
            "RECTUM", "CODING_SCHEME", "read_t2_series", "t2_reference_grid", "write_dicom_seg", "write_risk_report"]
 
@@ -54,7 +56,7 @@ _DISCLAIMER = hd.sr.CodedConcept("DISCLAIMER", CODING_SCHEME, "Intended use")
 _NO_UNITS = Code("1", "UCUM", "no units")
 
 
-class DicomExportError(ValueError):
+class DicomExportError(MultitaskError, ValueError):
     """The inputs cannot be written as DICOM; the message names the file and the problem."""
 
 

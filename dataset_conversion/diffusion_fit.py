@@ -50,6 +50,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from clinical.errors import MultitaskError
+
 __all__ = ["DiffusionFit", "DiffusionFitError", "DiffusionFitWarning", "fit_diffusion", "fit_diffusion_images",
            "ADC_DEFAULT_MAX_B", "LOW_B_MAX", "B_VALUE_TOLERANCE", "DAPP_BOUNDS", "MAP_NAMES"]
 
@@ -79,7 +81,7 @@ _B_SCALE = 1e-3
 _D_UNIT = 1000.0
 
 
-class DiffusionFitError(ValueError):
+class DiffusionFitError(MultitaskError, ValueError):
     """The DWI cannot be fitted; the message names the b-values or images and the problem."""
 
 

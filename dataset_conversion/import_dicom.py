@@ -75,6 +75,8 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
+from clinical.errors import MultitaskError
+
 __all__ = ["DicomImportError", "EXIT_BAD_INPUT", "MAPPING_FILE", "FIT_FOLDER", "MAPPING_COLUMNS",
            "B_VALUE_SOURCES", "read_b_value", "is_derived", "scan_dicom_folder", "import_patient",
            "t2_files_from_mapping", "build_parser", "main"]
@@ -105,7 +107,7 @@ SLICE_GAP_RTOL = 0.05
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class DicomImportError(ValueError):
+class DicomImportError(MultitaskError, ValueError):
     """The DICOM folder cannot be imported; the message names the series or file and the problem."""
 
 
@@ -805,7 +807,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                             register=args.register, overwrite=args.overwrite)
     try:
         summary = import_patient(args.dicom, args.out, options)
-    except DicomImportError as error:
+    except MultitaskError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(f"{PROG}: imported patient {summary['patient_id']} into {Path(args.out).resolve()} "

@@ -38,6 +38,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from clinical.errors import MultitaskError
+
 __all__ = ["RigidRegistration", "RegistrationError", "register_rigid", "apply_rigid_to_geometry",
            "dilate_mask_mm", "SHRINK_FACTORS", "SMOOTHING_SIGMAS_MM"]
 
@@ -54,7 +56,7 @@ ROTATION_ATOL = 1e-6
 INITIALISATIONS = ("header", "geometry", "moments")
 
 
-class RegistrationError(ValueError):
+class RegistrationError(MultitaskError, ValueError):
     """The images, mask or transform cannot be used; the message says which and why."""
 
 

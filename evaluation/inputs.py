@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from clinical.errors import MultitaskError
 from clinical.tables import ClinicalTableError, read_follow_up_table
 from nnunet_multitask import contract
 from nnunet_multitask.contract import ContractError, DatasetContract
@@ -26,7 +27,7 @@ SURV_PROB_TIMES = contract.SURVIVAL_TIMES
 PathLike = str | os.PathLike
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(MultitaskError, ValueError):
     """Bad input (file, column, case); the message names the file, case and problem."""
 
 

@@ -68,6 +68,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from clinical.errors import MultitaskError
 from clinical.tables import ClinicalTableError, read_follow_up_table
 from evaluation.metrics import bootstrap_harrell_c, harrell_c_with_reason, percentile_ci
 from evaluation.radiomics import RadiomicsInputError, feature_names, quantity_features
@@ -86,7 +87,7 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_COMPUTED = 1, 2, 3
 LR_ALPHA = 0.05
 
 
-class NullCheckError(ValueError):
+class NullCheckError(MultitaskError, ValueError):
     """Bad input of the null check; the message names the patient and the file."""
 
 
@@ -427,7 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(dict(result.to_dict(), intensity=args.intensity), indent=2)
                                        + "\n")
-    except NullCheckError as error:
+    except MultitaskError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as error:  # noqa: BLE001  (a crash must not read as "fails": exit 1 is the verdict)

@@ -44,6 +44,8 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from clinical.errors import MultitaskError
+
 __all__ = ["FEATURE_SETS", "FIRST_ORDER", "GLCM", "RING", "SHAPE", "RadiomicsInputError", "feature_names",
            "quantity_features", "texture_features", "extract_dataset_features", "empty_mask_cases"]
 
@@ -73,7 +75,7 @@ _SPACING_RTOL = 1e-3
 _ORIGIN_ATOL_MM = 1e-2
 
 
-class RadiomicsInputError(ValueError):
+class RadiomicsInputError(MultitaskError, ValueError):
     """Bad image, mask or dataset; the message names the case and the file where there is one."""
 
 

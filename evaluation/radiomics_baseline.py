@@ -53,6 +53,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from clinical.errors import MultitaskError
 from clinical.tables import ClinicalTableError, read_case_table, read_follow_up_table
 from evaluation.radiomics import FEATURE_SETS, RadiomicsInputError, extract_dataset_features
 from nnunet_multitask.contract import ContractError, DatasetContract, recurrence_column, survival_column, survival_times
@@ -65,7 +66,7 @@ CLINICAL_GROUPS = ("pretreatment", "postoperative")
 CLINICAL_PREFIX = "clinical_"
 
 
-class BaselineError(ValueError):
+class BaselineError(MultitaskError, ValueError):
     """Bad input of the baseline; the message names the case and the file."""
 
 
@@ -370,7 +371,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         predictions, model = run_baseline(args.raw_dataset, args.test_masks, args.features, args.train_masks,
                                           args.clinical, args.feature_columns, args.horizon, args.l1_ratio,
                                           args.cv_folds, args.seed)
-    except BaselineError as error:
+    except MultitaskError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,7 @@ if __name__ == "__main__" and not __package__:
 
 import pandas as pd  # noqa: E402
 
+from clinical.errors import MultitaskError
 from evaluation.compare import compare_pair  # noqa: E402
 from evaluation.decision_curve import thresholds_from  # noqa: E402
 from evaluation.inputs import (EvaluationInputError, SURV_PROB_TIMES, check_positive_months,  # noqa: E402
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                           threshold_from=args.threshold_from, allow_development_cases=args.allow_development_cases,
                           dca_thresholds=dca_thresholds, subgroups=args.subgroups, model_card=args.model_card,
                           **_group_table(args, info))
-    except EvaluationInputError as error:
+    except MultitaskError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print_summary(report, horizon, args.output)

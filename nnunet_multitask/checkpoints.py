@@ -13,8 +13,10 @@ from os.path import isfile
 import numpy as np
 import torch
 
+from clinical.errors import MultitaskError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(MultitaskError, RuntimeError):
     """A checkpoint is missing, unreadable or not an nnU-Net checkpoint (the message names the file)."""
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Mapping, Optional, Tuple
 
+from clinical.errors import MultitaskError
+
 #: version of the ``"multitask"`` block the converter writes
 MULTITASK_VERSION = 1
 
@@ -29,7 +31,7 @@ SERIES_COLUMN = "series_available"
 REQUIRED_SERIES = ("T2",)
 
 
-class ContractError(ValueError):
+class ContractError(MultitaskError, ValueError):
     """A ``multitask`` or ``multitask_model`` block that lacks a key or holds a wrong value."""
 
 

@@ -14,11 +14,12 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from clinical.errors import MultitaskError
 from clinical.schema import ClinicalSchema
 from nnunet_multitask.contract import REQUIRED_SERIES
 
 
-class MultitaskDatasetError(RuntimeError):
+class MultitaskDatasetError(MultitaskError, RuntimeError):
     pass
 
 

@@ -37,6 +37,8 @@ from typing import Tuple
 
 import nibabel
 
+from clinical.errors import MultitaskError
+
 __all__ = ["IncompleteImageError", "read_nifti_completely", "check_nifti_size", "itk_error_reason", "is_nifti",
            "check_nifti_geometry", "IMAGE_ENDINGS", "split_image_name", "find_series_files"]
 
@@ -55,7 +57,7 @@ _HEADER_CLASSES = {348: (nibabel.Nifti1Header, nibabel.Nifti1Image),
                    540: (nibabel.Nifti2Header, nibabel.Nifti2Image)}
 
 
-class IncompleteImageError(ValueError):
+class IncompleteImageError(MultitaskError, ValueError):
     """The file is cut short, its compressed stream is damaged, or its header is malformed or promises
     what the file does not hold; the message says how."""
 

@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from clinical.errors import MultitaskError
 from nnunet_multitask.contract import HeadConfig
 from nnunet_multitask.recalibration import UNCALIBRATED
 
@@ -38,7 +39,7 @@ FORMAT_VERSION = 1
 DEFAULT_HORIZON_MONTHS = HeadConfig.horizon_months
 
 
-class MultitaskPredictionError(RuntimeError):
+class MultitaskPredictionError(MultitaskError, RuntimeError):
     """The model, an input case, the clinical table or the output folder cannot be used; the
     message names the case / file and the problem."""
 

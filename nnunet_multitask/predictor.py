@@ -64,14 +64,10 @@ import torch
 
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-from clinical.preprocessing import ClinicalPreprocessingError
-from clinical.schema import SchemaError
-from dataset_conversion.convert_larc import ConversionError
+from clinical.errors import MultitaskError
 from dataset_conversion.dicom_export import write_dicom_seg, write_risk_report
 from dataset_conversion.import_dicom import DicomImportError, t2_files_from_mapping
 from dataset_conversion.new_patients import prepare_new_patients
-from nnunet_multitask.checkpoints import CheckpointError
-from nnunet_multitask.dataset_tables import MultitaskDatasetError
 from nnunet_multitask.prediction_artifact import (EXIT_FINISHED_WITH_FAILURES, FAILURES_CSV, PREDICTIONS_CSV,
                                                   PREDICTIONS_JSON, MultitaskPredictionError, PredictionRecord,
                                                   column_sources)
@@ -363,9 +359,7 @@ def predict_entry_point(argv: Optional[List[str]] = None):
         if args.device == "cpu":
             torch.set_num_threads(multiprocessing.cpu_count())
         table = _run_prediction(args, folds, device, work)
-    except (MultitaskPredictionError, CheckpointError, SchemaError, MultitaskDatasetError,
-            ClinicalPreprocessingError, ConversionError) as e:
-        # SchemaError covers clinical.tables.ClinicalTableError (bad values, undeclared categories)
+    except MultitaskError as e:  # every project error: prediction, checkpoint, schema, table, conversion, DICOM
         print(f"nnUNetv2_predict_multitask: error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -52,6 +52,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from clinical.errors import MultitaskError
 from clinical.outcomes import MIN_CENSORING_SURVIVAL, ipcw_weights, recurrence_label
 from nnunet_multitask.contract import (DatasetContract, HeadConfig, recurrence_column, survival_column,
                                        survival_times)
@@ -67,7 +68,7 @@ MIN_CUMULATIVE_HAZARD = 1e-12
 UNCALIBRATED = "_uncalibrated"
 
 
-class RecalibrationError(ValueError):
+class RecalibrationError(MultitaskError, ValueError):
     """A recalibration that cannot be fitted, read or applied; the message names the file or column."""
 
 
@@ -479,7 +480,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         data = load_fitting_data(a.model_folder, a.dataset_folder, a.folds)
         recal = fit_recalibration(data, a.classification_weighting)
-    except RecalibrationError as e:
+    except MultitaskError as e:
         print(f"recalibration: {e}", file=sys.stderr)
         return 2
     path = save_recalibration(a.model_folder, recal)

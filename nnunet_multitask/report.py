@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from clinical.errors import MultitaskError
 from nnunet_multitask.contract import DatasetContract, recurrence_column, survival_column
 from nnunet_multitask.prediction_artifact import (PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError,
                                                   PredictionFormatError, PredictionRecord)
@@ -363,7 +364,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         write_report(args.predictions, args.i, args.seg_gt, args.clinical)
-    except (ReportError, OSError, ValueError) as e:
+    except (MultitaskError, OSError, ValueError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
