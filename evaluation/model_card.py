@@ -64,7 +64,8 @@ def _recalibration_text(meta: PredictionRecord) -> str:
             f"fitted on folds {recal.get('folds')}' out-of-sample predictions of {recal.get('n_patients')} development "
             f"patients): classification logit' = {cls.get('intercept', float('nan')):.3f} + "
             f"{cls.get('slope', float('nan')):.3f} x logit, survival linear-predictor slope "
-            f"{surv.get('slope', float('nan')):.3f}; the heads' own values are the *_uncalibrated columns.")
+            f"{surv.get('slope', float('nan')):.3f}; the heads' own values are the *_uncalibrated columns."
+            + (f" **Caution: {recal['few_events']}.**" if recal.get("few_events") else ""))
 
 
 def _intended_use(tag: str) -> list[str]:

@@ -154,7 +154,8 @@ def _recalibration_of(prediction_path: PathLike, predictions: pd.DataFrame) -> s
     if record is not None and record.recalibration:
         recal = record.recalibration
         return (f"recalibrated (--recalibrated; recalibration.json SHA-256 {recal.get('sha256')}, folds "
-                f"{recal.get('folds')}, {recal.get('n_patients')} development patients)")
+                f"{recal.get('folds')}, {recal.get('n_patients')} development patients)"
+                + (f"; caution: {recal['few_events']}" if recal.get("few_events") else ""))
     if "recalibrated" in predictions.columns:
         return "recalibrated (column recalibrated; no predictions.json record)"
     return "not recalibrated (the heads' own probabilities)"

@@ -66,6 +66,9 @@ EPS = 1e-6
 #: floor of the discrete-time head's cumulative hazard before its log (as the predictor floors S)
 MIN_CUMULATIVE_HAZARD = 1e-12
 UNCALIBRATED = "_uncalibrated"
+#: Fewer events by the horizon among the fitting patients than this: the command refuses to fit
+#: (``--allow-few-events`` overrides it, recorded in the file): two coefficients per head.
+MIN_EVENTS_BY_HORIZON = 10
 
 
 class RecalibrationError(MultitaskError, ValueError):
@@ -408,7 +411,9 @@ def recalibration_record(recal: dict) -> dict:
     """What a prediction records about the recalibration it applied (for ``predictions.json``)."""
     cls, surv = recal["classification"], recal["survival"]
     return {"file": recal.get("path"), "created": recal.get("created"), "folds": recal["folds"],
-            "n_patients": recal.get("n_patients"), "n_events": recal.get("n_events"), "inputs": recal.get("inputs"),
+            "n_patients": recal.get("n_patients"), "n_events": recal.get("n_events"),
+            "n_events_by_horizon": recal.get("n_events_by_horizon"), "few_events": recal.get("few_events"),
+            "inputs": recal.get("inputs"),
             "classification": {"column": cls["column"], "intercept": cls["intercept"], "slope": cls["slope"],
                                "weighting": cls["weighting"]},
             "survival": {"linear_predictor": surv["linear_predictor"], "slope": surv["slope"],
@@ -473,6 +478,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-f", "--folds", nargs="+", default=None,
                    help="folds whose fold_<f>/validation/head_predictions.csv are used (default: every fold that "
                         "has one); never 'all'")
+    p.add_argument("--allow-few-events", action="store_true",
+                   help=f"fit even with fewer than {MIN_EVENTS_BY_HORIZON} events by the horizon among the fitting "
+                        f"patients (refused otherwise: two coefficients per head from so few events are mostly noise); "
+                        f"the file then records it and every report that uses it says so")
     p.add_argument("--classification-weighting", choices=WEIGHTINGS, default="ipcw",
                    help="ipcw (default): known-status patients weighted by the inverse probability of censoring; "
                         "complete_case: known-status patients unweighted")
@@ -480,6 +489,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         data = load_fitting_data(a.model_folder, a.dataset_folder, a.folds)
         recal = fit_recalibration(data, a.classification_weighting)
+        if recal["n_events_by_horizon"] < MIN_EVENTS_BY_HORIZON:
+            few = (f"fitted on {recal['n_patients']} patients with {recal['n_events_by_horizon']} events by "
+                   f"{recal['horizon_months']:g} months (fewer than {MIN_EVENTS_BY_HORIZON}): its coefficients are "
+                   f"mostly noise")
+            if not a.allow_few_events:
+                raise RecalibrationError(f"{few}; fit it on more folds' out-of-sample patients (train folds 0-4), or "
+                                         f"pass --allow-few-events to fit it anyway (recorded as such)")
+            recal["few_events"] = few
+            print(f"recalibration: warning: {few} (--allow-few-events)", file=sys.stderr)
     except MultitaskError as e:
         print(f"recalibration: {e}", file=sys.stderr)
         return 2

@@ -196,3 +196,17 @@ def test_logistic_recalibration_of_saturated_predictions_converges_to_statsmodel
     assert fit["converged"]
     np.testing.assert_allclose([fit["intercept"], fit["slope"]], ref.params, rtol=1e-6)
     assert 0 < fit["slope"] < 0.3
+
+
+def test_cli_refuses_a_fit_on_few_events_unless_allowed(tmp_path, capsys):
+    model, raw, time, event = _model_and_dataset(tmp_path, n=14, seed=3)[:4]
+    label = recurrence_label(np.asarray(time, float), np.asarray(event, float), 36.0)
+    assert np.nansum(label) < R.MIN_EVENTS_BY_HORIZON
+    assert R.main(["--model-folder", str(model), "--dataset-folder", str(raw)]) == 2
+    err = capsys.readouterr().err
+    assert "events by 36 months" in err and "--allow-few-events" in err
+    assert not (model / R.RECALIBRATION_FILE).exists()
+    assert R.main(["--model-folder", str(model), "--dataset-folder", str(raw), "--allow-few-events"]) == 0
+    recal = R.load_recalibration(str(model))
+    assert "mostly noise" in recal["few_events"]
+    assert R.recalibration_record(recal)["few_events"] == recal["few_events"]
