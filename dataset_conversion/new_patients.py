@@ -52,6 +52,8 @@ class PreparedPatients:
     clinical : str or None
         The clinical rows keyed by case id (the dataset's ``clinical.csv`` layout); None when the
         cohort folder has no ``clinical.csv`` and none was given.
+    clinical_source : str or None
+        The patient-keyed table those rows were read from (what ``predictions.json`` names).
     mapping : pandas.DataFrame
         ``case_id``, ``patient_id``.
     """
@@ -59,6 +61,7 @@ class PreparedPatients:
     images: str
     clinical: Optional[str]
     mapping: pd.DataFrame
+    clinical_source: Optional[str] = None
 
     def publish_mapping(self, output_folder: str) -> None:
         """Write ``patient_mapping.csv`` into the output folder (atomically)."""
@@ -139,4 +142,5 @@ def prepare_new_patients(cohort_dir: str, dataset_json: Mapping, work_dir: str, 
     rows = None
     if clinical is not None or clinical_path.is_file():
         rows = _clinical_rows(clinical_path, DatasetContract.from_dataset_json(dataset_json), mapping, out)
-    return PreparedPatients(images=str(images), clinical=rows, mapping=mapping)
+    return PreparedPatients(images=str(images), clinical=rows, mapping=mapping,
+                            clinical_source=str(clinical_path.resolve()) if rows is not None else None)

@@ -80,6 +80,8 @@ class MultiTaskPredictor(nnUNetPredictor):
         self.case_record_folder: Optional[str] = None
         #: the folder the user named when the images were prepared elsewhere (a cohort folder)
         self.input_label: Optional[str] = None
+        #: the clinical table the user named when its rows were re-keyed elsewhere (a cohort folder's)
+        self.clinical_table_label: Optional[str] = None
         #: --recalibrated: the model folder's recalibration.json (nnunet_multitask.recalibration), applied
         #: to the table when it is written
         self.recalibration: Optional[dict] = None
@@ -414,7 +416,8 @@ class MultiTaskPredictor(nnUNetPredictor):
             nnunet_multitask_version=_version_or_unknown("nnunet-multitask"),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             n_cases=len(table), horizon_months=cfg.horizon_months, survival_head=cfg.survival_head,
-            clinical_table=self.clinical_table_source, clinical_columns=tuple(self.model_clinical_columns()),
+            clinical_table=self.clinical_table_label or self.clinical_table_source,
+            clinical_columns=tuple(self.model_clinical_columns()),
             impute_missing_clinical=self.impute_missing_clinical, allow_missing_series=self.allow_missing_series,
             resampled_to_first_channel={c: [self.dataset_json["channel_names"][str(i)] for i in chans]
                                         for c, chans in sorted(self.misaligned_channels.items())},

@@ -297,6 +297,8 @@ def _publish_run(predictor: MultiTaskPredictor, staging: str, output_folder: str
         for folder in inputs[1:]:
             if folder is not None:
                 text = text.replace(folder, os.path.abspath(inputs[0]))
+        if predictor.input_label is not None:  # images prepared from a cohort folder: name the cohort folder
+            text = text.replace(os.path.abspath(inputs[0]), predictor.input_label)
         atomic_write(args_json, text)
     rows = []
     for c in predicted:

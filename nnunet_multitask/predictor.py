@@ -312,6 +312,7 @@ def _run_prediction(args, folds, device, work: str) -> pd.DataFrame:
             checked_cases = None  # predict_folder checks against the loaded model's own dataset.json
         if source_label is not None:
             predictor.input_label = source_label
+            predictor.clinical_table_label = prepared.clinical_source
         table = predict_folder(predictor, images, args.o, clinical=clinical,
                                impute_missing_clinical=args.impute_missing_clinical,
                                num_processes_preprocessing=args.npp, num_processes_segmentation_export=args.nps,

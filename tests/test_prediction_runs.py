@@ -335,6 +335,10 @@ def test_cohort_folder_of_new_patients_equals_the_converted_test_cases(model, ba
     # no patient id in what the prediction wrote, but the mapping file
     written = "".join(p.read_text() for p in out.glob("*.json")) + (out / "predictions.csv").read_text()
     assert not [pid for pid in patients["patient_id"] if pid in written]
+    # the records name the user's cohort folder and table, not the temporary folder they were prepared in
+    meta = json.loads((out / "predictions.json").read_text())
+    assert meta["clinical_table"] == str((new / "clinical.csv").resolve())
+    assert str(new.resolve()) in (out / "predict_from_raw_data_args.json").read_text()
     converted_case = dict(zip(patients["patient_id"], patients["case_id"]))
     new_case = dict(zip(new_mapping["case_id"], new_mapping["patient_id"]))
     reference = batch_run["table"].set_index("case_id")
