@@ -83,6 +83,7 @@ from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_tabl
 # another capitalisation (T2.nii or t2.nii.gz beside T2.nii.gz) is refused (ITK reads T2.nii when asked for T2.nii.gz)
 from nnunet_multitask.nifti_integrity import (IMAGE_ENDINGS, IncompleteImageError, check_nifti_geometry,
                                                 find_series_files, is_nifti, itk_error_reason, read_nifti_completely)
+from nnunet_multitask.publish import publish_folder
 from nnunet_multitask.contract import MULTITASK_VERSION, DatasetContract, missing_series_filler, resample_onto
 
 __all__ = [
@@ -715,7 +716,7 @@ def convert_cohort(cohort_dir: str | Path, dataset_id: int, name: str, raw_root:
     try:
         availability = _write_dataset(tmp, plan, schema, cohort_dir, folder_name, name, horizon_months,
                                       progress, allow_constant_series, allow_missing_series)
-        _move_into_place(tmp, target)
+        publish_folder(str(tmp), str(target))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -756,22 +757,6 @@ def _check_preprocessed_splits(preprocessed_splits: Path, splits: List[Dict[str,
     if existing != splits:
         raise ConversionError(f"{preprocessed_splits} exists with different folds; pass --overwrite to "
                               f"replace it (and rerun nnUNetv2_plan_and_preprocess with --clean)")
-
-
-def _move_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished temporary folder to ``target``; an existing target (--overwrite) is swapped
-    out first and dropped only once the new folder is in place (put back if the rename fails)."""
-    if not target.exists():
-        tmp.rename(target)
-        return
-    old = target.parent / f".old_{target.name}_{uuid.uuid4().hex[:8]}"
-    target.rename(old)
-    try:
-        tmp.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    shutil.rmtree(old)
 
 
 def _missing_series_summary(availability: pd.DataFrame, test_cases: set) -> Optional[str]:

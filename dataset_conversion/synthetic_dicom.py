@@ -50,7 +50,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -62,6 +61,8 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from nnunet_multitask.publish import publish_folder
 
 __all__ = ["DEFAULT_B_VALUES", "DEFAULT_SNR", "B_VALUE_TAGS", "GE_B_OFFSET", "signal_model", "s0_model",
            "write_patient_dicom", "write_cohort_dicom", "build_parser", "main"]
@@ -403,14 +404,7 @@ def write_cohort_dicom(cohort_dir, out_dir, patients: Optional[Sequence[str]] = 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
         records = {pid: write_patient_dicom(cohort_dir, pid, staging, **options) for pid in patients}
-        os.chmod(staging, 0o755)
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, retired / out_dir.name)
-            os.rename(staging, out_dir)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, out_dir)
+        publish_folder(str(staging), str(out_dir))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

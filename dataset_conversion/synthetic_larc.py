@@ -163,7 +163,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -177,6 +176,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from clinical.schema import ClinicalSchema
+from nnunet_multitask.publish import publish_folder
 
 # --------------------------------------------------------------------------- constants
 T2_SPACING_MM = (0.7, 0.7, 3.0)              # x, y, z
@@ -1573,14 +1573,7 @@ def generate_cohort(out_dir, n_patients: int, seed: int = 0, shape: Tuple[int, i
             (staging / "schema.json").write_text(json.dumps(schema_without_radiologist_columns(schema), indent=2)
                                                  + "\n")
         _missing_series_frame(removed_series).to_csv(staging / "missing_series.csv", index=False)
-        os.chmod(staging, 0o755)   # mkdtemp makes it private; a cohort folder is not
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.rename(out_dir, retired / out_dir.name)
-            os.rename(staging, out_dir)
-            shutil.rmtree(retired)
-        else:
-            os.rename(staging, out_dir)
+        publish_folder(str(staging), str(out_dir))  # readable (mkdtemp makes it private), swapped safely
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -25,6 +25,7 @@ checks (``nnunet_multitask.predictor``).
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import math
@@ -141,6 +142,20 @@ def _check_raw_fields(raw: bytes, size: int, order: str) -> None:
         raise IncompleteImageError(f"its NIfTI header declares an unknown datatype code {datatype}")
 
 
+@contextlib.contextmanager
+def _stream_errors(unreadable: str):
+    """Reading errors of a (gzipped) file as :class:`IncompleteImageError` with the reason."""
+    try:
+        yield
+    except EOFError:
+        raise IncompleteImageError("the file is cut short (its gzip stream ends before the end-of-stream "
+                                   "marker: an interrupted copy or export?)") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise IncompleteImageError(f"the gzip stream is damaged ({e})") from None
+    except OSError as e:
+        raise IncompleteImageError(f"{unreadable} ({e})") from None
+
+
 def read_nifti_completely(path):
     """Decompress and check a ``.nii`` / ``.nii.gz`` file, reading it once.
 
@@ -162,19 +177,12 @@ def read_nifti_completely(path):
         the path, which the caller adds with the patient or case).
     """
     path = Path(path)
-    try:
+    with _stream_errors("cannot be read completely"):
         if path.name.endswith(".gz"):
             with gzip.open(path, "rb") as f:
                 raw = f.read()
         else:
             raw = path.read_bytes()
-    except EOFError:
-        raise IncompleteImageError("the file is cut short (its gzip stream ends before the end-of-stream "
-                                   "marker: an interrupted copy or export?)") from None
-    except (gzip.BadGzipFile, zlib.error) as e:
-        raise IncompleteImageError(f"the gzip stream is damaged ({e})") from None
-    except OSError as e:
-        raise IncompleteImageError(f"cannot be read completely ({e})") from None
     header_class, image_class, expected, promise = _parse_header(raw)
     if len(raw) < expected:
         raise IncompleteImageError(_cut_short_message(len(raw), expected, promise, path.name.endswith(".gz")))
@@ -262,7 +270,7 @@ def check_nifti_size(path) -> int:
     """
     path = Path(path)
     compressed = path.name.endswith(".gz")
-    try:
+    with _stream_errors("cannot be read"):
         if not compressed:
             with open(path, "rb") as f:
                 head = f.read(_MAX_HEADER)
@@ -278,13 +286,6 @@ def check_nifti_size(path) -> int:
                     if not chunk:
                         break
                     actual += len(chunk)
-    except EOFError:
-        raise IncompleteImageError("the file is cut short (its gzip stream ends before the end-of-stream "
-                                   "marker: an interrupted copy or export?)") from None
-    except (gzip.BadGzipFile, zlib.error) as e:
-        raise IncompleteImageError(f"the gzip stream is damaged ({e})") from None
-    except OSError as e:
-        raise IncompleteImageError(f"cannot be read ({e})") from None
     if actual < expected:
         raise IncompleteImageError(_cut_short_message(actual, expected, promise, compressed))
     return expected

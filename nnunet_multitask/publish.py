@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from datetime import datetime, timezone
 from os.path import isdir, isfile, join
 from typing import Dict, Iterator, Sequence
@@ -168,11 +169,24 @@ def publish_files(staging: str, output_folder: str, last: Sequence[str] = ()) ->
 
 
 def publish_folder(staging: str, target: str) -> None:
-    """Move a complete staging folder into place (replacing ``target``), readable as any new folder:
-    ``mkdtemp`` creates it for its owner only."""
+    """Move a complete staging folder into place, readable as any new folder (``mkdtemp`` creates it
+    for its owner only). An existing ``target`` is renamed aside first and removed only once the new
+    folder is in place (put back if that rename fails), so a failure never leaves neither. The one
+    folder swap of the project: prediction outputs, the converter's dataset, the synthetic cohorts."""
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)
-    if isdir(target):
-        shutil.rmtree(target)
-    os.replace(staging, target)
+    if not os.path.lexists(target):
+        os.replace(staging, target)
+        return
+    old = join(os.path.dirname(os.path.abspath(target)), f".old_{os.path.basename(target)}_{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    if isdir(old):
+        shutil.rmtree(old)
+    else:
+        os.remove(old)

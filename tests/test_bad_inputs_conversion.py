@@ -31,14 +31,15 @@ import SimpleITK as sitk
 from clinical.schema import DEFAULT_SCHEMA_PATH, ClinicalSchema, SchemaError
 from clinical.tables import ClinicalTableError, read_case_table
 from dataset_conversion import convert_larc
+import test_bad_inputs
 from nnunet_multitask.nifti_integrity import (IncompleteImageError, check_nifti_geometry, check_nifti_size,
                                                 find_series_files, itk_error_reason, read_nifti_completely,
                                                 split_image_name)
 
 try:
-    from cohort_factory import T2_ORIGIN, T2_SPACING, write_cohort
+    from cohort_factory import T2_ORIGIN, T2_SPACING
 except ImportError:  # tests/ imported as a package
-    from tests.cohort_factory import T2_ORIGIN, T2_SPACING, write_cohort
+    from tests.cohort_factory import T2_ORIGIN, T2_SPACING
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = "Dataset501_LARC"
@@ -48,21 +49,8 @@ HUGE_SHAPE = (10000, 10000, 10000)
 
 
 # ============================================================================ helpers
-@pytest.fixture
-def roots(tmp_path, monkeypatch):
-    out = {}
-    for var, sub in (("nnUNet_raw", "raw"), ("nnUNet_preprocessed", "preprocessed"), ("nnUNet_results", "results")):
-        out[sub] = tmp_path / sub
-        out[sub].mkdir()
-        monkeypatch.setenv(var, str(out[sub]))
-    return out
-
-
-@pytest.fixture
-def cohort(tmp_path):
-    path = tmp_path / "cohort"
-    write_cohort(path, 10, t2_shape_xyz=T2_SHAPE)
-    return path
+# the nnU-Net folders and the 10-patient cohort of tests/test_bad_inputs.py
+roots, cohort = test_bad_inputs.roots, test_bad_inputs.cohort
 
 
 def arguments(cohort_dir, *extra):
