@@ -314,10 +314,12 @@ def km_groups(time: np.ndarray, event: np.ndarray, p: np.ndarray, horizon: float
     """Quantile groups of the predicted risk with 1 - KM at the horizon and its log-log 95% CI."""
     from sksurv.nonparametric import kaplan_meier_estimator
 
-    k = n_groups(len(p))
+    k = min(n_groups(len(p)), len(p))  # a set of one case is one group, never an empty one
     order = np.argsort(p, kind="stable")
     groups = []
     for member in np.array_split(order, k):
+        if len(member) == 0:
+            continue
         g_time, g_event = time[member], event[member].astype(bool)
         entry = {"n": int(len(member)), "events": int(g_event.sum()), "mean_predicted": float(p[member].mean()),
                  "observed": None, "observed_ci": None}

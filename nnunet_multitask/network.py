@@ -44,8 +44,8 @@ only. Head outputs leave the module in three ways:
   used by the predictor after nnU-Net's sliding window has stitched the whole image).
 
 ``capture`` sets, for the block only, the attributes ``head_sink``, ``sink_kind``, ``clinical_input``
-and ``availability_input`` and restores them afterwards; setting those attributes directly (the
-predictor's earlier way) still works.
+and ``availability_input`` and restores them afterwards; the trainer and the predictor reach them only
+through it.
 """
 from __future__ import annotations
 

@@ -433,7 +433,8 @@ def apply_recalibration(table: pd.DataFrame, recal: dict) -> pd.DataFrame:
 
     Replaces ``p_recurrence_<H>m`` (raw kept as ``p_recurrence_<H>m_uncalibrated``) and writes
     ``surv_prob_<t>m`` for the predictor's times (raw, where the head wrote them, kept as
-    ``surv_prob_<t>m_uncalibrated``; NaN beyond the fitting follow-up); ``risk_score`` is unchanged;
+    ``surv_prob_<t>m_uncalibrated``; a time beyond the fitting follow-up is left out, and said so in the
+    record's ``left_out``); ``risk_score`` is unchanged;
     adds ``recalibrated = True`` and ``attrs["recalibration"]`` (:func:`recalibration_record`).
     Refuses a table that is already recalibrated or lacks the columns.
     """
@@ -452,12 +453,22 @@ def apply_recalibration(table: pd.DataFrame, recal: dict) -> pd.DataFrame:
     lp = survival_linear_predictor(pd.to_numeric(out["risk_score"], errors="coerce").to_numpy(float),
                                    recal["survival_head"])
     relative = np.exp(surv["slope"] * (lp - surv["centre"]))
+    beyond = []
     for t in survival_times(recal["horizon_months"]):
         name = survival_column(t)
         _keep_raw(out, name)
+        if t > float(surv["max_follow_up"]):
+            # no baseline there: the column is left out rather than written empty (readers refuse NaN)
+            beyond.append(name)
+            out = out.drop(columns=[name], errors="ignore")
+            continue
         out[name] = np.exp(-baseline_cumulative_hazard_at(surv, t)[0] * relative)
     out["recalibrated"] = True
     record = recalibration_record(recal)
+    if beyond:
+        record["left_out"] = (f"{', '.join(beyond)}: beyond the fitting patients' longest follow-up "
+                              f"({float(surv['max_follow_up']):g} months), where the refitted baseline is unknown; "
+                              f"the heads' own values are in the *_uncalibrated columns")
     if "n_folds" in out.columns and (pd.to_numeric(out["n_folds"], errors="coerce") > 1).any():
         record["note"] = ("fitted on single-fold out-of-sample predictions and applied to a fold ensemble, whose "
                           "probabilities are less spread: the recalibrated slope may be over-corrected (BENCHMARKS.md, "

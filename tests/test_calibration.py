@@ -130,3 +130,9 @@ def test_degenerate_inputs_give_reasons():
     constant = C.calibration_at_horizon(time, np.array([1, 0, 1, 0, 1, 0]), np.full(6, 0.2), H, 20, 0)[0]
     assert constant["slope"] is None and "same predicted risk" in constant["slope_reason"]
     assert constant["ici"] is not None
+
+
+def test_a_set_of_one_case_gives_one_group_not_a_crash():
+    from evaluation.calibration import km_groups
+    groups = km_groups(np.array([40.0]), np.array([1]), np.array([0.3]), 36.0)
+    assert len(groups) == 1 and groups[0]["n"] == 1

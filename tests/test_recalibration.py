@@ -210,3 +210,17 @@ def test_cli_refuses_a_fit_on_few_events_unless_allowed(tmp_path, capsys):
     recal = R.load_recalibration(str(model))
     assert "mostly noise" in recal["few_events"]
     assert R.recalibration_record(recal)["few_events"] == recal["few_events"]
+
+
+def test_times_beyond_the_fitting_follow_up_are_left_out_not_written_empty(tmp_path):
+    model, raw = _model_and_dataset(tmp_path)[:2]
+    assert R.main(["--model-folder", str(model), "--dataset-folder", str(raw)]) == 0
+    recal = R.load_recalibration(str(model))
+    recal["survival"]["max_follow_up"] = 50.0  # development follow-up ending before 60 months: no baseline there
+    table = pd.DataFrame({"case_id": ["a", "b"], "risk_score": [0.2, 0.9], recurrence_column(36): [0.2, 0.6],
+                          survival_column(60): [0.7, 0.3]})
+    out = R.apply_recalibration(table, recal)
+    assert survival_column(60) not in out.columns and survival_column(36) in out.columns
+    assert list(out[survival_column(60) + R.UNCALIBRATED]) == [0.7, 0.3]
+    assert survival_column(60) in out.attrs["recalibration"]["left_out"]
+    assert np.isfinite(out[survival_column(36)]).all()
