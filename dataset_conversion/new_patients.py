@@ -31,13 +31,12 @@ from clinical.tables import CASE_ID_COLUMN, read_clinical_table, write_case_tabl
 from dataset_conversion.convert_larc import (CHANNELS, ConversionError, _check_one_file_per_series,
                                              _convert_case, _images_by_patient)
 from nnunet_multitask.contract import DatasetContract
+from nnunet_multitask.prediction_artifact import PATIENT_MAPPING_CSV
 
 #: Case id of the i-th new patient (1-based, sorted patient ids).
 NEW_CASE_FORMAT = "NEW_{:04d}"
 CLINICAL_FILE = "clinical.csv"
 COHORT_ID_COLUMN = "patient_id"
-#: The only file of a prediction that names the patients (as the converter's).
-PATIENT_MAPPING_FILE = "patient_mapping.csv"
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class PreparedPatients:
 
     def publish_mapping(self, output_folder: str) -> None:
         """Write ``patient_mapping.csv`` into the output folder (atomically)."""
-        path = Path(output_folder) / PATIENT_MAPPING_FILE
+        path = Path(output_folder) / PATIENT_MAPPING_CSV
         tmp = path.with_name(f".{path.name}.tmp")
         self.mapping.to_csv(tmp, index=False)
         os.replace(tmp, path)

@@ -30,6 +30,8 @@ PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
 #: Cases that failed in a ``--keep-going`` run, with the reason.
 FAILURES_CSV = "failures.csv"
+#: New patients predicted from a cohort folder: case id -> patient id, the only file naming patients.
+PATIENT_MAPPING_CSV = "patient_mapping.csv"
 #: Exit status of a ``--keep-going`` run (or a merge) that finished with failed cases (2: refused, nothing written).
 EXIT_FINISHED_WITH_FAILURES = 3
 #: Version of the ``predictions.json`` layout this module writes and reads.

@@ -41,7 +41,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import pandas as pd
 
 from nnunet_multitask.checkpoints import file_sha256
-from nnunet_multitask.prediction_artifact import (FAILURES_CSV, PREDICTIONS_CSV, PREDICTIONS_JSON,
+from nnunet_multitask.prediction_artifact import (FAILURES_CSV, PATIENT_MAPPING_CSV, PREDICTIONS_CSV, PREDICTIONS_JSON,
                                                   MultitaskPredictionError, PartRecord, PredictionFormatError,
                                                   PredictionRecord, case_list_sha256)
 from nnunet_multitask.publish import atomic_write, output_folder_lock, publish_files, staging_folder
@@ -279,6 +279,15 @@ def _merged_copies(parts: List[dict]) -> List[tuple]:
                        if any(n.startswith(c + ".") for c in p["table"]["case_id"])]
     copies += [(join(parts[0]["folder"], n), n) for n in ("dataset.json", "plans.json")
                if isfile(join(parts[0]["folder"], n))]
+    # new patients from a cohort folder: every part wrote the one mapping of case ids to patients
+    mappings = [join(p["folder"], PATIENT_MAPPING_CSV) for p in parts if isfile(join(p["folder"], PATIENT_MAPPING_CSV))]
+    if mappings:
+        texts = {open(m, "rb").read() for m in mappings}
+        if len(mappings) != len(parts) or len(texts) > 1:
+            raise PartMergeError(f"--merge: the parts' {PATIENT_MAPPING_CSV} differ or are missing in some parts: "
+                                 f"they were not prepared from one cohort folder, so a case id may name different "
+                                 f"patients in different parts")
+        copies.append((mappings[0], PATIENT_MAPPING_CSV))
     return copies
 
 

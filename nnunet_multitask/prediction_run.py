@@ -222,16 +222,19 @@ def _predict_cases_isolated(predictor: MultiTaskPredictor, source: str, staging:
 
 def _predict_into(predictor: MultiTaskPredictor, input_folder: str, output_folder: str, cases: List[str],
                   num_processes_preprocessing: int, num_processes_segmentation_export: int,
-                  resume: bool = False, keep_going: bool = False, part: Optional[PartRecord] = None) -> pd.DataFrame:
+                  resume: bool = False, keep_going: bool = False, part: Optional[PartRecord] = None,
+                  fingerprint_folder: Optional[str] = None) -> pd.DataFrame:
     """Predict ``cases`` into the run's staging folder and publish it (module docstring); ``part``:
-    the part record of one part of a ``-num_parts`` run.
+    the part record of one part of a ``-num_parts`` run; ``fingerprint_folder``: the input folder the
+    user named, when ``input_folder`` is a temporary one (a part's share), so a continued run matches.
 
     Each finished case leaves its head record in the staging folder, so ``resume`` (``--continue``)
     predicts only the cases a killed run had not finished; ``keep_going`` isolates the cases and
     publishes the others with ``failures.csv``.
     """
     predictor.head_results = {}
-    staging = _open_run_staging(output_folder, run_fingerprint(predictor, input_folder, cases), resume)
+    staging = _open_run_staging(output_folder, run_fingerprint(predictor, fingerprint_folder or input_folder, cases),
+                                resume)
     ending = predictor.dataset_json["file_ending"]
     done = _finished_cases(staging, cases, ending) if resume else []
     if done:
@@ -308,10 +311,15 @@ def _publish_run(predictor: MultiTaskPredictor, staging: str, output_folder: str
     predictor.write_predictions(staging, table, failures, part=part)
     shutil.rmtree(records)
     os.remove(join(staging, RUN_RECORD))
-    stale_failures = join(output_folder, FAILURES_CSV)
-    if not failures and isfile(stale_failures):  # an earlier run's failures do not describe this one
-        os.remove(stale_failures)
     publish_files(staging, output_folder, last=(PREDICTIONS_JSON, PREDICTIONS_CSV))
+    # what an earlier run into this folder left that this run's tables do not describe: its failures
+    # list, the segmentation of a case that failed now
+    stale = [join(output_folder, c + ending) for c in failures]
+    if not failures:
+        stale.append(join(output_folder, FAILURES_CSV))
+    for path in stale:
+        if isfile(path):
+            os.remove(path)
     return table
 
 
@@ -328,7 +336,8 @@ def _predict_part(predictor: MultiTaskPredictor, input_folder: str, output_folde
     record = part_record(cases, part_id, num_parts, input_folder, predictor.clinical_table_source)
     with share_input_folder(input_folder, share, predictor.dataset_json["file_ending"]) as share_folder:
         table = _predict_into(predictor, share_folder, output_folder, share, num_processes_preprocessing,
-                              num_processes_segmentation_export, resume=resume, keep_going=keep_going, part=record)
+                              num_processes_segmentation_export, resume=resume, keep_going=keep_going, part=record,
+                              fingerprint_folder=input_folder)
         args_json = join(output_folder, "predict_from_raw_data_args.json")
         if isfile(args_json):  # nnU-Net's record names the real input folder, not the temporary share
             with open(args_json) as f:

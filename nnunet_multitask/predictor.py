@@ -65,8 +65,8 @@ import torch
 from nnunetv2.utilities.file_path_utilities import get_output_folder
 
 from clinical.errors import MultitaskError
-from dataset_conversion.dicom_export import write_dicom_seg, write_risk_report
-from dataset_conversion.import_dicom import DicomImportError, t2_files_from_mapping
+from dataset_conversion.dicom_export import read_t2_series, t2_reference_grid, write_dicom_seg, write_risk_report
+from dataset_conversion.import_dicom import t2_files_from_mapping
 from dataset_conversion.new_patients import prepare_new_patients
 from nnunet_multitask.prediction_artifact import (EXIT_FINISHED_WITH_FAILURES, FAILURES_CSV, PREDICTIONS_CSV,
                                                   PREDICTIONS_JSON, MultitaskPredictionError, PredictionRecord,
@@ -248,8 +248,10 @@ def _dicom_references(args, prepared) -> Dict[str, list]:
     for case_id, patient_id in zip(prepared.mapping["case_id"], prepared.mapping["patient_id"]):
         try:
             references[case_id] = t2_files_from_mapping(args.i, patient_id)
-        except (DicomImportError, OSError) as e:
-            raise MultitaskPredictionError(f"--dicom-out: patient {patient_id}: {e}") from None
+            t2_reference_grid(read_t2_series(references[case_id]))  # the checks the writers make, up front
+        except (MultitaskError, OSError, AttributeError, ValueError) as e:
+            raise MultitaskPredictionError(f"--dicom-out: patient {patient_id}: its T2 DICOM series cannot be "
+                                           f"referenced: {e}") from None
     return references
 
 
@@ -262,9 +264,15 @@ def _write_dicom_outputs(output_folder: str, table: pd.DataFrame, t2_files: Mapp
             case = row["case_id"]
             values = {c: float(row[c]) for c in column_sources(table.columns)
                       if pd.notna(row[c]) and np.isfinite(float(row[c]))}
-            write_dicom_seg(sitk.ReadImage(join(output_folder, case + ending)), t2_files[case],
-                            join(staging, f"{case}_seg.dcm"))
-            write_risk_report(values, t2_files[case], join(staging, f"{case}_sr.dcm"))
+            try:
+                write_dicom_seg(sitk.ReadImage(join(output_folder, case + ending)), t2_files[case],
+                                join(staging, f"{case}_seg.dcm"))
+                write_risk_report(values, t2_files[case], join(staging, f"{case}_sr.dcm"))
+            except (MultitaskError, OSError, AttributeError, ValueError, RuntimeError) as e:
+                # highdicom / pydicom / SimpleITK errors too: the predictions are published already
+                raise MultitaskPredictionError(
+                    f"--dicom-out: case {case}: {type(e).__name__}: {e}; the predictions in {output_folder} are "
+                    f"complete, the dicom/ folder was not written") from None
         publish_folder(staging, join(output_folder, "dicom"))
 
 

@@ -456,3 +456,37 @@ def test_recalibrated_without_a_fit_is_refused_before_predicting(fake_model, tmp
     proc = predict_cli(fake_model["env"], inp, out, "-f", "0", "--recalibrated")
     _refused(proc, "--recalibrated", "recalibration.json not found", "python -m nnunet_multitask.recalibration")
     assert not out.exists()
+
+
+class _InterruptedOnOneCase(MultiTaskPredictor):
+    """Our predictor interrupted (KeyboardInterrupt, as a kill: not an error) at one case."""
+    interrupt = None
+
+    def _predict_case(self, case_id, data):
+        if case_id == type(self).interrupt:
+            raise KeyboardInterrupt
+        return super()._predict_case(case_id, data)
+
+
+def test_continue_resumes_an_interrupted_part(api_env, batch_run, tmp_path, capsys, monkeypatch):
+    """A part of a -num_parts run predicts from a temporary share folder; its --continue must still
+    find its own interrupted run (the README's Slurm recipe requeues parts with --continue)."""
+    cases = _test_cases(api_env["images_ts"])[:4]
+    inp = _case_folder(api_env["images_ts"], cases, tmp_path / "in")
+    out = tmp_path / "part0"
+    share = sorted(cases)[0::2]
+    monkeypatch.setattr(_InterruptedOnOneCase, "interrupt", share[1])
+    interrupted = _InterruptedOnOneCase(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                        perform_everything_on_device=False, device=__import__("torch").device("cpu"),
+                                        verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+    interrupted.initialize_from_trained_model_folder(str(api_env["folder"]), [0], "checkpoint_final.pth")
+    with pytest.raises(KeyboardInterrupt):
+        predict_folder(interrupted, str(inp), str(out), part_id=0, num_parts=2)
+    assert (out / ".nnunet_multitask_partial_run" / "case_records" / f"{share[0]}.json").is_file()
+    capsys.readouterr()
+    table = predict_folder(_predictor(api_env["folder"]), str(inp), str(out), part_id=0, num_parts=2, resume=True)
+    assert "1 of 2 cases were finished by the interrupted run" in capsys.readouterr().err
+    assert list(table["case_id"]) == share
+    reference = batch_run["table"].set_index("case_id")
+    for c in VALUE_COLUMNS:
+        np.testing.assert_allclose(table[c], reference.loc[share, c], rtol=1e-5, atol=1e-7)
