@@ -11,18 +11,14 @@ import numpy as np
 
 from evaluation.inputs import SURV_PROB_TIMES
 from evaluation.set_metrics import CI_LEVEL, TD_AUC_TIMES, finite_or_none
+from nnunet_multitask.prediction_artifact import column_sources as prediction_column_sources
 
 
 def column_sources(tag: str) -> dict:
     """Which head each prediction column, and so each metric, comes from (metrics.json ``columns``)."""
     return {
-        "prediction_columns": {
-            f"p_recurrence_{tag}m": "classification head: sigmoid of its logit, P(recurrence by "
-                                    f"{tag} months); not derived from the survival head",
-            "risk_score": "survival head (Cox: log-risk; discrete-time: -log S(horizon)); higher = higher risk",
-            "surv_prob_<t>m": "survival head: predicted recurrence-free survival S(t) at t months "
-                              "(discrete-time head only)",
-        },
+        # described once, by the prediction artifact that writes them (predictions.json column_sources)
+        "prediction_columns": prediction_column_sources([f"p_recurrence_{tag}m", "risk_score", "surv_prob_<t>m"]),
         "metrics": {
             "c_index, c_index_ci, uno_c, td_auc, risk groups / logrank_p": "risk_score (survival head)",
             "ibs, brier": "surv_prob_<t>m (survival head)",

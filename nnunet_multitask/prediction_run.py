@@ -308,7 +308,7 @@ def _publish_run(predictor: MultiTaskPredictor, staging: str, output_folder: str
         with open(join(records, c + ".json")) as f:
             rows.append(json.load(f))
     table = pd.DataFrame(rows)
-    predictor.write_predictions(staging, table, failures, part=part)
+    table = predictor.write_predictions(staging, table, failures, part=part)  # recalibrated when asked
     shutil.rmtree(records)
     os.remove(join(staging, RUN_RECORD))
     publish_files(staging, output_folder, last=(PREDICTIONS_JSON, PREDICTIONS_CSV))

@@ -38,7 +38,6 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
 from os.path import isdir, isfile, join
 from typing import List, Optional, Sequence
@@ -48,7 +47,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from clinical.errors import MultitaskError
-from nnunet_multitask.contract import DatasetContract, recurrence_column, survival_column
+from nnunet_multitask.contract import DatasetContract, recurrence_column, survival_column, survival_times
 from nnunet_multitask.prediction_artifact import (PREDICTIONS_CSV, PREDICTIONS_JSON, MultitaskPredictionError,
                                                   PredictionFormatError, PredictionRecord)
 from nnunet_multitask.prediction_artifact import read_predictions as read_prediction_files
@@ -61,7 +60,6 @@ REPORT_FOLDER = "report"
 SUMMARY_HTML = "index.html"
 SUMMARY_CSV = "summary.csv"
 SALIENCY_FOLDER = "saliency"
-_SURVIVAL_COLUMN = re.compile(r"surv_prob_([0-9.]+)m")
 
 
 class ReportError(MultitaskPredictionError):
@@ -169,12 +167,6 @@ def _num(value) -> Optional[float]:
     return v if math.isfinite(v) else None
 
 
-def survival_times_in(columns: Sequence[str]) -> List[float]:
-    """The times t of the ``surv_prob_<t>m`` columns (not their ``_sd``), ascending."""
-    times = [float(m.group(1)) for c in columns if (m := _SURVIVAL_COLUMN.fullmatch(c))]
-    return sorted(times)
-
-
 def case_numbers(row: pd.Series, meta: PredictionRecord, reference: ReferenceDistribution, clinical: List[dict],
                  dataset_json: dict) -> dict:
     """Every number the report shows for one case, from its ``predictions.csv`` row."""
@@ -196,7 +188,8 @@ def case_numbers(row: pd.Series, meta: PredictionRecord, reference: ReferenceDis
         "p_recurrence_survival_head": None if s_h is None else 1.0 - s_h,
         "p_recurrence_survival_head_sd": _num(row.get(surv_h + "_sd")),
         "survival": [{"months": t, "s": _num(row.get(survival_column(t))),
-                      "sd": _num(row.get(survival_column(t) + "_sd"))} for t in survival_times_in(row.index)],
+                      "sd": _num(row.get(survival_column(t) + "_sd"))}
+                     for t in survival_times(horizon) if survival_column(t) in row.index],
         "n_folds": int(row["n_folds"]) if "n_folds" in row.index else None,
         "tumour_found": bool(row["tumour_found"]) if "tumour_found" in row.index else None,
         "clinical_imputed": bool(row["clinical_imputed"]) if "clinical_imputed" in row.index else None,
