@@ -6,7 +6,6 @@ records each file's SHA-256 (:func:`file_sha256`) in ``predictions.json``.
 """
 from __future__ import annotations
 
-import hashlib
 import pickle
 from os.path import isfile
 
@@ -14,6 +13,8 @@ import numpy as np
 import torch
 
 from clinical.errors import MultitaskError
+# file_sha256 is defined with the prediction artifact (torch-free); the checkpoint checks use it from here
+from nnunet_multitask.prediction_artifact import file_sha256  # noqa: F401
 
 
 class CheckpointError(MultitaskError, RuntimeError):
@@ -81,10 +82,3 @@ def load_checkpoint_safely(path: str) -> dict:
     return ckpt
 
 
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -24,7 +24,6 @@ import pandas as pd
 
 from clinical.errors import MultitaskError
 from nnunet_multitask.contract import HeadConfig
-from nnunet_multitask.recalibration import UNCALIBRATED
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -36,6 +35,8 @@ PATIENT_MAPPING_CSV = "patient_mapping.csv"
 EXIT_FINISHED_WITH_FAILURES = 3
 #: Version of the ``predictions.json`` layout this module writes and reads.
 FORMAT_VERSION = 1
+#: ``--recalibrated`` keeps the head's own value of a recalibrated column as ``<column>_uncalibrated``.
+UNCALIBRATED = "_uncalibrated"
 #: The horizon (months) of a prediction whose record does not state it: the model's default
 #: (:class:`nnunet_multitask.contract.HeadConfig`), stated there and nowhere on the prediction side.
 DEFAULT_HORIZON_MONTHS = HeadConfig.horizon_months
@@ -107,6 +108,15 @@ def column_sources(columns: Sequence[str]) -> dict:
 
 
 # ---------------------------------------------------------------------- records
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: checkpoints, tables, recalibration inputs."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def case_list_sha256(cases: Sequence[str]) -> str:
     """SHA-256 of the sorted case ids, one per line."""
     return hashlib.sha256("\n".join(sorted(cases)).encode()).hexdigest()

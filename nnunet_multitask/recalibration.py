@@ -40,7 +40,6 @@ than any one fold's, and the same recalibration over-corrects it (0.61 -> 1.37 +
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -56,6 +55,7 @@ from clinical.errors import MultitaskError
 from clinical.outcomes import MIN_CENSORING_SURVIVAL, ipcw_weights, recurrence_label
 from nnunet_multitask.contract import (DatasetContract, HeadConfig, recurrence_column, survival_column,
                                        survival_times)
+from nnunet_multitask.prediction_artifact import UNCALIBRATED, file_sha256
 
 RECALIBRATION_FILE = "recalibration.json"
 RECALIBRATION_VERSION = 1
@@ -65,7 +65,6 @@ WEIGHTINGS = ("ipcw", "complete_case")
 EPS = 1e-6
 #: floor of the discrete-time head's cumulative hazard before its log (as the predictor floors S)
 MIN_CUMULATIVE_HAZARD = 1e-12
-UNCALIBRATED = "_uncalibrated"
 #: Fewer events by the horizon among the fitting patients than this: the command refuses to fit
 #: (``--allow-few-events`` overrides it, recorded in the file): two coefficients per head.
 MIN_EVENTS_BY_HORIZON = 10
@@ -218,14 +217,6 @@ def survival_linear_predictor(risk_score, survival_head: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- inputs
-def sha256_of(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def available_folds(model_folder: str) -> List[str]:
     """The folds of a model folder that have out-of-sample predictions (``fold_<f>/validation/
     head_predictions.csv``), numerically sorted; never ``all``."""
@@ -294,8 +285,8 @@ def load_fitting_data(model_folder: str, dataset_folder: str, folds: Optional[Se
         table = pd.read_csv(path, dtype={"case_id": str})
         table["fold"] = f
         tables.append(table)
-        inputs[f"fold_{f}/{PREDICTIONS_FILE}"] = sha256_of(path)
-    inputs[os.path.basename(outcomes_path)] = sha256_of(outcomes_path)
+        inputs[f"fold_{f}/{PREDICTIONS_FILE}"] = file_sha256(path)
+    inputs[os.path.basename(outcomes_path)] = file_sha256(outcomes_path)
     table = pd.concat(tables, ignore_index=True)
     column = recurrence_column(cfg.horizon_months)
     for needed in ("case_id", "risk_score", column):

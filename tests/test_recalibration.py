@@ -144,8 +144,8 @@ def test_cli_writes_the_file_and_load_apply_round_trip(tmp_path, capsys):
     recal = R.load_recalibration(str(model))
     assert recal["version"] == R.RECALIBRATION_VERSION and recal["folds"] == ["0", "1"]
     assert recal["n_patients"] == len(time) and recal["n_events"] == int(event.sum())
-    assert recal["inputs"]["outcomes.csv"] == R.sha256_of(str(raw / "outcomes.csv"))
-    assert recal["inputs"]["fold_1/validation/head_predictions.csv"] == R.sha256_of(
+    assert recal["inputs"]["outcomes.csv"] == R.file_sha256(str(raw / "outcomes.csv"))
+    assert recal["inputs"]["fold_1/validation/head_predictions.csv"] == R.file_sha256(
         str(model / "fold_1" / "validation" / "head_predictions.csv"))
     assert recal["survival"]["linear_predictor"] == "log(risk_score)"
     assert recal["survival"]["slope"] == pytest.approx(1 / 1.5, abs=0.2)
